@@ -1,0 +1,212 @@
+//! The array body: `u16le len, bytes` repeated. Zero-length items are delivered.
+
+use std::fmt;
+
+use crate::header::{push_field, read_u16, EncodeError, Header, HEADER_LEN, MAX_BODY};
+
+/// Why an array body is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrayError {
+    /// One byte was left where a length was expected.
+    TruncatedLength {
+        /// Offset of the partial length field.
+        offset: usize,
+    },
+    /// An item runs past the end of the body.
+    Overrun {
+        /// Offset of the length field.
+        offset: usize,
+        /// The declared length.
+        len: usize,
+        /// Bytes left after the length field.
+        available: usize,
+    },
+}
+
+impl fmt::Display for ArrayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ArrayError::TruncatedLength { offset } => {
+                write!(f, "array length field cut short at offset {offset}")
+            }
+            ArrayError::Overrun {
+                offset,
+                len,
+                available,
+            } => write!(
+                f,
+                "array item at offset {offset} declares {len} bytes but only {available} remain"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ArrayError {}
+
+/// Borrowing iterator over the items of an array body. Stops after the first error.
+#[derive(Debug, Clone)]
+pub struct ArrayIter<'a> {
+    body: &'a [u8],
+    pos: usize,
+    failed: bool,
+}
+
+impl<'a> ArrayIter<'a> {
+    /// Iterates over `body`.
+    pub fn new(body: &'a [u8]) -> Self {
+        ArrayIter {
+            body,
+            pos: 0,
+            failed: false,
+        }
+    }
+
+    fn item(&mut self) -> Result<&'a [u8], ArrayError> {
+        let offset = self.pos;
+        let len =
+            read_u16(self.body, offset).ok_or(ArrayError::TruncatedLength { offset })? as usize;
+        let start = offset + 2;
+        let data = self
+            .body
+            .get(start..start + len)
+            .ok_or(ArrayError::Overrun {
+                offset,
+                len,
+                available: self.body.len() - start,
+            })?;
+        self.pos = start + len;
+        Ok(data)
+    }
+}
+
+impl<'a> Iterator for ArrayIter<'a> {
+    type Item = Result<&'a [u8], ArrayError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.body.len() {
+            return None;
+        }
+        let item = self.item();
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl std::iter::FusedIterator for ArrayIter<'_> {}
+
+/// Iterates over the items of an array body.
+pub fn iter(body: &[u8]) -> ArrayIter<'_> {
+    ArrayIter::new(body)
+}
+
+/// Checks a whole body and returns its number of items.
+pub fn validate(body: &[u8]) -> Result<usize, ArrayError> {
+    iter(body).try_fold(0usize, |n, item| item.map(|_| n + 1))
+}
+
+/// Builds an array body, leaving room for the header.
+#[derive(Debug, Clone)]
+pub struct ArrayBuilder {
+    buf: Vec<u8>,
+}
+
+impl Default for ArrayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ArrayBuilder {
+    /// An empty array.
+    pub fn new() -> Self {
+        Self::with_capacity(128)
+    }
+
+    /// An empty array with room for `capacity` body bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + capacity.min(MAX_BODY));
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        ArrayBuilder { buf }
+    }
+
+    /// Appends one item; errors, leaving the array unchanged, when the item or the body would
+    /// exceed 65535 bytes.
+    pub fn push(&mut self, item: impl AsRef<[u8]>) -> Result<&mut Self, EncodeError> {
+        let item = item.as_ref();
+        if item.len() > MAX_BODY {
+            return Err(EncodeError::FieldTooLarge { len: item.len() });
+        }
+        let len = self.body_len() + 2 + item.len();
+        if len > MAX_BODY {
+            return Err(EncodeError::BodyTooLarge { len });
+        }
+        push_field(&mut self.buf, item)?;
+        Ok(self)
+    }
+
+    /// Current body length.
+    pub fn body_len(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// The body built so far.
+    pub fn body(&self) -> &[u8] {
+        &self.buf[HEADER_LEN..]
+    }
+
+    /// The body alone.
+    pub fn into_body(mut self) -> Vec<u8> {
+        self.buf.drain(..HEADER_LEN);
+        self.buf
+    }
+
+    /// The whole packet with the given modifiers.
+    pub fn into_packet(mut self, modifier1: u8, modifier2: u8) -> Vec<u8> {
+        // The push checks keep the body within u16.
+        let size = self.body_len() as u16;
+        self.buf[..HEADER_LEN].copy_from_slice(&Header::new(modifier1, size, modifier2).encode());
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_length_items_are_delivered() {
+        let mut b = ArrayBuilder::new();
+        b.push("a").unwrap().push("").unwrap().push("ccc").unwrap();
+        let body = b.into_body();
+        let items: Vec<_> = iter(&body).collect::<Result<_, _>>().unwrap();
+        assert_eq!(items, [&b"a"[..], b"", b"ccc"]);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            iter(&[7]).next(),
+            Some(Err(ArrayError::TruncatedLength { offset: 0 }))
+        );
+        assert_eq!(
+            iter(&[0, 0, 4, 0, 1]).collect::<Vec<_>>(),
+            vec![
+                Ok(&b""[..]),
+                Err(ArrayError::Overrun {
+                    offset: 2,
+                    len: 4,
+                    available: 1
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let mut b = ArrayBuilder::new();
+        assert!(b.push(vec![0u8; 65536]).is_err());
+        b.push(vec![0u8; 65533]).unwrap();
+        assert!(b.push("").is_err());
+        assert_eq!(b.body_len(), 65535);
+    }
+}
