@@ -1,1 +1,22 @@
-//! Placeholder until its issue lands.
+//! `emperor`: a drop-in replacement for `uwsgi --emperor` that supervises real uWSGI vassals.
+//!
+//! The crate is split the sans-IO way:
+//!
+//! * [`core`]: the vassal lifecycle (spawn, reload, stop, backoff, curse tolerance, heartbeat
+//!   watchdog, shutdown) as a plain struct. Time is passed in, [`core::Event`]s go in and
+//!   [`core::Action`]s come out; nothing in it touches the OS, so every rule is unit tested with a
+//!   fake clock.
+//! * [`monitor`]: config sources (`dir://`, `glob://`): name validity, (mtime_ns, size, inode)
+//!   stamps, one log line per skipped file.
+//! * [`spawn`]: the uWSGI argv/env rules and a spawn path whose cost does not grow with the
+//!   emperor's memory (`clone(CLONE_VM|CLONE_VFORK)` + `execve`).
+//! * [`stats`]: the stats JSON document.
+//! * [`runtime`]: the one-thread `mio` loop that performs actions and feeds events back.
+//! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
+
+pub mod core;
+pub mod monitor;
+pub mod options;
+pub mod runtime;
+pub mod spawn;
+pub mod stats;

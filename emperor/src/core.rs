@@ -1,0 +1,1115 @@
+//! The sans-IO emperor: every lifecycle rule, no syscalls.
+//!
+//! The runtime feeds [`Event`]s with the current time and drains [`Action`]s with
+//! [`Core::poll_action`]; [`Core::next_deadline`] says when to call [`Core::handle_timeout`].
+//! Lookups are maps keyed by vassal key, incarnation (the runtime's channel token) and pid, so
+//! the work per event does not depend on the number of vassals (scans excepted, which are
+//! O(vassals of that monitor)).
+//!
+//! Seams for later issues: on-demand vassals (a `Waiting`-like state holding a listener),
+//! broodlord (byte 30 is counted in [`Vassal::sos`]), tyrant (uid/gid are carried in
+//! [`Entry`]), hooks (around [`Action::Spawn`] and record removal), the command socket (it maps to
+//! [`Control`] and per-vassal stop/reload, see [`Core::stop_by_key`] / [`Core::reload_by_key`])
+//! and the fork server (an alternative executor of [`Action::Spawn`]).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+use uwsgi_proto::{EmperorMsg, VassalMsg};
+
+/// Index of a monitor (config source) in the emperor's list.
+pub type MonitorId = usize;
+
+/// What identifies one version of a config file: a change in any field is a change, so two
+/// edits within one second, a same-size rewrite and a rename-into-place all count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FileStamp {
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Size in bytes.
+    pub size: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl FileStamp {
+    /// The modification time in whole Unix seconds (what uWSGI's stats call `last_mod`).
+    pub fn mtime_secs(&self) -> i64 {
+        i64::try_from(self.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0)
+    }
+}
+
+/// One config found by a monitor scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Unique across every monitor (for file monitors: the absolute path).
+    pub key: String,
+    /// The instance name uWSGI users know (`app.ini` for a dir monitor, the matched path for a
+    /// glob monitor); it is what appears in `--ini NAME` and in logs.
+    pub name: String,
+    /// Change detection stamp.
+    pub stamp: FileStamp,
+    /// Config content to push over the config socket (content monitors); `None` for files.
+    pub content: Option<Arc<[u8]>>,
+    /// Owner of the file (for tyrant mode, a later issue).
+    pub uid: u32,
+    /// Group of the file.
+    pub gid: u32,
+}
+
+/// A vassal record id; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VassalId(pub u64);
+
+/// One start of a vassal (one channel); the runtime uses it as its channel token. Never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Inc(pub u64);
+
+/// How a reaped child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitKind::Code(c) => write!(f, "exit status {c}"),
+            ExitKind::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// uWSGI's "exile" exit code: not respawned until the config changes.
+pub const EXILE_CODE: i32 = 26;
+
+/// Process-wide requests, usually from signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// INT/TERM/QUIT: stop everything, SIGKILL after reload-mercy, exit once all are reaped.
+    Shutdown,
+    /// HUP: reload every running vassal.
+    ReloadAll,
+    /// USR1: one status line per vassal.
+    LogStatus,
+    /// URG: clear every backoff.
+    ClearBackoff,
+    /// WINCH: rescan every monitor now.
+    Rescan,
+}
+
+/// An input to the core.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A complete listing of one monitor; anything of that monitor not listed is gone.
+    Scanned {
+        /// The monitor.
+        monitor: MonitorId,
+        /// Every valid config it holds.
+        entries: Vec<Entry>,
+    },
+    /// The runtime started the process for `inc`.
+    Spawned {
+        /// The incarnation from [`Action::Spawn`].
+        inc: Inc,
+        /// Its pid.
+        pid: i32,
+    },
+    /// The runtime could not start the process for `inc` (no child exists).
+    SpawnFailed {
+        /// The incarnation from [`Action::Spawn`].
+        inc: Inc,
+        /// Human readable reason, including what to do.
+        reason: String,
+    },
+    /// A byte from a vassal channel.
+    Message {
+        /// Channel.
+        inc: Inc,
+        /// The byte.
+        byte: u8,
+    },
+    /// EOF or error on a vassal channel: a hint that it is going, not a death.
+    ChannelClosed {
+        /// Channel.
+        inc: Inc,
+    },
+    /// `waitpid` reaped `pid`.
+    Reaped {
+        /// The pid.
+        pid: i32,
+        /// How it ended.
+        exit: ExitKind,
+    },
+    /// A process-wide request.
+    Control(Control),
+}
+
+/// Everything the runtime needs to start one vassal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnRequest {
+    /// The incarnation (channel token); answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
+    pub inc: Inc,
+    /// The record.
+    pub vassal: VassalId,
+    /// Its key (absolute path for files).
+    pub key: String,
+    /// Its instance name.
+    pub name: String,
+    /// Which monitor it came from (decides the child's cwd).
+    pub monitor: MonitorId,
+    /// Config content to push once the process runs (a config socket is needed).
+    pub content: Option<Arc<[u8]>>,
+}
+
+/// An output of the core, performed by the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start a vassal process.
+    Spawn(SpawnRequest),
+    /// Write one byte on a vassal channel.
+    Send {
+        /// Channel.
+        inc: Inc,
+        /// The message.
+        msg: EmperorMsg,
+    },
+    /// Write one config frame on the vassal's config socket.
+    PushConfig {
+        /// Channel.
+        inc: Inc,
+        /// The config text.
+        content: Arc<[u8]>,
+    },
+    /// SIGKILL a process.
+    Kill {
+        /// The pid.
+        pid: i32,
+    },
+    /// The incarnation is over (reaped): close its channels.
+    Release {
+        /// Channel.
+        inc: Inc,
+    },
+    /// Rescan every monitor now.
+    Rescan,
+    /// Every vassal is reaped after a shutdown: exit 0.
+    Exit,
+}
+
+/// Where a vassal is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not running; (re)started at `at` (backoff, or a pending start).
+    Waiting {
+        /// When.
+        at: Instant,
+    },
+    /// Spawn requested, pid not known yet.
+    Starting {
+        /// Incarnation.
+        inc: Inc,
+    },
+    /// Running.
+    Running {
+        /// Incarnation.
+        inc: Inc,
+        /// Pid.
+        pid: i32,
+    },
+    /// Asked to stop (or its channel closed); SIGKILLed at `kill_at` if still alive.
+    Stopping {
+        /// Incarnation.
+        inc: Inc,
+        /// Pid.
+        pid: i32,
+        /// When it was cursed.
+        since: Instant,
+        /// When it gets SIGKILL.
+        kill_at: Instant,
+        /// True when we asked for it (stop byte), false when the channel closed on its own.
+        requested: bool,
+    },
+    /// Exited with 26: not respawned until its config changes.
+    Exiled,
+}
+
+impl State {
+    /// A short name for logs and stats.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Waiting { .. } => "waiting",
+            State::Starting { .. } => "starting",
+            State::Running { .. } => "running",
+            State::Stopping { .. } => "stopping",
+            State::Exiled => "exiled",
+        }
+    }
+
+    /// The pid, when a process exists.
+    pub fn pid(&self) -> Option<i32> {
+        match *self {
+            State::Running { pid, .. } | State::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn inc(&self) -> Option<Inc> {
+        match *self {
+            State::Starting { inc } | State::Running { inc, .. } | State::Stopping { inc, .. } => {
+                Some(inc)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Per-vassal retry state (uWSGI's blacklist entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backoff {
+    /// Failures since it was last loyal.
+    pub attempt: u32,
+    /// Current nominal delay in ms (before jitter).
+    pub level_ms: u64,
+    /// First failure of this streak.
+    pub first: Option<Instant>,
+    /// Latest failure.
+    pub last: Option<Instant>,
+}
+
+/// One vassal record.
+#[derive(Clone, Debug)]
+pub struct Vassal {
+    /// Record id.
+    pub id: VassalId,
+    /// Unique key (absolute path for files).
+    pub key: String,
+    /// Instance name.
+    pub name: String,
+    /// Monitor it came from.
+    pub monitor: MonitorId,
+    /// Stamp of the config last acted on.
+    pub stamp: FileStamp,
+    /// Content for the config socket, if any.
+    pub content: Option<Arc<[u8]>>,
+    /// File owner.
+    pub uid: u32,
+    /// File group.
+    pub gid: u32,
+    /// Present in the latest scan of its monitor.
+    pub wanted: bool,
+    /// Lifecycle state.
+    pub state: State,
+    /// Record creation.
+    pub born: Instant,
+    /// First start.
+    pub first_run: Option<Instant>,
+    /// Latest start or reload.
+    pub last_run: Option<Instant>,
+    /// Byte 1 seen for this incarnation.
+    pub ready: bool,
+    /// Byte 5 seen since the latest start/reload.
+    pub accepting: bool,
+    /// Byte 17 seen for this incarnation.
+    pub loyal: bool,
+    /// Latest byte 1.
+    pub last_ready: Option<Instant>,
+    /// Latest byte 5.
+    pub last_accepting: Option<Instant>,
+    /// Latest byte 17.
+    pub last_loyal: Option<Instant>,
+    /// Latest byte 26.
+    pub last_heartbeat: Option<Instant>,
+    /// SIGKILL if no heartbeat before this (armed by the first heartbeat).
+    pub heartbeat_deadline: Option<Instant>,
+    heartbeat_timer: bool,
+    /// Reloads requested (uWSGI's `respawns`).
+    pub respawns: u64,
+    /// Processes started after the first one.
+    pub restarts: u64,
+    /// How the previous process ended.
+    pub last_exit: Option<ExitKind>,
+    /// Retry state.
+    pub backoff: Backoff,
+    /// Byte-30 (SOS) requests received.
+    pub sos: u64,
+    /// Unknown bytes received.
+    pub unknown_bytes: u64,
+}
+
+/// Tunables of the lifecycle (all from the uWSGI options of the same names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// `emperor-freq`: the safety rescan period; also the retry delay with no-blacklist.
+    pub freq: Duration,
+    /// `emperor-required-heartbeat`.
+    pub required_heartbeat: Duration,
+    /// `emperor-curse-tolerance`.
+    pub curse_tolerance: Duration,
+    /// `emperor-throttle` (ms): first backoff delay.
+    pub throttle_ms: u64,
+    /// `emperor-max-throttle` (ms): backoff cap.
+    pub max_throttle_ms: u64,
+    /// `emperor-no-blacklist`.
+    pub no_blacklist: bool,
+    /// `emperor-graceful-shutdown`: stop with byte 2 instead of 0.
+    pub graceful_shutdown: bool,
+    /// `reload-mercy`: how long a shutdown waits before SIGKILL.
+    pub reload_mercy: Duration,
+    /// Jitter seed (fixed in tests).
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            freq: Duration::from_secs(3),
+            required_heartbeat: Duration::from_secs(30),
+            curse_tolerance: Duration::from_secs(30),
+            throttle_ms: 1000,
+            max_throttle_ms: 180_000,
+            no_blacklist: false,
+            graceful_shutdown: false,
+            reload_mercy: Duration::from_secs(30),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Start(VassalId),
+    Curse(VassalId),
+    Heartbeat(VassalId),
+    Mercy,
+}
+
+/// The emperor's state machine.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    vassals: HashMap<VassalId, Vassal>,
+    by_key: HashMap<String, VassalId>,
+    by_inc: HashMap<Inc, VassalId>,
+    by_pid: HashMap<i32, VassalId>,
+    by_monitor: HashMap<MonitorId, HashSet<VassalId>>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    actions: VecDeque<Action>,
+    next_id: u64,
+    next_inc: u64,
+    rng: u64,
+    shutdown: Option<Instant>,
+    exit_sent: bool,
+}
+
+impl Core {
+    /// A core with no vassals.
+    pub fn new(cfg: CoreConfig) -> Core {
+        Core {
+            cfg,
+            vassals: HashMap::new(),
+            by_key: HashMap::new(),
+            by_inc: HashMap::new(),
+            by_pid: HashMap::new(),
+            by_monitor: HashMap::new(),
+            timers: BinaryHeap::new(),
+            actions: VecDeque::new(),
+            next_id: 1,
+            next_inc: 1,
+            rng: cfg.seed | 1,
+            shutdown: None,
+            exit_sent: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Every vassal record (unordered).
+    pub fn vassals(&self) -> impl Iterator<Item = &Vassal> {
+        self.vassals.values()
+    }
+
+    /// A vassal by key.
+    pub fn vassal(&self, key: &str) -> Option<&Vassal> {
+        self.by_key.get(key).and_then(|id| self.vassals.get(id))
+    }
+
+    /// A vassal by incarnation.
+    pub fn vassal_by_inc(&self, inc: Inc) -> Option<&Vassal> {
+        self.by_inc.get(&inc).and_then(|id| self.vassals.get(id))
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.vassals.len()
+    }
+
+    /// True with no records.
+    pub fn is_empty(&self) -> bool {
+        self.vassals.is_empty()
+    }
+
+    /// True once a shutdown started.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// The next action to perform.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must be called next (may be early, never late).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Feeds one event.
+    pub fn handle(&mut self, now: Instant, ev: Event) {
+        match ev {
+            Event::Scanned { monitor, entries } => self.on_scan(now, monitor, entries),
+            Event::Spawned { inc, pid } => self.on_spawned(now, inc, pid),
+            Event::SpawnFailed { inc, reason } => self.on_spawn_failed(now, inc, &reason),
+            Event::Message { inc, byte } => self.on_message(now, inc, byte),
+            Event::ChannelClosed { inc } => self.on_channel_closed(now, inc),
+            Event::Reaped { pid, exit } => self.on_reaped(now, pid, exit),
+            Event::Control(c) => self.on_control(now, c),
+        }
+        self.check_done();
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Start(id) => self.timer_start(now, id),
+                Timer::Curse(id) => self.timer_curse(now, id),
+                Timer::Heartbeat(id) => self.timer_heartbeat(now, id),
+                Timer::Mercy => self.timer_mercy(),
+            }
+        }
+        self.check_done();
+    }
+
+    /// Stops one vassal by key as if its file had been removed (command socket seam).
+    pub fn stop_by_key(&mut self, now: Instant, key: &str) -> bool {
+        let Some(&id) = self.by_key.get(key) else {
+            return false;
+        };
+        if let Some(v) = self.vassals.get_mut(&id) {
+            v.wanted = false;
+        }
+        self.stop(now, id);
+        self.check_done();
+        true
+    }
+
+    /// Reloads one vassal by key (command socket seam).
+    pub fn reload_by_key(&mut self, now: Instant, key: &str, why: &str) -> bool {
+        let Some(&id) = self.by_key.get(key) else {
+            return false;
+        };
+        self.reload(now, id, why);
+        true
+    }
+
+    fn timer(&mut self, at: Instant, t: Timer) {
+        self.timers.push(Reverse((at, t)));
+    }
+
+    fn rand_unit(&mut self) -> f64 {
+        // xorshift64*: deterministic for a given seed, good enough for jitter.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn on_scan(&mut self, now: Instant, monitor: MonitorId, entries: Vec<Entry>) {
+        let mut seen: HashSet<VassalId> = HashSet::with_capacity(entries.len());
+        for e in entries {
+            match self.by_key.get(&e.key).copied() {
+                Some(id) => {
+                    seen.insert(id);
+                    self.on_present(now, id, e);
+                }
+                None => {
+                    if self.shutdown.is_some() {
+                        continue;
+                    }
+                    let id = self.add(now, monitor, e);
+                    seen.insert(id);
+                }
+            }
+        }
+        let gone: Vec<VassalId> = self
+            .by_monitor
+            .get(&monitor)
+            .map(|s| s.difference(&seen).copied().collect())
+            .unwrap_or_default();
+        for id in gone {
+            let Some(v) = self.vassals.get_mut(&id) else {
+                continue;
+            };
+            if v.wanted {
+                info!(vassal = %v.name, "config of vassal {} is gone: stopping it", v.name);
+            }
+            v.wanted = false;
+            self.stop(now, id);
+        }
+    }
+
+    fn add(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> VassalId {
+        let id = VassalId(self.next_id);
+        self.next_id += 1;
+        info!(vassal = %e.name, "new vassal {} detected", e.name);
+        let v = Vassal {
+            id,
+            key: e.key.clone(),
+            name: e.name,
+            monitor,
+            stamp: e.stamp,
+            content: e.content,
+            uid: e.uid,
+            gid: e.gid,
+            wanted: true,
+            state: State::Waiting { at: now },
+            born: now,
+            first_run: None,
+            last_run: None,
+            ready: false,
+            accepting: false,
+            loyal: false,
+            last_ready: None,
+            last_accepting: None,
+            last_loyal: None,
+            last_heartbeat: None,
+            heartbeat_deadline: None,
+            heartbeat_timer: false,
+            respawns: 0,
+            restarts: 0,
+            last_exit: None,
+            backoff: Backoff::default(),
+            sos: 0,
+            unknown_bytes: 0,
+        };
+        self.vassals.insert(id, v);
+        self.by_key.insert(e.key, id);
+        self.by_monitor.entry(monitor).or_default().insert(id);
+        self.start(now, id);
+        id
+    }
+
+    fn on_present(&mut self, now: Instant, id: VassalId, e: Entry) {
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        v.wanted = true;
+        if v.stamp == e.stamp && v.content == e.content {
+            return;
+        }
+        v.stamp = e.stamp;
+        v.content = e.content;
+        v.uid = e.uid;
+        v.gid = e.gid;
+        match v.state {
+            State::Running { .. } => self.reload(now, id, "config changed"),
+            State::Waiting { .. } | State::Exiled => {
+                if self.shutdown.is_some() {
+                    return;
+                }
+                if v.backoff.attempt > 0 {
+                    info!(vassal = %v.name, "config of vassal {} changed: lifting its backoff", v.name);
+                } else if v.state == State::Exiled {
+                    info!(vassal = %v.name, "config of vassal {} changed: ending its exile", v.name);
+                }
+                v.backoff = Backoff::default();
+                self.start(now, id);
+            }
+            // Restarted with the new config once reaped (it is wanted).
+            State::Starting { .. } | State::Stopping { .. } => {}
+        }
+    }
+
+    fn start(&mut self, now: Instant, id: VassalId) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let inc = Inc(self.next_inc);
+        self.next_inc += 1;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        if v.first_run.is_some() {
+            v.restarts += 1;
+        }
+        v.first_run.get_or_insert(now);
+        v.last_run = Some(now);
+        v.state = State::Starting { inc };
+        v.ready = false;
+        v.accepting = false;
+        v.loyal = false;
+        v.heartbeat_deadline = None;
+        self.by_inc.insert(inc, id);
+        self.actions.push_back(Action::Spawn(SpawnRequest {
+            inc,
+            vassal: id,
+            key: v.key.clone(),
+            name: v.name.clone(),
+            monitor: v.monitor,
+            content: v.content.clone(),
+        }));
+    }
+
+    fn on_spawned(&mut self, _now: Instant, inc: Inc, pid: i32) {
+        let Some(&id) = self.by_inc.get(&inc) else {
+            return;
+        };
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        if v.state != (State::Starting { inc }) {
+            return;
+        }
+        v.state = State::Running { inc, pid };
+        self.by_pid.insert(pid, id);
+        info!(vassal = %v.name, pid, "started vassal {} (pid: {pid})", v.name);
+        if let Some(content) = v.content.clone() {
+            self.actions.push_back(Action::PushConfig { inc, content });
+        }
+    }
+
+    fn on_spawn_failed(&mut self, now: Instant, inc: Inc, reason: &str) {
+        let Some(id) = self.by_inc.remove(&inc) else {
+            return;
+        };
+        self.actions.push_back(Action::Release { inc });
+        if let Some(v) = self.vassals.get(&id) {
+            warn!(vassal = %v.name, "cannot start vassal {}: {reason}", v.name);
+        }
+        self.failed(now, id);
+    }
+
+    /// A start that did not end in loyalty: retry after backoff (or drop the record).
+    fn failed(&mut self, now: Instant, id: VassalId) {
+        let shutting = self.shutdown.is_some();
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        if shutting || !v.wanted {
+            self.remove(id);
+            return;
+        }
+        let delay_ms = if self.cfg.no_blacklist {
+            self.cfg.freq.as_millis() as u64
+        } else {
+            let b = &mut v.backoff;
+            b.attempt = b.attempt.saturating_add(1);
+            b.level_ms = if b.attempt == 1 {
+                self.cfg.throttle_ms
+            } else {
+                b.level_ms.saturating_mul(2)
+            }
+            .min(self.cfg.max_throttle_ms)
+            .max(1);
+            b.first.get_or_insert(now);
+            b.last = Some(now);
+            b.level_ms
+        };
+        let (attempt, name) = (v.backoff.attempt, v.name.clone());
+        // ±10 % jitter so vassals failing together do not retry together.
+        let jitter = 0.9 + 0.2 * self.rand_unit();
+        let delay = Duration::from_millis(((delay_ms as f64) * jitter).round() as u64);
+        let at = now + delay;
+        if let Some(v) = self.vassals.get_mut(&id) {
+            v.state = State::Waiting { at };
+        }
+        if self.cfg.no_blacklist {
+            info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());
+        } else {
+            warn!(
+                vassal = %name,
+                attempt,
+                "unloyal bad behaving vassal {name}: throttling it, next attempt in {} ms (attempt {attempt})",
+                delay.as_millis()
+            );
+        }
+        self.timer(at, Timer::Start(id));
+    }
+
+    fn on_message(&mut self, now: Instant, inc: Inc, byte: u8) {
+        let Some(&id) = self.by_inc.get(&inc) else {
+            return;
+        };
+        let required = self.cfg.required_heartbeat;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        let name = v.name.clone();
+        match VassalMsg::from_byte(byte) {
+            VassalMsg::Ready => {
+                v.ready = true;
+                v.last_ready = Some(now);
+                info!(vassal = %name, "vassal {name} has been spawned");
+            }
+            VassalMsg::Accepting => {
+                v.accepting = true;
+                v.last_accepting = Some(now);
+                info!(vassal = %name, "vassal {name} is ready to accept requests");
+            }
+            VassalMsg::Loyal => {
+                v.loyal = true;
+                v.last_loyal = Some(now);
+                if v.backoff.attempt > 0 {
+                    info!(vassal = %name, "vassal {name} removed from the blacklist");
+                }
+                v.backoff = Backoff::default();
+                info!(vassal = %name, "vassal {name} is now loyal");
+            }
+            VassalMsg::Heartbeat => {
+                if v.heartbeat_deadline.is_none() {
+                    debug!(vassal = %name, "vassal {name} sends heartbeats: supervising them");
+                }
+                v.last_heartbeat = Some(now);
+                if matches!(v.state, State::Running { .. }) {
+                    v.heartbeat_deadline = Some(now + required);
+                    if !v.heartbeat_timer {
+                        v.heartbeat_timer = true;
+                        self.timer(now + required, Timer::Heartbeat(id));
+                    }
+                }
+            }
+            VassalMsg::ConfigRequest => match v.content.clone() {
+                Some(content) => {
+                    debug!(vassal = %name, "vassal {name} asked for its config");
+                    self.actions.push_back(Action::PushConfig { inc, content });
+                }
+                None => debug!(vassal = %name, "vassal {name} asked for a config it does not have"),
+            },
+            VassalMsg::StopMe => {
+                info!(vassal = %name, "vassal {name} asked to be stopped");
+                self.stop(now, id);
+            }
+            VassalMsg::Sos => {
+                v.sos += 1;
+                warn!(vassal = %name, "vassal {name} asks for reinforcements (broodlord is not enabled): ignored");
+            }
+            VassalMsg::Unknown(b) => {
+                v.unknown_bytes += 1;
+                warn!(vassal = %name, byte = b, "vassal {name} sent unknown byte {b}: ignored");
+            }
+        }
+    }
+
+    fn on_channel_closed(&mut self, now: Instant, inc: Inc) {
+        let Some(&id) = self.by_inc.get(&inc) else {
+            return;
+        };
+        let tolerance = self.cfg.curse_tolerance;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        if let State::Running { inc: i, pid } = v.state {
+            if i == inc {
+                info!(vassal = %v.name, pid, "vassal {} closed its channel: cursing it", v.name);
+                v.state = State::Stopping {
+                    inc,
+                    pid,
+                    since: now,
+                    kill_at: now + tolerance,
+                    requested: false,
+                };
+                v.heartbeat_deadline = None;
+                self.timer(now + tolerance, Timer::Curse(id));
+            }
+        }
+    }
+
+    fn on_reaped(&mut self, now: Instant, pid: i32, exit: ExitKind) {
+        let Some(id) = self.by_pid.remove(&pid) else {
+            debug!(pid, "reaped pid {pid} ({exit}), not a vassal");
+            return;
+        };
+        let shutting = self.shutdown.is_some();
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        v.last_exit = Some(exit);
+        v.heartbeat_deadline = None;
+        let state = v.state;
+        if let Some(inc) = state.inc() {
+            self.by_inc.remove(&inc);
+            self.actions.push_back(Action::Release { inc });
+        }
+        let name = v.name.clone();
+        match state {
+            State::Stopping {
+                requested: true, ..
+            } => {
+                info!(vassal = %name, pid, "vassal {name} (pid: {pid}) stopped ({exit})");
+                if shutting || !v.wanted {
+                    self.remove(id);
+                } else {
+                    v.state = State::Waiting { at: now };
+                    self.start(now, id);
+                }
+            }
+            State::Running { .. } | State::Stopping { .. } => {
+                let loyal = v.loyal;
+                if exit == ExitKind::Code(EXILE_CODE) && !shutting {
+                    warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
+                    v.state = State::Exiled;
+                } else if shutting || !v.wanted {
+                    info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
+                    self.remove(id);
+                } else if loyal {
+                    warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died unexpectedly ({exit}): respawning it");
+                    v.backoff = Backoff::default();
+                    self.start(now, id);
+                } else {
+                    warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died before being loyal ({exit})");
+                    self.failed(now, id);
+                }
+            }
+            State::Waiting { .. } | State::Starting { .. } | State::Exiled => {}
+        }
+    }
+
+    fn stop(&mut self, now: Instant, id: VassalId) {
+        let msg = if self.cfg.graceful_shutdown {
+            EmperorMsg::GracefulStop
+        } else {
+            EmperorMsg::Stop
+        };
+        let tolerance = self.cfg.curse_tolerance;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        match v.state {
+            State::Running { inc, pid } => {
+                info!(vassal = %v.name, pid, "stopping vassal {} (pid: {pid})", v.name);
+                self.actions.push_back(Action::Send { inc, msg });
+                v.state = State::Stopping {
+                    inc,
+                    pid,
+                    since: now,
+                    kill_at: now + tolerance,
+                    requested: true,
+                };
+                v.heartbeat_deadline = None;
+                self.timer(now + tolerance, Timer::Curse(id));
+            }
+            State::Stopping {
+                ref mut requested, ..
+            } => *requested = true,
+            State::Waiting { .. } | State::Exiled => self.remove(id),
+            // The runtime answers a spawn before anything else happens.
+            State::Starting { .. } => {}
+        }
+    }
+
+    fn reload(&mut self, now: Instant, id: VassalId, why: &str) {
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        if let State::Running { inc, pid } = v.state {
+            info!(vassal = %v.name, pid, "reloading vassal {} ({why})", v.name);
+            self.actions.push_back(Action::Send {
+                inc,
+                msg: EmperorMsg::Reload,
+            });
+            v.respawns += 1;
+            v.last_run = Some(now);
+            v.ready = false;
+            v.accepting = false;
+            // Re-armed by the next heartbeat: a reload legitimately pauses them.
+            v.heartbeat_deadline = None;
+        }
+    }
+
+    fn remove(&mut self, id: VassalId) {
+        if let Some(v) = self.vassals.remove(&id) {
+            info!(vassal = %v.name, "removed uwsgi instance {}", v.name);
+            self.by_key.remove(&v.key);
+            if let Some(s) = self.by_monitor.get_mut(&v.monitor) {
+                s.remove(&id);
+            }
+            if let Some(inc) = v.state.inc() {
+                self.by_inc.remove(&inc);
+            }
+            if let Some(pid) = v.state.pid() {
+                self.by_pid.remove(&pid);
+            }
+        }
+    }
+
+    fn on_control(&mut self, now: Instant, c: Control) {
+        match c {
+            Control::Shutdown => {
+                if self.shutdown.is_some() {
+                    info!("already shutting down");
+                    return;
+                }
+                let deadline = now + self.cfg.reload_mercy;
+                self.shutdown = Some(deadline);
+                info!(
+                    vassals = self.vassals.len(),
+                    "RAGNAROK EVOKED: stopping {} vassals",
+                    self.vassals.len()
+                );
+                let ids: Vec<VassalId> = self.vassals.keys().copied().collect();
+                for id in ids {
+                    self.stop(now, id);
+                }
+                self.timer(deadline, Timer::Mercy);
+            }
+            Control::ReloadAll => {
+                let ids: Vec<VassalId> = self.vassals.keys().copied().collect();
+                for id in ids {
+                    self.reload(now, id, "SIGHUP");
+                }
+            }
+            Control::LogStatus => {
+                let mut vs: Vec<&Vassal> = self.vassals.values().collect();
+                vs.sort_by(|a, b| a.name.cmp(&b.name));
+                info!("the Emperor is governing {} vassals", vs.len());
+                for v in vs {
+                    info!(
+                        vassal = %v.name,
+                        "vassal {} state={} pid={} loyal={} ready={} accepting={} respawns={} restarts={} backoff_attempt={} throttle_ms={}",
+                        v.name,
+                        v.state.name(),
+                        v.state.pid().unwrap_or(-1),
+                        v.loyal,
+                        v.ready,
+                        v.accepting,
+                        v.respawns,
+                        v.restarts,
+                        v.backoff.attempt,
+                        v.backoff.level_ms
+                    );
+                }
+            }
+            Control::ClearBackoff => {
+                info!("clearing the blacklist");
+                let ids: Vec<VassalId> = self.vassals.keys().copied().collect();
+                for id in ids {
+                    let Some(v) = self.vassals.get_mut(&id) else {
+                        continue;
+                    };
+                    v.backoff = Backoff::default();
+                    if matches!(v.state, State::Waiting { .. }) {
+                        self.start(now, id);
+                    }
+                }
+            }
+            Control::Rescan => self.actions.push_back(Action::Rescan),
+        }
+    }
+
+    fn timer_start(&mut self, now: Instant, id: VassalId) {
+        if let Some(v) = self.vassals.get(&id) {
+            if let State::Waiting { at } = v.state {
+                if at <= now {
+                    self.start(now, id);
+                }
+            }
+        }
+    }
+
+    fn timer_curse(&mut self, now: Instant, id: VassalId) {
+        let tolerance = self.cfg.curse_tolerance;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        if let State::Stopping {
+            pid,
+            ref mut kill_at,
+            since,
+            ..
+        } = v.state
+        {
+            if *kill_at <= now {
+                warn!(
+                    vassal = %v.name,
+                    pid,
+                    "vassal {} (pid: {pid}) did not stop within {} s: killing it (SIGKILL)",
+                    v.name,
+                    now.duration_since(since).as_secs()
+                );
+                *kill_at = now + tolerance;
+                self.actions.push_back(Action::Kill { pid });
+                self.timer(now + tolerance, Timer::Curse(id));
+            }
+        }
+    }
+
+    fn timer_heartbeat(&mut self, now: Instant, id: VassalId) {
+        let required = self.cfg.required_heartbeat;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        v.heartbeat_timer = false;
+        let (State::Running { pid, .. }, Some(deadline)) = (v.state, v.heartbeat_deadline) else {
+            return;
+        };
+        if deadline <= now {
+            warn!(
+                vassal = %v.name,
+                pid,
+                "vassal {} sent no heartbeat in the last {} seconds, brutally respawning it",
+                v.name,
+                required.as_secs()
+            );
+            v.heartbeat_deadline = None;
+            self.actions.push_back(Action::Kill { pid });
+        } else {
+            v.heartbeat_timer = true;
+            self.timer(deadline, Timer::Heartbeat(id));
+        }
+    }
+
+    fn timer_mercy(&mut self) {
+        let pids: Vec<(i32, String)> = self
+            .vassals
+            .values()
+            .filter_map(|v| v.state.pid().map(|p| (p, v.name.clone())))
+            .collect();
+        for (pid, name) in pids {
+            warn!(vassal = %name, pid, "reload-mercy expired: killing vassal {name} (pid: {pid})");
+            self.actions.push_back(Action::Kill { pid });
+        }
+    }
+
+    fn check_done(&mut self) {
+        if self.shutdown.is_some() && !self.exit_sent && self.by_pid.is_empty() {
+            // Nothing left with a process: drop remaining records and leave.
+            let ids: Vec<VassalId> = self.vassals.keys().copied().collect();
+            for id in ids {
+                self.remove(id);
+            }
+            self.exit_sent = true;
+            info!("The Emperor is buried.");
+            self.actions.push_back(Action::Exit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,630 @@
+//! One test per lifecycle rule, with a fake clock.
+
+use super::*;
+
+fn stamp(n: i128) -> FileStamp {
+    FileStamp {
+        mtime_ns: n,
+        size: 10,
+        ino: 1,
+    }
+}
+
+fn entry(name: &str, n: i128) -> Entry {
+    Entry {
+        key: format!("/v/{name}"),
+        name: name.to_string(),
+        stamp: stamp(n),
+        content: None,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+struct Harness {
+    core: Core,
+    now: Instant,
+    next_pid: i32,
+}
+
+impl Harness {
+    fn new(cfg: CoreConfig) -> Harness {
+        Harness {
+            core: Core::new(cfg),
+            now: Instant::now(),
+            next_pid: 100,
+        }
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.core.poll_action()).collect()
+    }
+
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        self.core.handle(self.now, e);
+        self.actions()
+    }
+
+    fn scan(&mut self, entries: Vec<Entry>) -> Vec<Action> {
+        self.ev(Event::Scanned {
+            monitor: 0,
+            entries,
+        })
+    }
+
+    /// Answers every Spawn in `actions` with a pid; returns (inc, pid) of the last one.
+    fn spawn_all(&mut self, actions: &[Action]) -> Option<(Inc, i32)> {
+        let mut last = None;
+        for a in actions {
+            if let Action::Spawn(r) = a {
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                let more = self.ev(Event::Spawned { inc: r.inc, pid });
+                assert!(more.iter().all(|a| !matches!(a, Action::Spawn(_))));
+                last = Some((r.inc, pid));
+            }
+        }
+        last
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        self.core.handle_timeout(self.now);
+        self.actions()
+    }
+
+    /// Advances the clock to the next deadline (if any, and within `max`).
+    fn run_until_deadline(&mut self, max: Duration) -> Vec<Action> {
+        let limit = self.now + max;
+        match self.core.next_deadline() {
+            Some(t) if t <= limit => {
+                self.now = self.now.max(t);
+                self.core.handle_timeout(self.now);
+                self.actions()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn start_one(&mut self, name: &str) -> (Inc, i32) {
+        let a = self.scan(vec![entry(name, 1)]);
+        self.spawn_all(&a).expect("spawned")
+    }
+
+    fn state(&self, name: &str) -> State {
+        self.core.vassal(&format!("/v/{name}")).unwrap().state
+    }
+}
+
+fn spawns(a: &[Action]) -> usize {
+    a.iter().filter(|a| matches!(a, Action::Spawn(_))).count()
+}
+
+fn cfg() -> CoreConfig {
+    CoreConfig::default()
+}
+
+#[test]
+fn new_file_is_spawned_and_bytes_update_flags() {
+    let mut h = Harness::new(cfg());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    assert_eq!(spawns(&a), 1);
+    let (inc, pid) = h.spawn_all(&a).unwrap();
+    assert_eq!(h.state("app.ini"), State::Running { inc, pid });
+    for b in [1u8, 5, 17] {
+        h.ev(Event::Message { inc, byte: b });
+    }
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert!(v.ready && v.accepting && v.loyal);
+}
+
+#[test]
+fn modified_file_reloads_with_byte_1_and_keeps_the_pid() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 5 });
+    // Same second, different nanoseconds: still a change.
+    let a = h.scan(vec![entry("app.ini", 2)]);
+    assert_eq!(
+        a,
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::Reload
+        }]
+    );
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert_eq!(v.respawns, 1);
+    assert!(!v.accepting);
+    assert_eq!(v.state, State::Running { inc, pid });
+    // An unchanged rescan does nothing.
+    assert!(h.scan(vec![entry("app.ini", 2)]).is_empty());
+}
+
+#[test]
+fn removed_file_is_stopped_then_dropped_when_reaped() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    let a = h.scan(vec![]);
+    assert_eq!(
+        a,
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::Stop
+        }]
+    );
+    // EOF is only a hint.
+    assert!(h.ev(Event::ChannelClosed { inc }).is_empty());
+    assert!(h.core.vassal("/v/app.ini").is_some());
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(a, vec![Action::Release { inc }]);
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn graceful_shutdown_option_stops_with_byte_2() {
+    let mut h = Harness::new(CoreConfig {
+        graceful_shutdown: true,
+        ..cfg()
+    });
+    let (inc, _) = h.start_one("app.ini");
+    assert_eq!(
+        h.scan(vec![]),
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::GracefulStop
+        }]
+    );
+}
+
+#[test]
+fn loyal_vassal_that_dies_is_respawned_at_once() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 17 });
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    assert_eq!(spawns(&a), 1);
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert_eq!(v.restarts, 1);
+    assert_eq!(v.last_exit, Some(ExitKind::Signal(9)));
+}
+
+#[test]
+fn unloyal_death_backs_off_exponentially_with_jitter_and_a_cap() {
+    let mut h = Harness::new(CoreConfig {
+        throttle_ms: 100,
+        max_throttle_ms: 350,
+        ..cfg()
+    });
+    let (_, mut pid) = h.start_one("bad.ini");
+    let mut levels = Vec::new();
+    for _ in 0..5 {
+        let a = h.ev(Event::Reaped {
+            pid,
+            exit: ExitKind::Code(1),
+        });
+        assert_eq!(spawns(&a), 0, "no immediate respawn");
+        let v = h.core.vassal("/v/bad.ini").unwrap();
+        levels.push(v.backoff.level_ms);
+        let State::Waiting { at } = v.state else {
+            panic!("not waiting: {:?}", v.state)
+        };
+        let delay = at - h.now;
+        let nominal = Duration::from_millis(v.backoff.level_ms);
+        assert!(delay >= nominal.mul_f64(0.89) && delay <= nominal.mul_f64(1.11));
+        // Nothing happens before the deadline.
+        assert_eq!(spawns(&h.advance(delay / 2)), 0);
+        let a = h.advance(delay);
+        pid = h.spawn_all(&a).expect("respawned after backoff").1;
+    }
+    assert_eq!(levels, vec![100, 200, 350, 350, 350]);
+    assert_eq!(h.core.vassal("/v/bad.ini").unwrap().backoff.attempt, 5);
+}
+
+#[test]
+fn loyalty_resets_the_backoff() {
+    let mut h = Harness::new(cfg());
+    let (_, pid) = h.start_one("app.ini");
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(1),
+    });
+    let a = h.run_until_deadline(Duration::from_secs(5));
+    let (inc, _) = h.spawn_all(&a).unwrap();
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 1);
+    h.ev(Event::Message { inc, byte: 17 });
+    assert_eq!(
+        h.core.vassal("/v/app.ini").unwrap().backoff,
+        Backoff::default()
+    );
+}
+
+#[test]
+fn editing_the_file_lifts_the_backoff_at_once() {
+    let mut h = Harness::new(CoreConfig {
+        throttle_ms: 60_000,
+        ..cfg()
+    });
+    let (_, pid) = h.start_one("app.ini");
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(1),
+    });
+    assert!(matches!(h.state("app.ini"), State::Waiting { .. }));
+    let a = h.scan(vec![entry("app.ini", 2)]);
+    assert_eq!(spawns(&a), 1);
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 0);
+}
+
+#[test]
+fn no_blacklist_retries_every_freq_without_growing() {
+    let mut h = Harness::new(CoreConfig {
+        no_blacklist: true,
+        ..cfg()
+    });
+    let (_, pid) = h.start_one("app.ini");
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(1),
+    });
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert_eq!(v.backoff.attempt, 0);
+    assert_eq!(spawns(&h.advance(Duration::from_millis(3400))), 1);
+}
+
+#[test]
+fn spawn_failure_is_retried_with_backoff() {
+    let mut h = Harness::new(cfg());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let Action::Spawn(r) = &a[0] else { panic!() };
+    let a = h.ev(Event::SpawnFailed {
+        inc: r.inc,
+        reason: "uwsgi not found".into(),
+    });
+    assert_eq!(a, vec![Action::Release { inc: r.inc }]);
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 1);
+    assert_eq!(spawns(&h.run_until_deadline(Duration::from_secs(2))), 1);
+}
+
+#[test]
+fn exit_26_is_exiled_until_the_file_changes() {
+    let mut h = Harness::new(cfg());
+    let (_, pid) = h.start_one("app.ini");
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(EXILE_CODE),
+    });
+    assert_eq!(spawns(&a), 0);
+    assert_eq!(h.state("app.ini"), State::Exiled);
+    assert_eq!(spawns(&h.advance(Duration::from_secs(600))), 0);
+    assert!(h.scan(vec![entry("app.ini", 1)]).is_empty());
+    assert_eq!(spawns(&h.scan(vec![entry("app.ini", 5)])), 1);
+}
+
+#[test]
+fn exit_26_counts_even_when_eof_came_first() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::ChannelClosed { inc });
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(EXILE_CODE),
+    });
+    assert_eq!(h.state("app.ini"), State::Exiled);
+}
+
+#[test]
+fn stop_not_honoured_within_curse_tolerance_is_sigkilled_and_repeated() {
+    let mut h = Harness::new(CoreConfig {
+        curse_tolerance: Duration::from_secs(5),
+        ..cfg()
+    });
+    let (_, pid) = h.start_one("app.ini");
+    h.scan(vec![]);
+    assert!(h.advance(Duration::from_secs(4)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        vec![Action::Kill { pid }]
+    );
+    assert_eq!(
+        h.advance(Duration::from_secs(5)),
+        vec![Action::Kill { pid }]
+    );
+}
+
+#[test]
+fn channel_eof_curses_and_kills_after_tolerance_then_respawns_on_reap() {
+    let mut h = Harness::new(CoreConfig {
+        curse_tolerance: Duration::from_secs(2),
+        ..cfg()
+    });
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 17 });
+    h.ev(Event::ChannelClosed { inc });
+    assert!(matches!(
+        h.state("app.ini"),
+        State::Stopping {
+            requested: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        h.advance(Duration::from_secs(2)),
+        vec![Action::Kill { pid }]
+    );
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    assert_eq!(spawns(&a), 1, "still wanted and was loyal: respawned");
+}
+
+#[test]
+fn heartbeat_silence_is_sigkilled_only_once_heartbeats_started() {
+    let mut h = Harness::new(CoreConfig {
+        required_heartbeat: Duration::from_secs(4),
+        ..cfg()
+    });
+    let (inc, pid) = h.start_one("app.ini");
+    // No heartbeat ever: no supervision.
+    assert!(h.advance(Duration::from_secs(60)).is_empty());
+    h.ev(Event::Message { inc, byte: 17 });
+    h.ev(Event::Message { inc, byte: 26 });
+    assert!(h.advance(Duration::from_secs(3)).is_empty());
+    h.ev(Event::Message { inc, byte: 26 });
+    assert!(h.advance(Duration::from_secs(3)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        vec![Action::Kill { pid }]
+    );
+    assert!(h.advance(Duration::from_secs(10)).is_empty(), "killed once");
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    assert_eq!(spawns(&a), 1);
+}
+
+#[test]
+fn heartbeat_timers_do_not_pile_up() {
+    let mut h = Harness::new(cfg());
+    let (inc, _) = h.start_one("app.ini");
+    for _ in 0..1000 {
+        h.ev(Event::Message { inc, byte: 26 });
+    }
+    assert!(h.core.timers.len() <= 2);
+}
+
+#[test]
+fn config_is_pushed_once_at_start_and_once_per_request_never_on_reload() {
+    let mut h = Harness::new(cfg());
+    let content: Arc<[u8]> = Arc::from(&b"[uwsgi]\nmaster = true\n"[..]);
+    let mut e = entry("zz.ini", 1);
+    e.content = Some(content.clone());
+    let a = h.scan(vec![e.clone()]);
+    let Action::Spawn(r) = &a[0] else { panic!() };
+    assert_eq!(r.content.as_deref(), Some(&*content));
+    let inc = r.inc;
+    assert_eq!(
+        h.ev(Event::Spawned { inc, pid: 7 }),
+        vec![Action::PushConfig {
+            inc,
+            content: content.clone()
+        }]
+    );
+    let new: Arc<[u8]> = Arc::from(&b"[uwsgi]\nmaster = false\n"[..]);
+    e.content = Some(new.clone());
+    assert_eq!(
+        h.scan(vec![e]),
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::Reload
+        }]
+    );
+    assert_eq!(
+        h.ev(Event::Message { inc, byte: 2 }),
+        vec![Action::PushConfig { inc, content: new }]
+    );
+}
+
+#[test]
+fn file_vassal_asking_for_config_gets_nothing() {
+    let mut h = Harness::new(cfg());
+    let (inc, _) = h.start_one("app.ini");
+    assert!(h.ev(Event::Message { inc, byte: 2 }).is_empty());
+}
+
+#[test]
+fn sos_and_unknown_bytes_are_counted() {
+    let mut h = Harness::new(cfg());
+    let (inc, _) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 30 });
+    h.ev(Event::Message { inc, byte: 99 });
+    h.ev(Event::Message { inc, byte: 99 });
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert_eq!((v.sos, v.unknown_bytes), (1, 2));
+}
+
+#[test]
+fn stop_me_byte_restarts_a_file_vassal() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    assert_eq!(
+        h.ev(Event::Message { inc, byte: 22 }),
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::Stop
+        }]
+    );
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(spawns(&a), 1);
+}
+
+#[test]
+fn file_recreated_while_stopping_is_started_again_after_reap() {
+    let mut h = Harness::new(cfg());
+    let (_, pid) = h.start_one("app.ini");
+    h.scan(vec![]);
+    assert!(h.scan(vec![entry("app.ini", 9)]).is_empty());
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(spawns(&a), 1);
+}
+
+#[test]
+fn shutdown_stops_all_kills_after_mercy_and_exits_once_reaped() {
+    let mut h = Harness::new(CoreConfig {
+        reload_mercy: Duration::from_secs(10),
+        curse_tolerance: Duration::from_secs(60),
+        ..cfg()
+    });
+    let a = h.scan(vec![entry("a.ini", 1), entry("b.ini", 1), entry("c.ini", 1)]);
+    h.spawn_all(&a);
+    let pids: Vec<i32> = h.core.vassals().filter_map(|v| v.state.pid()).collect();
+    let a = h.ev(Event::Control(Control::Shutdown));
+    assert_eq!(
+        a.iter()
+            .filter(|a| matches!(
+                a,
+                Action::Send {
+                    msg: EmperorMsg::Stop,
+                    ..
+                }
+            ))
+            .count(),
+        3
+    );
+    // New files are ignored while shutting down.
+    assert!(h.scan(vec![entry("d.ini", 1)]).iter().all(|a| !matches!(a, Action::Spawn(_))));
+    h.ev(Event::Reaped {
+        pid: pids[0],
+        exit: ExitKind::Code(0),
+    });
+    let a = h.advance(Duration::from_secs(10));
+    let kills: Vec<_> = a.iter().filter(|a| matches!(a, Action::Kill { .. })).collect();
+    assert_eq!(kills.len(), 2);
+    h.ev(Event::Reaped {
+        pid: pids[1],
+        exit: ExitKind::Signal(9),
+    });
+    let a = h.ev(Event::Reaped {
+        pid: pids[2],
+        exit: ExitKind::Signal(9),
+    });
+    assert!(a.contains(&Action::Exit));
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn shutdown_with_a_backed_off_vassal_exits_at_once() {
+    let mut h = Harness::new(cfg());
+    let (_, pid) = h.start_one("app.ini");
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(1),
+    });
+    let a = h.ev(Event::Control(Control::Shutdown));
+    assert_eq!(a, vec![Action::Exit]);
+}
+
+#[test]
+fn hup_reloads_every_running_vassal() {
+    let mut h = Harness::new(cfg());
+    let a = h.scan(vec![entry("a.ini", 1), entry("b.ini", 1)]);
+    h.spawn_all(&a);
+    let a = h.ev(Event::Control(Control::ReloadAll));
+    assert_eq!(
+        a.iter()
+            .filter(|a| matches!(
+                a,
+                Action::Send {
+                    msg: EmperorMsg::Reload,
+                    ..
+                }
+            ))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn urg_clears_every_backoff_and_starts_waiting_vassals() {
+    let mut h = Harness::new(CoreConfig {
+        throttle_ms: 60_000,
+        ..cfg()
+    });
+    let (_, pid) = h.start_one("app.ini");
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(1),
+    });
+    let a = h.ev(Event::Control(Control::ClearBackoff));
+    assert_eq!(spawns(&a), 1);
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 0);
+}
+
+#[test]
+fn winch_asks_for_a_rescan() {
+    let mut h = Harness::new(cfg());
+    assert_eq!(h.ev(Event::Control(Control::Rescan)), vec![Action::Rescan]);
+}
+
+#[test]
+fn monitors_do_not_remove_each_others_vassals() {
+    let mut h = Harness::new(cfg());
+    let mut a = entry("app.ini", 1);
+    let mut b = entry("app.ini", 1);
+    a.key = "/one/app.ini".into();
+    b.key = "/two/app.ini".into();
+    let x = h.ev(Event::Scanned {
+        monitor: 0,
+        entries: vec![a],
+    });
+    h.spawn_all(&x);
+    let x = h.ev(Event::Scanned {
+        monitor: 1,
+        entries: vec![b],
+    });
+    assert_eq!(spawns(&x), 1);
+    h.spawn_all(&x);
+    // An empty scan of monitor 1 stops only its own vassal.
+    let x = h.ev(Event::Scanned {
+        monitor: 1,
+        entries: vec![],
+    });
+    assert_eq!(x.len(), 1);
+    assert_eq!(h.core.len(), 2);
+    assert!(matches!(
+        h.core.vassal("/one/app.ini").unwrap().state,
+        State::Running { .. }
+    ));
+}
+
+#[test]
+fn unknown_pid_and_stale_channel_are_ignored() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    assert!(h
+        .ev(Event::Reaped {
+            pid: 4242,
+            exit: ExitKind::Code(0)
+        })
+        .is_empty());
+    h.ev(Event::Message { inc, byte: 17 });
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(1),
+    });
+    // Bytes on the old incarnation's token are dropped.
+    assert!(h.ev(Event::Message { inc, byte: 22 }).is_empty());
+}
