@@ -144,24 +144,36 @@ impl Proc {
         }
     }
 
-    /// Waits for the process to exit within `timeout`; returns its exit status.
+    /// Waits for the process to exit within `timeout`; returns its exit status. The wait is
+    /// an event (a pidfd becoming readable), bounded by the deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            // Exit is observed through the output pipes closing: block on the channel until
-            // both pump threads end (or a line arrives), bounded by the deadline.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                panic!("process {} did not exit within {timeout:?}", self.pid());
-            }
-            match self.lines.recv_timeout(left.min(Duration::from_millis(50))) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => {}
-            }
+        if let Some(st) = self.child.try_wait().expect("try_wait") {
+            return st;
         }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: pfd is a valid pollfd that outlives the call; nfds is 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        // SAFETY: fd was returned by pidfd_open above and is closed exactly once.
+        unsafe { libc::close(fd) };
+        assert!(
+            n > 0,
+            "process {pid} did not exit within {timeout:?}\n{}",
+            self.output()
+        );
+        self.child.wait().expect("wait")
     }
 }
 
