@@ -1,0 +1,786 @@
+//! The server (preloaded base) side: accept, authenticate, receive, double-fork, adopt.
+//!
+//! # Single-threaded, by design
+//!
+//! The grandchild of every adoption keeps running the program's Rust code (Zygote style), which
+//! is only sound when the forking process has exactly one thread: a lock held by another thread
+//! at fork time (the allocator's, stdout's, a logger's) would stay locked forever in the child.
+//! [`ForkServer::serve`] checks `/proc/self/task` before every fork and fails with
+//! [`ServerError::NotSingleThreaded`] instead of forking a multi-threaded process. The
+//! intermediate child only calls `fork` and `_exit`, both async-signal-safe.
+//!
+//! # Signals
+//!
+//! While a [`ForkServer`] exists (with [`ServerConfig::handle_signals`], the default), SIGTERM
+//! and SIGINT are blocked in the process and read from a signalfd by [`ForkServer::serve`],
+//! which then returns [`Outcome::Stopped`]. The adopted grandchild gets the original signal mask
+//! back. Dropping the server (in the process that bound it) restores the mask and removes the
+//! socket file.
+//!
+//! # Descriptors
+//!
+//! Every fd the server opens is CLOEXEC, and received fds arrive with `MSG_CMSG_CLOEXEC`. That
+//! matters only if the vassal later execs: an adopted vassal does not exec, so the grandchild
+//! closes the listener, the signalfd and every other connection before it returns the
+//! [`Adoption`]. Fds the *program* owns (its own emperor channel, files, sockets) are the
+//! program's to close in the adopted branch.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{getsockopt, recvmsg, sockopt, ControlMessageOwned, MsgFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+use uwsgi_proto::header::Status;
+
+use crate::client::poll_timeout;
+use crate::codec::{encode_reply, Request, RequestError};
+
+/// Most fds one `SCM_RIGHTS` message can carry on Linux (`SCM_MAX_FD`); the receive buffer has
+/// room for that many so the kernel never truncates (and never silently drops) fds.
+const SCM_MAX_FD: usize = 253;
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// uids allowed to ask for a fork. Default: the server's effective uid and root.
+    pub allowed_uids: Vec<u32>,
+    /// How long a client may take to send its whole request (and the reply write). Default 4 s.
+    pub io_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog. Default 64.
+    pub max_connections: usize,
+    /// Block SIGTERM/SIGINT and return [`Outcome::Stopped`] when one arrives. Default true.
+    pub handle_signals: bool,
+    /// Permissions for the socket file (e.g. `0o600`); `None` keeps what the umask gives.
+    pub socket_mode: Option<u32>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let me = nix::unistd::geteuid().as_raw();
+        let mut allowed_uids = vec![me];
+        if me != 0 {
+            allowed_uids.push(0);
+        }
+        ServerConfig {
+            allowed_uids,
+            io_timeout: Duration::from_secs(4),
+            max_connections: 64,
+            handle_signals: true,
+            socket_mode: None,
+        }
+    }
+}
+
+/// Credentials of the connected client, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Client pid (as seen at connect time).
+    pub pid: i32,
+    /// Client uid.
+    pub uid: u32,
+    /// Client gid.
+    pub gid: u32,
+}
+
+/// What a new vassal receives: returned by [`ForkServer::serve`] in the adopted grandchild.
+#[derive(Debug)]
+pub struct Adoption {
+    /// The vassal's argv, as sent by the emperor (argv[0] included).
+    pub argv: Vec<OsString>,
+    /// The emperor channel.
+    pub channel: OwnedFd,
+    /// The config channel, when the request carried one (mask 0x02).
+    pub config: Option<OwnedFd>,
+    /// The on-demand listener, when the request carried one (mask 0x04).
+    pub on_demand: Option<OwnedFd>,
+    /// Who asked.
+    pub peer: PeerCred,
+}
+
+impl Adoption {
+    /// Sets `UWSGI_EMPEROR_FD` (and `UWSGI_EMPEROR_FD_CONFIG`, or removes it) to the received
+    /// fds, for code that finds its channel through the environment. Call it in the adopted
+    /// vassal only (the process is single-threaded there).
+    pub fn export_env(&self) {
+        std::env::set_var("UWSGI_EMPEROR_FD", self.channel.as_raw_fd().to_string());
+        match &self.config {
+            Some(c) => std::env::set_var("UWSGI_EMPEROR_FD_CONFIG", c.as_raw_fd().to_string()),
+            None => std::env::remove_var("UWSGI_EMPEROR_FD_CONFIG"),
+        }
+    }
+}
+
+/// Why [`ForkServer::serve`] returned.
+#[derive(Debug)]
+pub enum Outcome {
+    /// We are the adopted grandchild: continue as the new vassal. The server's own fds are
+    /// closed; the reply with our pid has been sent.
+    Adopted(Adoption),
+    /// SIGTERM or SIGINT arrived (only with [`ServerConfig::handle_signals`]).
+    Stopped(Signal),
+    /// The watched fd at this index is readable or hung up.
+    Readable(usize),
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted (refused ones included).
+    pub accepted: u64,
+    /// Connections refused for their uid.
+    pub refused: u64,
+    /// Requests rejected as malformed (or closed early by the client).
+    pub rejected: u64,
+    /// Connections dropped for exceeding the I/O timeout.
+    pub timed_out: u64,
+    /// Adoptions handed off (intermediate child exited 0).
+    pub forked: u64,
+    /// Forks that failed.
+    pub fork_failed: u64,
+}
+
+/// Why the server failed.
+#[derive(Debug)]
+pub enum ServerError {
+    /// Something else listens on the socket path.
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The path exists and is not a socket.
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The process has more than one thread, so forking it would not be sound.
+    NotSingleThreaded {
+        /// Threads found in `/proc/self/task`.
+        threads: usize,
+    },
+    /// A watched fd is invalid (`POLLNVAL`).
+    InvalidWatchedFd {
+        /// Its index in the slice passed to `serve`.
+        index: usize,
+    },
+    /// A syscall failed.
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::InUse { path } => write!(
+                f,
+                "fork server socket {} is in use by a live server",
+                path.display()
+            ),
+            ServerError::NotASocket { path } => write!(
+                f,
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+            ServerError::NotSingleThreaded { threads } => write!(
+                f,
+                "the fork server process has {threads} threads; it must be single-threaded \
+                 because adopted vassals keep running its code after fork()"
+            ),
+            ServerError::InvalidWatchedFd { index } => {
+                write!(f, "watched fd #{index} is not open")
+            }
+            ServerError::Io { op, path, source } => {
+                write!(f, "fork server {}: {op}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: OwnedFd,
+    peer: PeerCred,
+    deadline: Instant,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    got_bytes: bool,
+}
+
+/// Why a connection is dropped without an adoption.
+#[derive(Debug)]
+enum Drop_ {
+    Eof,
+    Bad(RequestError),
+    LateFds,
+    Io(Errno),
+}
+
+impl fmt::Display for Drop_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Drop_::Eof => f.write_str("client closed before a whole request"),
+            Drop_::Bad(e) => write!(f, "{e}"),
+            Drop_::LateFds => f.write_str("fds arrived after the first byte"),
+            Drop_::Io(e) => write!(f, "read: {e}"),
+        }
+    }
+}
+
+/// A request that is complete and valid.
+#[derive(Debug)]
+struct Ready {
+    argv: Vec<OsString>,
+    channel: OwnedFd,
+    config: Option<OwnedFd>,
+    on_demand: Option<OwnedFd>,
+}
+
+/// A fork server bound to a unix socket.
+#[derive(Debug)]
+pub struct ForkServer {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+    ident: (u64, u64),
+    owner: Pid,
+    config: ServerConfig,
+    signals: Option<SignalFd>,
+    old_mask: Option<SigSet>,
+    conns: Vec<Conn>,
+    cmsg: Vec<u8>,
+    stats: ServerStats,
+}
+
+impl ForkServer {
+    /// Binds `path` (replacing a stale socket nobody listens on) and, with
+    /// [`ServerConfig::handle_signals`], blocks SIGTERM/SIGINT in favour of a signalfd.
+    pub fn bind(path: impl AsRef<Path>, config: ServerConfig) -> Result<ForkServer, ServerError> {
+        let path = path.as_ref().to_owned();
+        let io = |op, source| ServerError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                return Err(ServerError::NotASocket { path });
+            }
+            match UnixStream::connect(&path) {
+                Ok(_) => return Err(ServerError::InUse { path }),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(&path).map_err(|e| io("remove stale socket", e))?;
+                }
+                Err(e) => return Err(io("probe existing socket", e)),
+            }
+        }
+        let listener = UnixListener::bind(&path).map_err(|e| io("bind", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("set_nonblocking", e))?;
+        if let Some(mode) = config.socket_mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("chmod", e))?;
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io("stat", e))?;
+        let (signals, old_mask) = if config.handle_signals {
+            let mut mask = SigSet::empty();
+            mask.add(Signal::SIGTERM);
+            mask.add(Signal::SIGINT);
+            let mut old = SigSet::empty();
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old))
+                .map_err(|e| io("sigprocmask", e.into()))?;
+            let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map_err(|e| io("signalfd", e.into()))?;
+            (Some(sfd), Some(old))
+        } else {
+            (None, None)
+        };
+        let cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD], libc::ucred);
+        tracing::info!(path = %path.display(), "fork server listening");
+        Ok(ForkServer {
+            listener: Some(listener),
+            ident: (meta.dev(), meta.ino()),
+            path,
+            owner: getpid(),
+            config,
+            signals,
+            old_mask,
+            conns: Vec::new(),
+            cmsg,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// Connections currently being read.
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn err(&self, op: &'static str, source: impl Into<io::Error>) -> ServerError {
+        ServerError::Io {
+            op,
+            path: self.path.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// Serves until an adoption happens (then returns, in the grandchild only,
+    /// [`Outcome::Adopted`]), a stop signal arrives, or one of `watch` becomes readable.
+    ///
+    /// Many clients are served at once: each connection has its own buffer and deadline, and
+    /// nothing blocks except the brief wait for the intermediate child, which exits right after
+    /// its own fork.
+    pub fn serve(&mut self, watch: &[BorrowedFd<'_>]) -> Result<Outcome, ServerError> {
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            let accepting = self.conns.len() < self.config.max_connections.max(1);
+            let Some(listener) = self.listener.as_ref() else {
+                return Err(self.err("serve", io::Error::other("server already closed")));
+            };
+            let next_deadline = self.conns.iter().map(|c| c.deadline).min();
+            let timeout = next_deadline
+                .map(|d| poll_timeout(d.saturating_duration_since(now)))
+                .unwrap_or(PollTimeout::NONE);
+
+            let mut pfds = Vec::with_capacity(2 + self.conns.len() + watch.len());
+            let sig_at = self.signals.as_ref().map(|s| {
+                pfds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                pfds.len() - 1
+            });
+            let listen_at = accepting.then(|| {
+                pfds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+                pfds.len() - 1
+            });
+            let conns_at = pfds.len();
+            pfds.extend(
+                self.conns
+                    .iter()
+                    .map(|c| PollFd::new(c.sock.as_fd(), PollFlags::POLLIN)),
+            );
+            let watch_at = pfds.len();
+            pfds.extend(watch.iter().map(|w| PollFd::new(*w, PollFlags::POLLIN)));
+
+            match nix::poll::poll(&mut pfds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(self.err("poll", e)),
+            }
+            let revents: Vec<PollFlags> = pfds
+                .iter()
+                .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            drop(pfds);
+            let ready = |i: usize| !revents[i].is_empty();
+
+            if let Some(i) = sig_at {
+                if ready(i) {
+                    if let Some(sig) = self.read_signal()? {
+                        tracing::info!(path = %self.path.display(), signal = %sig, "fork server stopping");
+                        return Ok(Outcome::Stopped(sig));
+                    }
+                }
+            }
+            for index in 0..watch.len() {
+                let r = revents[watch_at + index];
+                if r.contains(PollFlags::POLLNVAL) {
+                    return Err(ServerError::InvalidWatchedFd { index });
+                }
+                if !r.is_empty() {
+                    return Ok(Outcome::Readable(index));
+                }
+            }
+            // Read every ready connection, but adopt at most one per round: the others stay
+            // readable and are picked up by the next poll.
+            let n = self.conns.len();
+            let mut finished: Vec<(usize, Option<Ready>)> = Vec::new();
+            for i in 0..n {
+                if !ready(conns_at + i) {
+                    continue;
+                }
+                match self.read_conn(i) {
+                    Ok(None) => {}
+                    Ok(Some(req)) => {
+                        finished.push((i, Some(req)));
+                        break;
+                    }
+                    Err(why) => {
+                        let peer = self.conns[i].peer;
+                        self.stats.rejected += 1;
+                        tracing::warn!(
+                            peer_pid = peer.pid,
+                            peer_uid = peer.uid,
+                            "fork server: dropping connection: {why}"
+                        );
+                        finished.push((i, None));
+                    }
+                }
+            }
+            // Remove from the back so the smaller indices stay valid.
+            let mut adopted = None;
+            for (i, req) in finished.into_iter().rev() {
+                let conn = self.conns.swap_remove(i);
+                if let Some(req) = req {
+                    adopted = Some((conn, req));
+                }
+            }
+            if let Some((conn, req)) = adopted {
+                if let Some(adoption) = self.adopt(conn, req)? {
+                    return Ok(Outcome::Adopted(adoption));
+                }
+            }
+            if let Some(i) = listen_at {
+                if ready(i) {
+                    self.accept_all()?;
+                }
+            }
+        }
+    }
+
+    fn read_signal(&mut self) -> Result<Option<Signal>, ServerError> {
+        let Some(sfd) = self.signals.as_mut() else {
+            return Ok(None);
+        };
+        match sfd.read_signal() {
+            Ok(Some(info)) => Ok(Signal::try_from(info.ssi_signo as i32).ok()),
+            Ok(None) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => Ok(None),
+            Err(e) => Err(self.err("read signalfd", e)),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let before = self.conns.len();
+        self.conns.retain(|c| {
+            let alive = c.deadline > now;
+            if !alive {
+                tracing::warn!(
+                    peer_pid = c.peer.pid,
+                    peer_uid = c.peer.uid,
+                    received = c.buf.len(),
+                    "fork server: client timed out before sending a whole request"
+                );
+            }
+            alive
+        });
+        self.stats.timed_out += (before - self.conns.len()) as u64;
+    }
+
+    fn accept_all(&mut self) -> Result<(), ServerError> {
+        while self.conns.len() < self.config.max_connections.max(1) {
+            let Some(listener) = self.listener.as_ref() else {
+                return Ok(());
+            };
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A client that vanished between connect and accept, or fd exhaustion: log and
+                // keep serving the others.
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), "fork server: accept: {e}");
+                    return Ok(());
+                }
+            };
+            self.stats.accepted += 1;
+            let cred = match getsockopt(&stream, sockopt::PeerCredentials) {
+                Ok(c) => PeerCred {
+                    pid: c.pid(),
+                    uid: c.uid(),
+                    gid: c.gid(),
+                },
+                Err(e) => {
+                    tracing::warn!("fork server: SO_PEERCRED failed ({e}); closing connection");
+                    self.stats.refused += 1;
+                    continue;
+                }
+            };
+            if !self.config.allowed_uids.contains(&cred.uid) {
+                self.stats.refused += 1;
+                tracing::warn!(
+                    peer_pid = cred.pid,
+                    peer_uid = cred.uid,
+                    peer_gid = cred.gid,
+                    "fork server: refused connection from pid {} uid {} gid {} (allowed uids: {:?})",
+                    cred.pid,
+                    cred.uid,
+                    cred.gid,
+                    self.config.allowed_uids
+                );
+                continue; // dropping `stream` closes it
+            }
+            if let Err(e) = stream.set_nonblocking(true) {
+                tracing::warn!("fork server: set_nonblocking: {e}");
+                continue;
+            }
+            tracing::debug!(
+                peer_pid = cred.pid,
+                peer_uid = cred.uid,
+                peer_gid = cred.gid,
+                "fork server: connection"
+            );
+            self.conns.push(Conn {
+                sock: OwnedFd::from(stream),
+                peer: cred,
+                deadline: Instant::now() + self.config.io_timeout,
+                buf: Vec::with_capacity(256),
+                fds: Vec::new(),
+                got_bytes: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads what the connection has; `Some` once the request is complete and valid.
+    fn read_conn(&mut self, i: usize) -> Result<Option<Ready>, Drop_> {
+        let conn = &mut self.conns[i];
+        loop {
+            let needed = match Request::decode(&conn.buf) {
+                Err(e) => return Err(Drop_::Bad(e)),
+                Ok(Status::Complete((req, _))) => {
+                    let argv = req.argv();
+                    let fds = std::mem::take(&mut conn.fds);
+                    let (channel, config, on_demand) = req.mask.split(fds).map_err(Drop_::Bad)?;
+                    return Ok(Some(Ready {
+                        argv,
+                        channel,
+                        config,
+                        on_demand,
+                    }));
+                }
+                Ok(Status::Partial { needed }) => needed,
+            };
+            // The first read asks for the 4 header bytes only: the fds ride on them.
+            let start = conn.buf.len();
+            conn.buf.resize(start + needed, 0);
+            let (got, fds, truncated) = {
+                let mut iov = [IoSliceMut::new(&mut conn.buf[start..])];
+                match recvmsg::<()>(
+                    conn.sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut self.cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+                ) {
+                    Ok(msg) => {
+                        let mut fds = Vec::new();
+                        let truncated = match msg.cmsgs() {
+                            Ok(cmsgs) => {
+                                for c in cmsgs {
+                                    if let ControlMessageOwned::ScmRights(raw) = c {
+                                        fds.extend(raw.into_iter().map(|fd| {
+                                            // SAFETY: the kernel just installed this fd in our
+                                            // table for this message; nothing else owns it.
+                                            unsafe { OwnedFd::from_raw_fd(fd) }
+                                        }));
+                                    }
+                                }
+                                false
+                            }
+                            Err(_) => true,
+                        };
+                        (Ok(msg.bytes), fds, truncated)
+                    }
+                    Err(e) => (Err(e), Vec::new(), false),
+                }
+            };
+            match got {
+                Ok(n) => conn.buf.truncate(start + n),
+                Err(_) => conn.buf.truncate(start),
+            }
+            if truncated {
+                return Err(Drop_::Bad(RequestError::FdCount {
+                    expected: 3,
+                    got: SCM_MAX_FD + 1,
+                }));
+            }
+            if !fds.is_empty() {
+                if conn.got_bytes {
+                    return Err(Drop_::LateFds);
+                }
+                if fds.len() > crate::codec::MAX_FDS {
+                    return Err(Drop_::Bad(RequestError::FdCount {
+                        expected: crate::codec::MAX_FDS,
+                        got: fds.len(),
+                    }));
+                }
+                conn.fds = fds;
+            }
+            match got {
+                Ok(0) => return Err(Drop_::Eof),
+                Ok(_) => conn.got_bytes = true,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(Drop_::Io(e)),
+            }
+        }
+    }
+
+    /// Double-forks. Returns `Some` in the grandchild only.
+    fn adopt(&mut self, conn: Conn, req: Ready) -> Result<Option<Adoption>, ServerError> {
+        let threads = thread_count().map_err(|e| self.err("count threads", e))?;
+        if threads != 1 {
+            return Err(ServerError::NotSingleThreaded { threads });
+        }
+        tracing::info!(
+            peer_pid = conn.peer.pid,
+            peer_uid = conn.peer.uid,
+            fds = 1 + usize::from(req.config.is_some()) + usize::from(req.on_demand.is_some()),
+            argv = ?req.argv,
+            "fork server: adoption request"
+        );
+        // SAFETY: the process has exactly one thread (checked just above), so the child is a
+        // complete copy with no lock held by a vanished thread; the child only calls fork() and
+        // _exit() before the grandchild takes over.
+        match unsafe { fork() } {
+            Err(e) => {
+                self.stats.fork_failed += 1;
+                tracing::error!("fork server: fork failed: {e}");
+                Ok(None) // dropping conn and fds closes them: the client sees EOF
+            }
+            Ok(ForkResult::Parent { child }) => {
+                let status = loop {
+                    match waitpid(child, None) {
+                        Err(Errno::EINTR) => continue,
+                        r => break r,
+                    }
+                };
+                match status {
+                    Ok(WaitStatus::Exited(_, 0)) | Err(Errno::ECHILD) => self.stats.forked += 1,
+                    other => {
+                        self.stats.fork_failed += 1;
+                        tracing::error!("fork server: intermediate child ended with {other:?}");
+                    }
+                }
+                // Our copies of the client's fds and the connection close here; the
+                // grandchild holds its own.
+                drop((conn, req));
+                Ok(None)
+            }
+            Ok(ForkResult::Child) => {
+                // Intermediate child: async-signal-safe calls only.
+                // SAFETY: still a single-threaded copy; the grandchild is orphaned at once and
+                // reparented to the nearest subreaper (the emperor).
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {}
+                    // SAFETY: _exit is async-signal-safe and skips atexit handlers and
+                    // destructors that belong to the server process.
+                    Ok(ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
+                    // SAFETY: as above.
+                    Err(_) => unsafe { libc::_exit(1) },
+                }
+                Ok(Some(self.become_vassal(conn, req)))
+            }
+        }
+    }
+
+    /// In the grandchild: drop everything of the server, send the reply, hand over.
+    fn become_vassal(&mut self, conn: Conn, req: Ready) -> Adoption {
+        self.listener = None;
+        self.conns.clear();
+        self.signals = None;
+        if let Some(old) = self.old_mask.take() {
+            // Failure is not possible for SIG_SETMASK with a valid set; ignore it anyway.
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+        let pid = getpid();
+        let reply = encode_reply(pid.as_raw());
+        if let Err(e) = write_all(&conn.sock, &reply, Instant::now() + self.config.io_timeout) {
+            tracing::error!(
+                pid = pid.as_raw(),
+                "fork server: adopted vassal cannot send its pid to the client ({e}); exiting"
+            );
+            // SAFETY: _exit ends this orphan without running the server's destructors.
+            unsafe { libc::_exit(1) }
+        }
+        drop(conn.sock);
+        tracing::info!(
+            pid = pid.as_raw(),
+            "fork server: double fork done, vassal adopted"
+        );
+        Adoption {
+            argv: req.argv,
+            channel: req.channel,
+            config: req.config,
+            on_demand: req.on_demand,
+            peer: conn.peer,
+        }
+    }
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        if getpid() != self.owner {
+            return;
+        }
+        self.listener = None;
+        self.signals = None;
+        if let Some(old) = self.old_mask.take() {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.ident {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+fn write_all(sock: &OwnedFd, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+    while !data.is_empty() {
+        match nix::sys::socket::send(sock.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                let mut p = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
+                match nix::poll::poll(&mut p, poll_timeout(left)) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Threads of this process.
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
