@@ -276,6 +276,13 @@ impl PendingFork {
                     return Ok(());
                 }
                 Err(Errno::EINTR) => continue,
+                // The server refused us (closed) before we could send.
+                Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                    return Err(ClientError::Closed {
+                        path: self.path.clone(),
+                        received: 0,
+                    })
+                }
                 // A fresh socket with an empty send buffer does not refuse 64 KiB; should it
                 // happen anyway, the fds would have to outlive this call, so report it.
                 Err(e) => return Err(ClientError::io(&self.path, "sendmsg", e)),
@@ -318,10 +325,20 @@ impl PendingFork {
             )));
         }
         while self.wants_write() {
-            match nix::unistd::write(&self.sock, &self.out[self.sent..]) {
+            match nix::sys::socket::send(
+                self.sock.as_raw_fd(),
+                &self.out[self.sent..],
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
                 Ok(n) => self.sent += n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return self.pending_or_timeout(now, Stage::Send),
+                Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                    return Poll::Ready(Err(ClientError::Closed {
+                        path: self.path.clone(),
+                        received: 0,
+                    }))
+                }
                 Err(e) => return Poll::Ready(Err(ClientError::io(&self.path, "write", e))),
             }
         }
