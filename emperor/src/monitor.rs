@@ -1,1 +1,495 @@
-//! todo
+//! Config sources: `dir://` and `glob://` monitors.
+//!
+//! A [`Scanner`] lists one monitor and returns every valid config with its
+//! (mtime_ns, size, inode) stamp. Files it skips (bad name, stat error such as a symlink loop,
+//! not a regular file, unreadable) are logged once — again only if the reason changes or the file
+//! goes away and comes back. The runtime calls [`Scanner::scan`] when inotify reports a change in
+//! one of [`Scanner::watch_dirs`] and every `--emperor-freq` seconds as a safety net.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::core::{Entry, FileStamp};
+
+/// The config extensions uWSGI recognises, and the flag each one gets.
+pub const EXTENSIONS: [(&str, &str); 6] = [
+    (".xml", "--xml"),
+    (".ini", "--ini"),
+    (".yml", "--yaml"),
+    (".yaml", "--yaml"),
+    (".js", "--json"),
+    (".json", "--json"),
+];
+
+/// Longest accepted instance name in bytes (uWSGI: 254, file names only; here the whole glob
+/// match may be a path, so PATH_MAX applies).
+pub const MAX_NAME: usize = 4095;
+
+/// What a monitor argument means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorKind {
+    /// A directory (absolute), scanned for config files.
+    Dir(PathBuf),
+    /// A glob pattern, matched from the emperor's cwd.
+    Glob(String),
+}
+
+/// One monitor: its argument as given (shown in stats) and what it means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorSpec {
+    /// The argument as given.
+    pub arg: String,
+    /// Its meaning.
+    pub kind: MonitorKind,
+}
+
+/// Parses a monitor argument: `dir://PATH`, `glob://PATTERN`, or a bare path (a glob when it
+/// contains `*`, `?` or `[`, or names an existing non-directory; otherwise a directory).
+pub fn parse_monitor(arg: &str, cwd: &Path) -> Result<MonitorSpec, String> {
+    let kind = if let Some(p) = arg.strip_prefix("dir://") {
+        MonitorKind::Dir(cwd.join(p))
+    } else if let Some(p) = arg.strip_prefix("glob://") {
+        MonitorKind::Glob(p.to_string())
+    } else if let Some((scheme, _)) = arg.split_once("://") {
+        return Err(format!(
+            "monitor `{arg}`: the `{scheme}://` monitor is not supported (use a directory, a glob, dir:// or glob://)"
+        ));
+    } else if arg.contains(['*', '?', '[']) {
+        MonitorKind::Glob(arg.to_string())
+    } else {
+        let p = cwd.join(arg);
+        match std::fs::metadata(&p) {
+            Ok(m) if !m.is_dir() => MonitorKind::Glob(arg.to_string()),
+            _ => MonitorKind::Dir(p),
+        }
+    };
+    Ok(MonitorSpec {
+        arg: arg.to_string(),
+        kind,
+    })
+}
+
+/// The flag that loads `name` (`--ini`, `--xml`, `--yaml`, `--json`, `--config` for extra
+/// extensions), or `None` for an invalid name.
+pub fn config_flag(name: &str, extra: &[String]) -> Option<&'static str> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return None;
+    }
+    let base = name.rsplit('/').next().unwrap_or(name);
+    for (ext, flag) in EXTENSIONS {
+        if base.len() > ext.len() && base.ends_with(ext) {
+            return Some(flag);
+        }
+    }
+    if extra
+        .iter()
+        .any(|e| !e.is_empty() && base.len() > e.len() && base.ends_with(e.as_str()))
+    {
+        return Some("--config");
+    }
+    None
+}
+
+/// The stamp of a file's metadata.
+pub fn stamp_of(m: &std::fs::Metadata) -> FileStamp {
+    FileStamp {
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        size: m.size(),
+        ino: m.ino(),
+    }
+}
+
+#[derive(Debug)]
+struct Known {
+    stamp: FileStamp,
+    verdict: Result<(), String>,
+}
+
+/// The result of one scan.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    /// Every valid config, or `None` when the listing itself failed for a reason other than
+    /// the directory missing (then nothing should be stopped).
+    pub entries: Option<Vec<Entry>>,
+}
+
+/// Scans one monitor, remembering what it already reported.
+#[derive(Debug)]
+pub struct Scanner {
+    spec: MonitorSpec,
+    extra: Vec<String>,
+    nofollow: bool,
+    known: HashMap<String, Known>,
+    reported: HashMap<String, String>,
+    listing_error: Option<String>,
+    watch: Vec<PathBuf>,
+}
+
+impl Scanner {
+    /// A scanner for `spec`.
+    pub fn new(spec: MonitorSpec, extra: Vec<String>, nofollow: bool) -> Scanner {
+        Scanner {
+            spec,
+            extra,
+            nofollow,
+            known: HashMap::new(),
+            reported: HashMap::new(),
+            listing_error: None,
+            watch: Vec::new(),
+        }
+    }
+
+    /// The monitor.
+    pub fn spec(&self) -> &MonitorSpec {
+        &self.spec
+    }
+
+    /// Directories whose changes should trigger a rescan (as of the latest scan).
+    pub fn watch_dirs(&self) -> &[PathBuf] {
+        &self.watch
+    }
+
+    /// The directory a vassal of this monitor runs in: the monitor directory (so relative
+    /// paths in vassal configs mean what they mean under uWSGI), or `cwd` for glob monitors.
+    pub fn vassal_cwd<'a>(&'a self, cwd: &'a Path) -> &'a Path {
+        match &self.spec.kind {
+            MonitorKind::Dir(d) => d,
+            MonitorKind::Glob(_) => cwd,
+        }
+    }
+
+    /// Lists the monitor.
+    pub fn scan(&mut self) -> ScanResult {
+        let mut seen: Vec<String> = Vec::new();
+        let entries = match self.spec.kind.clone() {
+            MonitorKind::Dir(dir) => self.scan_dir(&dir, &mut seen),
+            MonitorKind::Glob(pattern) => Some(self.scan_glob(&pattern, &mut seen)),
+        };
+        if entries.is_some() {
+            let seen: std::collections::HashSet<&String> = seen.iter().collect();
+            self.known.retain(|k, _| seen.contains(k));
+            self.reported.retain(|k, _| seen.contains(k));
+        }
+        ScanResult { entries }
+    }
+
+    fn scan_dir(&mut self, dir: &Path, seen: &mut Vec<String>) -> Option<Vec<Entry>> {
+        self.watch = vec![dir.to_path_buf()];
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => {
+                if self.listing_error.take().is_some() {
+                    info!(monitor = %self.spec.arg, "monitor directory {} is back", dir.display());
+                }
+                rd
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.listing_error.as_deref() != Some(msg.as_str()) {
+                    warn!(monitor = %self.spec.arg, "cannot read monitor directory {}: {msg}", dir.display());
+                    self.listing_error = Some(msg);
+                }
+                // A missing directory holds no configs: its vassals stop, and come back with
+                // it. Any other error (permissions, I/O) leaves everything as it is.
+                return (e.kind() == io::ErrorKind::NotFound).then(Vec::new);
+            }
+        };
+        let mut out = Vec::new();
+        for de in rd.flatten() {
+            let fname = de.file_name();
+            let Some(name) = fname.to_str() else {
+                let lossy = fname.to_string_lossy().into_owned();
+                seen.push(lossy.clone());
+                self.skip(&lossy, "its name is not valid UTF-8".into());
+                continue;
+            };
+            let name = name.to_string();
+            seen.push(name.clone());
+            let path = dir.join(&name);
+            if let Some(e) = self.check(&name, &path) {
+                out.push(e);
+            }
+        }
+        Some(out)
+    }
+
+    fn scan_glob(&mut self, pattern: &str, seen: &mut Vec<String>) -> Vec<Entry> {
+        let mut watch = vec![literal_prefix_dir(pattern)];
+        let mut out = Vec::new();
+        let paths = match glob::glob(pattern) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("invalid glob pattern: {e}");
+                if self.listing_error.as_deref() != Some(msg.as_str()) {
+                    warn!(monitor = %self.spec.arg, "{msg}");
+                    self.listing_error = Some(msg);
+                }
+                return out;
+            }
+        };
+        for p in paths {
+            let path = match p {
+                Ok(p) => p,
+                Err(e) => {
+                    let name = e.path().display().to_string();
+                    seen.push(name.clone());
+                    self.skip(&name, format!("cannot read it: {}", e.error()));
+                    continue;
+                }
+            };
+            let Some(name) = path.to_str().map(str::to_string) else {
+                continue;
+            };
+            seen.push(name.clone());
+            if let Some(parent) = path.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+                if !watch.contains(&parent) {
+                    watch.push(parent);
+                }
+            }
+            if let Some(e) = self.check(&name, &path) {
+                out.push(e);
+            }
+        }
+        self.watch = watch;
+        out
+    }
+
+    /// Validates one candidate; logs (once) and returns `None` when it is skipped.
+    fn check(&mut self, name: &str, path: &Path) -> Option<Entry> {
+        if config_flag(name, &self.extra).is_none() {
+            let mut exts: Vec<&str> = EXTENSIONS.iter().map(|(e, _)| *e).collect();
+            exts.extend(self.extra.iter().map(String::as_str));
+            self.skip(
+                name,
+                format!(
+                    "not a vassal config name (it must end in {})",
+                    exts.join(" ")
+                ),
+            );
+            return None;
+        }
+        let meta = if self.nofollow {
+            std::fs::symlink_metadata(path)
+        } else {
+            std::fs::metadata(path)
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.skip(
+                    name,
+                    "symlink loop (too many levels of symbolic links)".into(),
+                );
+                return None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Gone between listing and stat, or a dangling symlink (editor lock files).
+                self.skip(name, format!("cannot stat it: {e}"));
+                return None;
+            }
+            Err(e) => {
+                self.skip(name, format!("cannot stat it: {e}"));
+                return None;
+            }
+        };
+        let ft = meta.file_type();
+        if !(ft.is_file() || (self.nofollow && ft.is_symlink())) {
+            self.skip(name, "not a regular file".into());
+            return None;
+        }
+        let stamp = stamp_of(&meta);
+        let verdict = match self.known.get(name) {
+            Some(k) if k.stamp == stamp => k.verdict.clone(),
+            _ => {
+                let v = readable(path);
+                self.known.insert(
+                    name.to_string(),
+                    Known {
+                        stamp,
+                        verdict: v.clone(),
+                    },
+                );
+                v
+            }
+        };
+        if let Err(reason) = verdict {
+            self.skip(name, reason);
+            return None;
+        }
+        if self.reported.remove(name).is_some() {
+            info!(monitor = %self.spec.arg, "{name} is now a valid vassal config");
+        }
+        let key = std::path::absolute(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        Some(Entry {
+            key,
+            name: name.to_string(),
+            stamp,
+            content: None,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        })
+    }
+
+    fn skip(&mut self, name: &str, reason: String) {
+        if self.reported.get(name) != Some(&reason) {
+            warn!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
+            self.reported.insert(name.to_string(), reason);
+        }
+    }
+}
+
+fn readable(path: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot read it: {e}"))
+}
+
+/// The deepest directory of `pattern` without glob metacharacters.
+fn literal_prefix_dir(pattern: &str) -> PathBuf {
+    let mut out = PathBuf::new();
+    let comps: Vec<&str> = pattern.split('/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        if i + 1 == comps.len() || c.contains(['*', '?', '[']) {
+            break;
+        }
+        if c.is_empty() && i == 0 {
+            out.push("/");
+        } else {
+            out.push(c);
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(r: &ScanResult) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .entries
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn flags_by_extension() {
+        assert_eq!(config_flag("a.ini", &[]), Some("--ini"));
+        assert_eq!(config_flag("a.yaml", &[]), Some("--yaml"));
+        assert_eq!(config_flag("a.yml", &[]), Some("--yaml"));
+        assert_eq!(config_flag("a.js", &[]), Some("--json"));
+        assert_eq!(config_flag("a.json", &[]), Some("--json"));
+        assert_eq!(config_flag("a.xml", &[]), Some("--xml"));
+        assert_eq!(config_flag("a.txt", &[]), None);
+        assert_eq!(config_flag(".ini", &[]), None);
+        assert_eq!(config_flag("a.conf", &[".conf".into()]), Some("--config"));
+        assert_eq!(config_flag(&"x".repeat(5000), &[]), None);
+    }
+
+    #[test]
+    fn monitor_arguments() {
+        let cwd = Path::new("/base");
+        assert_eq!(
+            parse_monitor("dir://v", cwd).unwrap().kind,
+            MonitorKind::Dir("/base/v".into())
+        );
+        assert_eq!(
+            parse_monitor("glob:///e/*.ini", cwd).unwrap().kind,
+            MonitorKind::Glob("/e/*.ini".into())
+        );
+        assert_eq!(
+            parse_monitor("/e/*.ini", cwd).unwrap().kind,
+            MonitorKind::Glob("/e/*.ini".into())
+        );
+        assert_eq!(
+            parse_monitor("/nonexistent/dir", cwd).unwrap().kind,
+            MonitorKind::Dir("/nonexistent/dir".into())
+        );
+        assert!(parse_monitor("pg://x", cwd).is_err());
+        assert_eq!(literal_prefix_dir("/a/b/*/c.ini"), PathBuf::from("/a/b"));
+        assert_eq!(literal_prefix_dir("*.ini"), PathBuf::from("."));
+    }
+
+    #[test]
+    fn dir_scan_stamps_and_skips() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("a.ini"), "[uwsgi]\n").unwrap();
+        std::fs::write(p.join("notes.txt"), "x").unwrap();
+        std::fs::create_dir(p.join("sub.ini")).unwrap();
+        std::os::unix::fs::symlink("loop2.ini", p.join("loop1.ini")).unwrap();
+        std::os::unix::fs::symlink("loop1.ini", p.join("loop2.ini")).unwrap();
+        let spec = parse_monitor(p.to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        let r = s.scan();
+        assert_eq!(names(&r), vec!["a.ini"]);
+        assert_eq!(s.reported.len(), 4, "{:?}", s.reported);
+        assert!(s.reported["loop1.ini"].contains("loop"));
+        let e = &r.entries.unwrap()[0];
+        assert_eq!(e.key, p.join("a.ini").display().to_string());
+        // Same-size rewrite: the stamp changes (mtime_ns, and usually the inode via rename).
+        let before = e.stamp;
+        std::fs::write(p.join("tmp"), "[uwsgi]\n").unwrap();
+        std::fs::rename(p.join("tmp"), p.join("a.ini")).unwrap();
+        let r = s.scan();
+        assert_ne!(r.entries.unwrap()[0].stamp, before);
+    }
+
+    #[test]
+    fn missing_dir_is_empty_and_comes_back() {
+        let d = tempfile::tempdir().unwrap();
+        let v = d.path().join("v");
+        let spec = parse_monitor(v.to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        assert_eq!(s.scan().entries, Some(vec![]));
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("a.ini"), "[uwsgi]\n").unwrap();
+        assert_eq!(names(&s.scan()), vec!["a.ini"]);
+    }
+
+    #[test]
+    fn glob_scan_uses_matched_paths() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.ini"), "").unwrap();
+        std::fs::write(d.path().join("b.xml"), "").unwrap();
+        let pat = format!("{}/*.ini", d.path().display());
+        let spec = parse_monitor(&pat, Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        let r = s.scan();
+        assert_eq!(names(&r), vec![format!("{}/a.ini", d.path().display())]);
+        assert_eq!(s.watch_dirs(), &[d.path().to_path_buf()]);
+    }
+
+    #[test]
+    fn nofollow_accepts_symlinks_and_tracks_the_link() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("real.conf"), "[uwsgi]\n").unwrap();
+        std::os::unix::fs::symlink("real.conf", d.path().join("l.ini")).unwrap();
+        let spec = parse_monitor(d.path().to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], true);
+        assert_eq!(names(&s.scan()), vec!["l.ini"]);
+    }
+}

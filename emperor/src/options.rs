@@ -1,1 +1,407 @@
-//! todo
+//! The command line, with uWSGI's option names, and the `[uwsgi]` section of `--ini` files.
+//!
+//! Ini keys are turned into `--key value` arguments and parsed by the same clap definition, so
+//! an ini key and a command-line option behave identically, and an unknown key is an error that
+//! names it. Ini values come first, the command line after (the command line wins for
+//! single-valued options; lists accumulate).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+
+/// A drop-in replacement for `uwsgi --emperor`: supervises uWSGI vassals described by config
+/// files in directories or glob patterns.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(
+    name = "emperor",
+    version,
+    args_override_self = true,
+    after_help = "Every option can also be given as a key of the [uwsgi] section of an --ini file \
+                  (uWSGI's own names), so an existing emperor.ini works unchanged.\n\
+                  Signals: INT/TERM/QUIT stop every vassal and exit, HUP reloads every vassal, \
+                  USR1 logs one status line per vassal, URG clears every backoff, WINCH rescans."
+)]
+pub struct Options {
+    /// Monitors: a directory, a glob pattern, dir://PATH or glob://PATTERN.
+    #[arg(value_name = "MONITOR")]
+    pub monitors: Vec<String>,
+
+    /// A monitor (repeatable), as uWSGI's --emperor.
+    #[arg(long = "emperor", value_name = "MONITOR")]
+    pub emperor: Vec<String>,
+
+    /// Read options from the [uwsgi] section of FILE (repeatable; uWSGI's %d %p %s %n %% magic is
+    /// expanded).
+    #[arg(long, value_name = "FILE")]
+    pub ini: Vec<PathBuf>,
+
+    /// Safety rescan period in seconds (changes are otherwise seen at once through inotify).
+    #[arg(long = "emperor-freq", value_name = "SECS", default_value_t = 3)]
+    pub freq: u64,
+
+    /// Seconds of heartbeat silence after which a vassal that sends heartbeats is SIGKILLed and
+    /// respawned.
+    #[arg(
+        long = "emperor-required-heartbeat",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
+    pub required_heartbeat: u64,
+
+    /// Seconds a stopping (or cursed) vassal gets before SIGKILL (repeated every SECS).
+    #[arg(
+        long = "emperor-curse-tolerance",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
+    pub curse_tolerance: u64,
+
+    /// First retry delay, in ms, of a vassal that died before being loyal; it doubles per
+    /// failure (with ±10% jitter).
+    #[arg(long = "emperor-throttle", value_name = "MS", default_value_t = 1000)]
+    pub throttle: u64,
+
+    /// Cap of the retry delay, in ms.
+    #[arg(
+        long = "emperor-max-throttle",
+        value_name = "MS",
+        default_value_t = 180_000
+    )]
+    pub max_throttle: u64,
+
+    /// Never back off: retry a failing vassal every --emperor-freq seconds.
+    #[arg(long = "emperor-no-blacklist")]
+    pub no_blacklist: bool,
+
+    /// Do not follow symlinks: track the link itself (lstat), accept links and regular files.
+    #[arg(long = "emperor-nofollow")]
+    pub nofollow: bool,
+
+    /// An extra valid config extension (repeatable); such vassals get `--config NAME`.
+    #[arg(
+        long = "emperor-extra-extension",
+        visible_alias = "emperor-extra-ext",
+        value_name = "EXT"
+    )]
+    pub extra_extension: Vec<String>,
+
+    /// argv[0] of every vassal [default: `uwsgi` from PATH].
+    #[arg(long = "emperor-wrapper", value_name = "BINARY")]
+    pub wrapper: Option<String>,
+
+    /// Binaries tried before the wrapper, in order (repeatable).
+    #[arg(long = "emperor-wrapper-override", value_name = "BINARY")]
+    pub wrapper_override: Vec<String>,
+
+    /// Binaries tried when the wrapper cannot be executed, in order (repeatable).
+    #[arg(long = "emperor-wrapper-fallback", value_name = "BINARY")]
+    pub wrapper_fallback: Vec<String>,
+
+    /// Run executable config files as `exec://NAME`.
+    #[arg(long = "emperor-magic-exec")]
+    pub magic_exec: bool,
+
+    /// Add `--inherit FILE` after the vassal config (repeatable).
+    #[arg(long = "vassals-inherit", value_name = "FILE")]
+    pub vassals_inherit: Vec<String>,
+
+    /// Add `--include FILE` after the vassal config (repeatable).
+    #[arg(long = "vassals-include", value_name = "FILE")]
+    pub vassals_include: Vec<String>,
+
+    /// Add `--inherit FILE` before the vassal config (repeatable).
+    #[arg(long = "vassals-inherit-before", value_name = "FILE")]
+    pub vassals_inherit_before: Vec<String>,
+
+    /// Add `--include FILE` before the vassal config (repeatable).
+    #[arg(long = "vassals-include-before", value_name = "FILE")]
+    pub vassals_include_before: Vec<String>,
+
+    /// Add `--set KEY=VALUE` to every vassal (repeatable).
+    #[arg(
+        long = "vassals-set",
+        visible_alias = "vassal-set",
+        value_name = "KEY=VALUE"
+    )]
+    pub vassals_set: Vec<String>,
+
+    /// Stop vassals with byte 2 (graceful) instead of 0.
+    #[arg(long = "emperor-graceful-shutdown")]
+    pub graceful_shutdown: bool,
+
+    /// Seconds a shutdown waits for vassals before SIGKILL (0 means 30, as in uWSGI).
+    #[arg(long = "reload-mercy", value_name = "SECS", default_value_t = 30)]
+    pub reload_mercy: u64,
+
+    /// Serve stats JSON on ADDR: a unix socket path, or host:port for TCP [default: off].
+    #[arg(
+        long = "emperor-stats",
+        visible_alias = "emperor-stats-server",
+        value_name = "ADDR"
+    )]
+    pub stats: Option<String>,
+
+    /// Answer stats clients as HTTP/1.0.
+    #[arg(long = "stats-http")]
+    pub stats_http: bool,
+
+    /// Write the emperor pid to FILE (removed at exit) [default: off].
+    #[arg(long = "emperor-pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Process name of the emperor (first 15 bytes, as shown by ps -o comm / top)
+    /// [default: unchanged].
+    #[arg(long = "emperor-procname", value_name = "NAME")]
+    pub procname: Option<String>,
+}
+
+/// Why options could not be read.
+#[derive(Debug)]
+pub enum OptionsError {
+    /// clap's own error (unknown option, bad value, --help, --version).
+    Clap(clap::Error),
+    /// An ini file could not be read or parsed.
+    Ini {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for OptionsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionsError::Clap(e) => write!(f, "{e}"),
+            OptionsError::Ini { path, message } => {
+                write!(f, "cannot use ini file {}: {message}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for OptionsError {}
+
+impl Options {
+    /// Parses a command line (`args[0]` is the program name), expanding `--ini` files.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Options, OptionsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Options::try_parse_from(&args).map_err(OptionsError::Clap)?;
+        if first.ini.is_empty() {
+            return Ok(first.finish());
+        }
+        let mut merged: Vec<OsString> =
+            vec![args.first().cloned().unwrap_or_else(|| "emperor".into())];
+        for path in &first.ini {
+            merged.extend(ini_args(path)?);
+        }
+        merged.extend(args.iter().skip(1).cloned());
+        let cmd = Options::command();
+        let matches = cmd
+            .try_get_matches_from(merged)
+            .map_err(|e| OptionsError::Clap(e))?;
+        let opts = Options::from_arg_matches(&matches).map_err(OptionsError::Clap)?;
+        Ok(opts.finish())
+    }
+
+    fn finish(mut self) -> Options {
+        if self.reload_mercy == 0 {
+            self.reload_mercy = 30;
+        }
+        self
+    }
+
+    /// Every monitor, `--emperor` ones first.
+    pub fn all_monitors(&self) -> Vec<String> {
+        self.emperor.iter().chain(&self.monitors).cloned().collect()
+    }
+}
+
+/// The `[uwsgi]` section of an ini file as command-line arguments.
+pub fn ini_args(path: &Path) -> Result<Vec<OsString>, OptionsError> {
+    let err = |message: String| OptionsError::Ini {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let opt = ini::ParseOption {
+        enabled_quote: false,
+        enabled_escape: false,
+        ..Default::default()
+    };
+    let parsed = ini::Ini::load_from_str_opt(&text, opt).map_err(|e| err(e.to_string()))?;
+    let Some(section) = parsed.section(Some("uwsgi")) else {
+        return Err(err("it has no [uwsgi] section".into()));
+    };
+    let cmd = Options::command();
+    let mut out = Vec::new();
+    for (key, value) in section.iter() {
+        let key = key.trim();
+        let value = expand_magic(value.trim(), path);
+        let Some(arg) = cmd.get_arguments().find(|a| {
+            a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key))
+        }) else {
+            return Err(err(format!("unknown option `{key}`")));
+        };
+        let flag = matches!(arg.get_action(), ArgAction::SetTrue);
+        if flag {
+            match value.to_ascii_lowercase().as_str() {
+                "" | "1" | "true" | "yes" | "on" => out.push(format!("--{key}").into()),
+                "0" | "false" | "no" | "off" => {}
+                other => return Err(err(format!("`{key}` expects true or false, not `{other}`"))),
+            }
+        } else {
+            out.push(format!("--{key}").into());
+            out.push(value.into());
+        }
+    }
+    Ok(out)
+}
+
+/// uWSGI's config magic variables for the file at `path`: %d (its directory, with a trailing
+/// slash), %p (its absolute path), %s (its file name), %n (file name without extension), %%.
+pub fn expand_magic(value: &str, path: &Path) -> String {
+    if !value.contains('%') {
+        return value.to_string();
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = abs
+        .parent()
+        .map(|d| format!("{}/", d.display()))
+        .unwrap_or_default();
+    let file = abs
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = abs
+        .file_stem()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&dir),
+            Some('p') => out.push_str(&abs.display().to_string()),
+            Some('s') => out.push_str(&file),
+            Some('n') => out.push_str(&stem),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_uwsgi() {
+        let o = Options::parse_from_args(["emperor", "/etc/uwsgi/vassals"]).unwrap();
+        assert_eq!(o.freq, 3);
+        assert_eq!(o.required_heartbeat, 30);
+        assert_eq!(o.curse_tolerance, 30);
+        assert_eq!(o.throttle, 1000);
+        assert_eq!(o.max_throttle, 180_000);
+        assert_eq!(o.reload_mercy, 30);
+        assert_eq!(o.all_monitors(), vec!["/etc/uwsgi/vassals"]);
+    }
+
+    #[test]
+    fn uwsgi_command_line_carries_over() {
+        let o = Options::parse_from_args([
+            "emperor",
+            "--emperor",
+            "/a",
+            "--emperor",
+            "glob:///b/*.ini",
+            "--emperor-stats-server",
+            "/tmp/s.sock",
+            "--vassal-set",
+            "processes=2",
+            "--emperor-nofollow",
+        ])
+        .unwrap();
+        assert_eq!(o.all_monitors(), vec!["/a", "glob:///b/*.ini"]);
+        assert_eq!(o.stats.as_deref(), Some("/tmp/s.sock"));
+        assert_eq!(o.vassals_set, vec!["processes=2"]);
+        assert!(o.nofollow);
+    }
+
+    #[test]
+    fn unknown_option_is_named() {
+        let e = Options::parse_from_args(["emperor", "--emperor-frek", "2"]).unwrap_err();
+        assert!(e.to_string().contains("--emperor-frek"), "{e}");
+    }
+
+    #[test]
+    fn ini_section_works_and_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("emperor.ini");
+        std::fs::write(
+            &ini,
+            "[uwsgi]\nemperor = %dvassals\nemperor = /other\nemperor-freq = 7\n\
+             emperor-no-blacklist = true\nemperor-magic-exec = false\nvassals-set = a=1\n\
+             emperor-stats = 127.0.0.1:9191\n",
+        )
+        .unwrap();
+        let o = Options::parse_from_args([
+            "emperor".as_ref(),
+            "--ini".as_ref(),
+            ini.as_os_str(),
+            "--emperor-freq".as_ref(),
+            "2".as_ref(),
+        ])
+        .unwrap();
+        let abs = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(
+            o.emperor,
+            vec![format!("{}/vassals", abs.display()), "/other".to_string()]
+        );
+        assert_eq!(o.freq, 2);
+        assert!(o.no_blacklist);
+        assert!(!o.magic_exec);
+        assert_eq!(o.vassals_set, vec!["a=1"]);
+        assert_eq!(o.stats.as_deref(), Some("127.0.0.1:9191"));
+    }
+
+    #[test]
+    fn unknown_ini_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("e.ini");
+        std::fs::write(&ini, "[uwsgi]\nemperor = /x\nbogus-key = 1\n").unwrap();
+        let e = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), ini.as_os_str()])
+            .unwrap_err();
+        assert!(e.to_string().contains("bogus-key"), "{e}");
+    }
+
+    #[test]
+    fn help_documents_defaults() {
+        let help = Options::command().render_long_help().to_string();
+        for needle in [
+            "[default: 3]",
+            "[default: 30]",
+            "[default: 1000]",
+            "[default: 180000]",
+            "--emperor-stats",
+            "--stats-http",
+            "--emperor-pidfile",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from --help");
+        }
+    }
+}

@@ -1,1 +1,974 @@
-//! todo
+//! The one-thread `mio` loop: performs the core's actions and feeds it events.
+//!
+//! Sources: signals (signal-hook-mio), the inotify fd, the stats listener and its clients, and
+//! one channel per running vassal (plus its config socket while a push is pending). Every
+//! readable source is drained until `WouldBlock`; timers are the core's deadline heap plus the
+//! safety rescan and stats client deadlines. Children are reaped with `waitpid(-1, WNOHANG)` in a
+//! loop on SIGCHLD (and on channel EOF, which is only a hint).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use inotify::{Inotify, WatchDescriptor, WatchMask};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+use tracing::{debug, error, info, warn};
+
+use crate::core::{Action, Control, Core, CoreConfig, Event, ExitKind, Inc, SpawnRequest};
+use crate::monitor::{parse_monitor, Scanner};
+use crate::options::Options;
+use crate::spawn::{build_argv, resolve, vassal_env, ArgvConfig, Plan, Spawner};
+use crate::stats::{self, Clock, ProcessInfo};
+
+const SIGNALS: Token = Token(0);
+const INOTIFY: Token = Token(1);
+const STATS: Token = Token(2);
+const CLIENT_BASE: usize = 1 << 20;
+const CLIENT_SPAN: usize = 1 << 30;
+const CHANNEL_BASE: usize = 1 << 40;
+
+/// Quiet time after an inotify event before the directory is rescanned (coalesces an editor's
+/// burst of events into one scan).
+const SETTLE: Duration = Duration::from_millis(100);
+/// A stats client that has not been served within this is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn channel_token(inc: Inc) -> Token {
+    Token(CHANNEL_BASE + (inc.0 as usize) * 2)
+}
+
+fn config_token(inc: Inc) -> Token {
+    Token(CHANNEL_BASE + (inc.0 as usize) * 2 + 1)
+}
+
+#[derive(Debug)]
+struct Channel {
+    stream: UnixStream,
+    config: Option<UnixStream>,
+    pending: Vec<u8>,
+    config_registered: bool,
+    open: bool,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+#[derive(Debug)]
+enum ClientStream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Unix(s) => s.read(buf),
+            ClientStream::Tcp(s) => s.read(buf),
+        }
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Unix(s) => s.write(buf),
+            ClientStream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            ClientStream::Unix(s) => s,
+            ClientStream::Tcp(s) => s,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Client {
+    stream: ClientStream,
+    request: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    reading: bool,
+    deadline: Instant,
+}
+
+/// Startup failures.
+#[derive(Debug)]
+pub struct RunError(pub String);
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
+    move |e| RunError(format!("{what}: {e}"))
+}
+
+/// The running emperor.
+pub struct Runtime {
+    poll: Poll,
+    core: Core,
+    scanners: Vec<Scanner>,
+    inotify: Inotify,
+    watch_monitors: HashMap<WatchDescriptor, Vec<usize>>,
+    watched_dirs: HashMap<PathBuf, WatchDescriptor>,
+    dirty: HashSet<usize>,
+    settle_at: Option<Instant>,
+    next_rescan: Instant,
+    freq: Duration,
+    channels: HashMap<Inc, Channel>,
+    spawner: Spawner,
+    argv: ArgvConfig,
+    env: Vec<(OsString, OsString)>,
+    path_var: Option<OsString>,
+    cwd: PathBuf,
+    signals: Signals,
+    listener: Option<Listener>,
+    stats_http: bool,
+    clients: HashMap<Token, Client>,
+    next_client: usize,
+    info: ProcessInfo,
+    notify: Option<Notifier>,
+    notified_count: Option<usize>,
+    pidfile: Option<PathBuf>,
+    reap_needed: bool,
+}
+
+impl Runtime {
+    /// Sets everything up (monitors, signals, stats socket, pidfile) without scanning yet.
+    pub fn new(opts: &Options) -> Result<Runtime, RunError> {
+        let cwd = std::env::current_dir().map_err(err("cannot read the current directory"))?;
+        let monitors = opts.all_monitors();
+        if monitors.is_empty() {
+            return Err(RunError(
+                "no monitor given: pass a vassal directory or glob (e.g. `emperor /etc/uwsgi/vassals`)".into(),
+            ));
+        }
+        let mut scanners = Vec::new();
+        for m in &monitors {
+            let spec = parse_monitor(m, &cwd).map_err(RunError)?;
+            scanners.push(Scanner::new(
+                spec,
+                opts.extra_extension.clone(),
+                opts.nofollow,
+            ));
+        }
+        let freq = Duration::from_secs(opts.freq.max(1));
+        let cfg = CoreConfig {
+            freq,
+            required_heartbeat: Duration::from_secs(opts.required_heartbeat),
+            curse_tolerance: Duration::from_secs(opts.curse_tolerance),
+            throttle_ms: opts.throttle,
+            max_throttle_ms: opts.max_throttle,
+            no_blacklist: opts.no_blacklist,
+            graceful_shutdown: opts.graceful_shutdown,
+            reload_mercy: Duration::from_secs(opts.reload_mercy),
+            seed: seed(),
+        };
+        let poll = Poll::new().map_err(err("cannot create the event loop"))?;
+        let mut signals = Signals::new([
+            SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGURG, SIGWINCH, SIGCHLD,
+        ])
+        .map_err(err("cannot install signal handlers"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(err("cannot watch signals"))?;
+        let inotify = Inotify::init().map_err(err("cannot initialise inotify"))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&inotify.as_raw_fd()),
+                INOTIFY,
+                Interest::READABLE,
+            )
+            .map_err(err("cannot watch inotify"))?;
+        let listener = match &opts.stats {
+            Some(addr) => {
+                let mut l = bind_stats(addr, &cwd)?;
+                let src: &mut dyn mio::event::Source = match &mut l {
+                    Listener::Unix(u, _) => u,
+                    Listener::Tcp(t) => t,
+                };
+                poll.registry()
+                    .register(src, STATS, Interest::READABLE)
+                    .map_err(err("cannot watch the stats socket"))?;
+                info!("stats server enabled on {addr}");
+                Some(l)
+            }
+            None => None,
+        };
+        let abs = |s: &String| -> String {
+            if s.contains('/') {
+                cwd.join(s).display().to_string()
+            } else {
+                s.clone()
+            }
+        };
+        let argv = ArgvConfig {
+            wrapper: opts.wrapper.as_ref().map(abs),
+            overrides: opts.wrapper_override.iter().map(abs).collect(),
+            fallbacks: opts.wrapper_fallback.iter().map(abs).collect(),
+            magic_exec: opts.magic_exec,
+            extra_ext: opts.extra_extension.clone(),
+            inherit_before: opts.vassals_inherit_before.iter().map(abs).collect(),
+            include_before: opts.vassals_include_before.iter().map(abs).collect(),
+            set: opts.vassals_set.clone(),
+            inherit: opts.vassals_inherit.iter().map(abs).collect(),
+            include: opts.vassals_include.iter().map(abs).collect(),
+        };
+        let pid = std::process::id();
+        if let Some(p) = &opts.pidfile {
+            std::fs::write(p, format!("{pid}\n"))
+                .map_err(err(&format!("cannot write pidfile {}", p.display())))?;
+        }
+        if let Some(name) = &opts.procname {
+            set_procname(name);
+        }
+        let info = ProcessInfo {
+            pid,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            cwd: cwd.display().to_string(),
+            monitors,
+        };
+        Ok(Runtime {
+            poll,
+            core: Core::new(cfg),
+            scanners,
+            inotify,
+            watch_monitors: HashMap::new(),
+            watched_dirs: HashMap::new(),
+            dirty: HashSet::new(),
+            settle_at: None,
+            next_rescan: Instant::now(),
+            freq,
+            channels: HashMap::new(),
+            spawner: Spawner::new().map_err(err("cannot open /dev/null"))?,
+            argv,
+            env: vassal_env(std::env::vars_os()),
+            path_var: std::env::var_os("PATH"),
+            cwd,
+            signals,
+            listener,
+            stats_http: opts.stats_http,
+            clients: HashMap::new(),
+            next_client: 0,
+            info,
+            notify: Notifier::from_env(),
+            notified_count: None,
+            pidfile: opts.pidfile.clone(),
+            reap_needed: false,
+        })
+    }
+
+    /// Runs until a shutdown completes; returns the exit code.
+    pub fn run(mut self) -> i32 {
+        info!(
+            "*** Starting the Emperor (pid: {}) over {} ***",
+            self.info.pid,
+            self.info.monitors.join(" ")
+        );
+        let binary = self.argv.binary().to_string();
+        if resolve(&binary, self.path_var.as_deref(), &self.cwd).is_none() {
+            warn!(
+                "`{binary}` was not found on PATH: vassals cannot start until it is installed ({})",
+                crate::spawn::INSTALL_HINT
+            );
+        }
+        self.rescan_all();
+        if let Some(n) = &self.notify {
+            n.send(&format!(
+                "READY=1\nSTATUS=The Emperor is governing {} vassals",
+                self.core.len()
+            ));
+            self.notified_count = Some(self.core.len());
+        }
+        let mut events = Events::with_capacity(256);
+        let code = loop {
+            if let Some(code) = self.perform() {
+                break code;
+            }
+            let now = Instant::now();
+            let mut wake = self.next_rescan;
+            if let Some(t) = self.core.next_deadline() {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.settle_at {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.clients.values().map(|c| c.deadline).min() {
+                wake = wake.min(t);
+            }
+            let timeout = wake.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("event loop failed: {e}");
+                    break 1;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => self.on_signals(),
+                    INOTIFY => self.on_inotify(),
+                    STATS => self.on_accept(),
+                    Token(t) if t >= CHANNEL_BASE => {
+                        let inc = Inc(((t - CHANNEL_BASE) / 2) as u64);
+                        if (t - CHANNEL_BASE) % 2 == 0 {
+                            self.on_channel(inc);
+                        } else {
+                            self.flush_config(inc);
+                        }
+                    }
+                    tok => self.on_client(tok),
+                }
+            }
+            if self.reap_needed {
+                self.reap();
+            }
+            let now = Instant::now();
+            self.core.handle_timeout(now);
+            self.expire_clients(now);
+            if now >= self.next_rescan {
+                self.dirty.extend(0..self.scanners.len());
+                self.next_rescan = now + self.freq;
+                self.settle_at = Some(now);
+            }
+            if self.settle_at.is_some_and(|t| t <= now) {
+                self.settle_at = None;
+                let dirty: Vec<usize> = self.dirty.drain().collect();
+                for m in dirty {
+                    self.scan(m);
+                }
+            }
+            self.update_status();
+        };
+        self.cleanup();
+        code
+    }
+
+    fn rescan_all(&mut self) {
+        for m in 0..self.scanners.len() {
+            self.scan(m);
+        }
+        self.next_rescan = Instant::now() + self.freq;
+    }
+
+    fn scan(&mut self, m: usize) {
+        let result = self.scanners[m].scan();
+        let dirs: Vec<PathBuf> = self.scanners[m].watch_dirs().to_vec();
+        for d in dirs {
+            self.watch(m, d);
+        }
+        if let Some(entries) = result.entries {
+            self.core.handle(
+                Instant::now(),
+                Event::Scanned {
+                    monitor: m,
+                    entries,
+                },
+            );
+        }
+    }
+
+    fn watch(&mut self, m: usize, dir: PathBuf) {
+        if let Some(wd) = self.watched_dirs.get(&dir) {
+            let ms = self.watch_monitors.entry(wd.clone()).or_default();
+            if !ms.contains(&m) {
+                ms.push(m);
+            }
+            return;
+        }
+        let mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::ATTRIB
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+            | WatchMask::ONLYDIR;
+        match self.inotify.watches().add(&dir, mask) {
+            Ok(wd) => {
+                debug!("watching {}", dir.display());
+                let ms = self.watch_monitors.entry(wd.clone()).or_default();
+                if !ms.contains(&m) {
+                    ms.push(m);
+                }
+                self.watched_dirs.insert(dir, wd);
+            }
+            Err(e) => debug!("cannot watch {} yet: {e}", dir.display()),
+        }
+    }
+
+    fn on_inotify(&mut self) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let events = match self.inotify.read_events(&mut buf) {
+                Ok(ev) => ev,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!("inotify read failed: {e}");
+                    break;
+                }
+            };
+            let mut any = false;
+            let mut gone: Vec<(WatchDescriptor, bool)> = Vec::new();
+            for ev in events {
+                any = true;
+                if let Some(ms) = self.watch_monitors.get(&ev.wd) {
+                    self.dirty.extend(ms.iter().copied());
+                } else {
+                    // Queue overflow or an unknown watch: rescan everything.
+                    self.dirty.extend(0..self.scanners.len());
+                }
+                if ev.mask.contains(inotify::EventMask::IGNORED) {
+                    gone.push((ev.wd.clone(), false));
+                } else if ev.mask.contains(inotify::EventMask::MOVE_SELF)
+                    || ev.mask.contains(inotify::EventMask::DELETE_SELF)
+                {
+                    gone.push((ev.wd.clone(), true));
+                }
+            }
+            for (wd, remove) in gone {
+                if remove {
+                    let _ = self.inotify.watches().remove(wd.clone());
+                }
+                self.watch_monitors.remove(&wd);
+                self.watched_dirs.retain(|_, w| *w != wd);
+            }
+            if !any {
+                break;
+            }
+        }
+        if !self.dirty.is_empty() && self.settle_at.is_none() {
+            self.settle_at = Some(Instant::now() + SETTLE);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let sigs: Vec<i32> = self.signals.pending().collect();
+        let now = Instant::now();
+        for s in sigs {
+            let control = match s {
+                SIGCHLD => {
+                    self.reap_needed = true;
+                    continue;
+                }
+                SIGINT | SIGTERM | SIGQUIT => {
+                    if let Some(n) = &self.notify {
+                        n.send("STOPPING=1");
+                    }
+                    Control::Shutdown
+                }
+                SIGHUP => Control::ReloadAll,
+                SIGUSR1 => Control::LogStatus,
+                SIGURG => Control::ClearBackoff,
+                SIGWINCH => Control::Rescan,
+                _ => continue,
+            };
+            self.core.handle(now, Event::Control(control));
+        }
+    }
+
+    fn reap(&mut self) {
+        self.reap_needed = false;
+        loop {
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitKind::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitKind::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            self.core.handle(
+                Instant::now(),
+                Event::Reaped {
+                    pid: pid.as_raw(),
+                    exit,
+                },
+            );
+        }
+    }
+
+    fn on_channel(&mut self, inc: Inc) {
+        let mut buf = [0u8; 512];
+        let now = Instant::now();
+        loop {
+            let Some(ch) = self.channels.get_mut(&inc) else {
+                return;
+            };
+            if !ch.open {
+                return;
+            }
+            match ch.stream.read(&mut buf) {
+                Ok(0) => {
+                    ch.open = false;
+                    let _ = self.poll.registry().deregister(&mut ch.stream);
+                    self.core.handle(now, Event::ChannelClosed { inc });
+                    // EOF usually means the process is exiting: look for it now too.
+                    self.reap_needed = true;
+                    return;
+                }
+                Ok(n) => {
+                    for &byte in &buf[..n] {
+                        self.core.handle(now, Event::Message { inc, byte });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    ch.open = false;
+                    let _ = self.poll.registry().deregister(&mut ch.stream);
+                    self.core.handle(now, Event::ChannelClosed { inc });
+                    self.reap_needed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush_config(&mut self, inc: Inc) {
+        let Some(ch) = self.channels.get_mut(&inc) else {
+            return;
+        };
+        let Some(cfg) = ch.config.as_mut() else {
+            return;
+        };
+        while !ch.pending.is_empty() {
+            match cfg.write(&ch.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    ch.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("config socket write failed: {e}");
+                    ch.pending.clear();
+                }
+            }
+        }
+        let want = !ch.pending.is_empty();
+        if want && !ch.config_registered {
+            let _ = self
+                .poll
+                .registry()
+                .register(cfg, config_token(inc), Interest::WRITABLE);
+            ch.config_registered = true;
+        } else if !want && ch.config_registered {
+            let _ = self.poll.registry().deregister(cfg);
+            ch.config_registered = false;
+        }
+    }
+
+    /// Performs queued actions until none is left; `Some(code)` to exit.
+    fn perform(&mut self) -> Option<i32> {
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Spawn(req) => self.spawn(req),
+                Action::Send { inc, msg } => {
+                    if let Some(ch) = self.channels.get_mut(&inc) {
+                        match ch.stream.write(&[msg.to_byte()]) {
+                            Ok(1) => {}
+                            Ok(_) => warn!("channel {inc:?}: short write"),
+                            Err(e) => debug!("cannot write to channel {inc:?}: {e}"),
+                        }
+                    }
+                }
+                Action::PushConfig { inc, content } => {
+                    if let Some(ch) = self.channels.get_mut(&inc) {
+                        if let Err(e) = uwsgi_proto::config::encode(&content, &mut ch.pending) {
+                            warn!("cannot push config: {e}");
+                        }
+                    }
+                    self.flush_config(inc);
+                }
+                Action::Kill { pid } => {
+                    if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                        debug!(pid, "kill failed: {e}");
+                    }
+                }
+                Action::Release { inc } => {
+                    if let Some(mut ch) = self.channels.remove(&inc) {
+                        if ch.open {
+                            let _ = self.poll.registry().deregister(&mut ch.stream);
+                        }
+                        if let (Some(c), true) = (ch.config.as_mut(), ch.config_registered) {
+                            let _ = self.poll.registry().deregister(c);
+                        }
+                    }
+                }
+                Action::Rescan => {
+                    info!("rescanning every monitor");
+                    for m in 0..self.scanners.len() {
+                        self.scan(m);
+                    }
+                }
+                Action::Exit => return Some(0),
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, req: SpawnRequest) {
+        let now = Instant::now();
+        let cwd = self.scanners[req.monitor]
+            .vassal_cwd(&self.cwd)
+            .to_path_buf();
+        let path = self.path_var.as_deref();
+        let binary = self.argv.binary();
+        let main = resolve(binary, path, &self.cwd);
+        let mut programs: Vec<PathBuf> = self
+            .argv
+            .overrides
+            .iter()
+            .filter_map(|p| resolve(p, path, &self.cwd))
+            .collect();
+        programs.extend(main.clone());
+        programs.extend(
+            self.argv
+                .fallbacks
+                .iter()
+                .filter_map(|p| resolve(p, path, &self.cwd)),
+        );
+        if main.is_none() && programs.is_empty() {
+            let reason = crate::spawn::SpawnError::NotFound {
+                program: binary.to_string(),
+            }
+            .to_string();
+            self.core.handle(
+                now,
+                Event::SpawnFailed {
+                    inc: req.inc,
+                    reason,
+                },
+            );
+            return;
+        }
+        let argv0 = main
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| binary.to_string());
+        let executable = self.argv.magic_exec
+            && nix::unistd::access(
+                Path::new(&req.key),
+                nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok();
+        let argv = build_argv(
+            &self.argv,
+            &argv0,
+            &req.name,
+            executable,
+            req.content.is_some(),
+        );
+        let plan = Plan {
+            programs,
+            argv,
+            env: self.env.clone(),
+            cwd,
+            with_config: req.content.is_some(),
+        };
+        match self.spawner.spawn(&plan) {
+            Ok(started) => {
+                let mk = |s: std::os::unix::net::UnixStream| -> io::Result<UnixStream> {
+                    s.set_nonblocking(true)?;
+                    Ok(UnixStream::from_std(s))
+                };
+                let (stream, config) =
+                    match (mk(started.channel), started.config.map(mk).transpose()) {
+                        (Ok(s), Ok(c)) => (s, c),
+                        (Err(e), _) | (_, Err(e)) => {
+                            warn!("cannot set up the channel of {}: {e}", req.name);
+                            let _ = kill(Pid::from_raw(started.pid), Signal::SIGKILL);
+                            self.core.handle(
+                                now,
+                                Event::Spawned {
+                                    inc: req.inc,
+                                    pid: started.pid,
+                                },
+                            );
+                            return;
+                        }
+                    };
+                let mut ch = Channel {
+                    stream,
+                    config,
+                    pending: Vec::new(),
+                    config_registered: false,
+                    open: true,
+                };
+                if let Err(e) = self.poll.registry().register(
+                    &mut ch.stream,
+                    channel_token(req.inc),
+                    Interest::READABLE,
+                ) {
+                    warn!("cannot watch the channel of {}: {e}", req.name);
+                }
+                self.channels.insert(req.inc, ch);
+                self.core.handle(
+                    now,
+                    Event::Spawned {
+                        inc: req.inc,
+                        pid: started.pid,
+                    },
+                );
+            }
+            Err(e) => self.core.handle(
+                now,
+                Event::SpawnFailed {
+                    inc: req.inc,
+                    reason: e.to_string(),
+                },
+            ),
+        }
+    }
+
+    fn on_accept(&mut self) {
+        loop {
+            let stream = match &self.listener {
+                Some(Listener::Unix(l, _)) => l.accept().map(|(s, _)| ClientStream::Unix(s)),
+                Some(Listener::Tcp(l)) => l.accept().map(|(s, _)| ClientStream::Tcp(s)),
+                None => return,
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("stats accept failed: {e}");
+                    return;
+                }
+            };
+            let tok = Token(CLIENT_BASE + self.next_client);
+            self.next_client = (self.next_client + 1) % CLIENT_SPAN;
+            let mut c = Client {
+                stream,
+                request: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+                reading: self.stats_http,
+                deadline: Instant::now() + CLIENT_TIMEOUT,
+            };
+            if !c.reading {
+                c.out = self.render().into_bytes();
+            }
+            let interest = if c.reading {
+                Interest::READABLE
+            } else {
+                Interest::WRITABLE
+            };
+            if self
+                .poll
+                .registry()
+                .register(c.stream.source(), tok, interest)
+                .is_ok()
+            {
+                self.clients.insert(tok, c);
+                self.on_client(tok);
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        stats::render(
+            &self.core,
+            &self.info,
+            Clock {
+                now: Instant::now(),
+                wall: SystemTime::now(),
+            },
+        )
+    }
+
+    fn on_client(&mut self, tok: Token) {
+        let Some(mut c) = self.clients.remove(&tok) else {
+            return;
+        };
+        let mut done = false;
+        if c.reading {
+            let mut buf = [0u8; 1024];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        c.reading = false;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.request.extend_from_slice(&buf[..n]);
+                        if c.request.len() >= 4096 || c.request.windows(4).any(|w| w == b"\r\n\r\n")
+                        {
+                            c.reading = false;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if !c.reading && !done {
+                c.out = stats::http_response(&self.render()).into_bytes();
+                let _ = self
+                    .poll
+                    .registry()
+                    .reregister(c.stream.source(), tok, Interest::WRITABLE);
+            }
+        }
+        if !c.reading && !done {
+            while c.sent < c.out.len() {
+                match c.stream.write(&c.out[c.sent..]) {
+                    Ok(0) => {
+                        done = true;
+                        break;
+                    }
+                    Ok(n) => c.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if c.sent >= c.out.len() {
+                done = true;
+            }
+        }
+        if done {
+            let _ = self.poll.registry().deregister(c.stream.source());
+        } else {
+            self.clients.insert(tok, c);
+        }
+    }
+
+    fn expire_clients(&mut self, now: Instant) {
+        let expired: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            if let Some(mut c) = self.clients.remove(&t) {
+                debug!("dropping a slow stats client");
+                let _ = self.poll.registry().deregister(c.stream.source());
+            }
+        }
+    }
+
+    fn update_status(&mut self) {
+        let n = self.core.len();
+        if let Some(notify) = &self.notify {
+            if self.notified_count != Some(n) {
+                notify.send(&format!("STATUS=The Emperor is governing {n} vassals"));
+                self.notified_count = Some(n);
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(Listener::Unix(_, path)) = &self.listener {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(p) = &self.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("core", &self.core)
+            .field("monitors", &self.info.monitors)
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bind_stats(addr: &str, cwd: &Path) -> Result<Listener, RunError> {
+    let is_tcp = addr.contains(':') && !addr.starts_with('/') && !addr.starts_with('.');
+    if is_tcp {
+        let a = if let Some(port) = addr.strip_prefix(':') {
+            format!("0.0.0.0:{port}")
+        } else {
+            addr.to_string()
+        };
+        let sa = std::net::ToSocketAddrs::to_socket_addrs(&a)
+            .map_err(err(&format!("bad stats address {addr}")))?
+            .next()
+            .ok_or_else(|| RunError(format!("bad stats address {addr}")))?;
+        let l = TcpListener::bind(sa).map_err(err(&format!("cannot bind stats on {addr}")))?;
+        Ok(Listener::Tcp(l))
+    } else {
+        let path = cwd.join(addr);
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path)
+            .map_err(err(&format!("cannot bind stats on {}", path.display())))?;
+        Ok(Listener::Unix(l, path))
+    }
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+fn set_procname(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a valid pointer.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// systemd's notification socket (`NOTIFY_SOCKET`, path or `@abstract`).
+#[derive(Debug)]
+struct Notifier {
+    sock: UnixDatagram,
+    addr: std::os::unix::net::SocketAddr,
+}
+
+impl Notifier {
+    fn from_env() -> Option<Notifier> {
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let sock = UnixDatagram::unbound().ok()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = if let Some(abs) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(abs).ok()?
+        } else {
+            std::os::unix::net::SocketAddr::from_pathname(Path::new(&path)).ok()?
+        };
+        let _ = sock.set_nonblocking(true);
+        Some(Notifier { sock, addr })
+    }
+
+    fn send(&self, msg: &str) {
+        if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.addr) {
+            debug!("sd_notify failed: {e}");
+        }
+    }
+}

@@ -488,7 +488,11 @@ fn shutdown_stops_all_kills_after_mercy_and_exits_once_reaped() {
         curse_tolerance: Duration::from_secs(60),
         ..cfg()
     });
-    let a = h.scan(vec![entry("a.ini", 1), entry("b.ini", 1), entry("c.ini", 1)]);
+    let a = h.scan(vec![
+        entry("a.ini", 1),
+        entry("b.ini", 1),
+        entry("c.ini", 1),
+    ]);
     h.spawn_all(&a);
     let pids: Vec<i32> = h.core.vassals().filter_map(|v| v.state.pid()).collect();
     let a = h.ev(Event::Control(Control::Shutdown));
@@ -505,13 +509,19 @@ fn shutdown_stops_all_kills_after_mercy_and_exits_once_reaped() {
         3
     );
     // New files are ignored while shutting down.
-    assert!(h.scan(vec![entry("d.ini", 1)]).iter().all(|a| !matches!(a, Action::Spawn(_))));
+    assert!(h
+        .scan(vec![entry("d.ini", 1)])
+        .iter()
+        .all(|a| !matches!(a, Action::Spawn(_))));
     h.ev(Event::Reaped {
         pid: pids[0],
         exit: ExitKind::Code(0),
     });
     let a = h.advance(Duration::from_secs(10));
-    let kills: Vec<_> = a.iter().filter(|a| matches!(a, Action::Kill { .. })).collect();
+    let kills: Vec<_> = a
+        .iter()
+        .filter(|a| matches!(a, Action::Kill { .. }))
+        .collect();
     assert_eq!(kills.len(), 2);
     h.ev(Event::Reaped {
         pid: pids[1],
