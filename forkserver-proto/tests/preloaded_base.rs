@@ -4,6 +4,7 @@
 //!
 //! Needs the example binary, which `cargo test` builds (or `cargo build --examples`).
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
@@ -112,9 +113,9 @@ fn preloaded_base_adopts_supervised_vassals() {
     // Adopt a vassal.
     let (chan, vassal_end) = UnixStream::pair().unwrap();
     let argv = [
-        OsStrLike::from("preloaded-base"),
+        OsString::from("preloaded-base"),
         "--ini".into(),
-        ini.clone().into_os_string().into(),
+        ini.clone().into_os_string(),
     ];
     let pid = request_fork(
         &fs,
@@ -180,6 +181,3 @@ fn preloaded_base_adopts_supervised_vassals() {
     assert!(base.wait_exit(DEADLINE).success());
     assert!(!fs.exists(), "the base removed its fork-server socket");
 }
-
-/// `OsString` with `From<&str>`, to build a mixed argv literal.
-type OsStrLike = std::ffi::OsString;
