@@ -1,0 +1,280 @@
+//! `vassal-shim`: run any program as a well-behaved vassal of a uWSGI-style emperor.
+//!
+//! `vassal-shim [OPTIONS] -- PROGRAM [ARGS...]`, or `vassal-shim --ini FILE` with a
+//! `[vassal-shim]` section. An `--ini` file without that section (or any other uWSGI config
+//! loader flag) is handed to `uwsgi` unchanged, so the shim can be an `--emperor-wrapper` for
+//! a directory that mixes uWSGI apps and shim apps. See docs/vassal-shim.md.
+
+mod core;
+mod options;
+mod probe;
+mod runtime;
+mod spawn;
+
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+use vassal_shim::ini::Ini;
+use vassal_shim::{Vassal, ENV_EMPEROR_FD, ENV_EMPEROR_FD_CONFIG};
+
+use options::{Cli, Settings, SECTION};
+use runtime::{Runtime, Source};
+
+/// uWSGI options that load a config: seeing one (without `--`) means "this is for uWSGI".
+const UWSGI_LOADERS: &[&str] = &[
+    "--xml",
+    "--yaml",
+    "--yml",
+    "--json",
+    "--js",
+    "--config",
+    "--inherit",
+    "--include",
+];
+/// uWSGI options with one value an emperor may add around `--ini` (vassals-set/-inherit/
+/// -include); the shim ignores them.
+const UWSGI_PASSTHROUGH: &[&str] = &["--set", "--inherit", "--include"];
+
+/// What to do with the command line.
+#[derive(Debug)]
+enum Mode {
+    /// Hand everything to uWSGI.
+    Uwsgi(String),
+    /// Be the shim.
+    Shim { cli: Box<Cli>, source: Source },
+}
+
+fn value_of(args: &[String], flag: &str) -> Option<String> {
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let mut it = args[..end].iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+/// The text of an `--ini` argument and the section to read; `None` when it cannot be read
+/// (uWSGI will then say why).
+fn load_ini(arg: &str) -> Option<(String, String, Source)> {
+    if let Some(_name) = arg.strip_prefix("emperor://") {
+        let fd: i32 = std::env::var(ENV_EMPEROR_FD_CONFIG)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: F_GETFD only checks that the number is an open descriptor.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return None;
+        }
+        // SAFETY: the descriptor is open (checked above) and stays open for the duration of
+        // this borrow; it is only peeked at, never closed here.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let text = vassal_shim::channel::peek_first_frame(bfd, Duration::from_secs(5)).ok()??;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        return Some((
+            text,
+            SECTION.to_string(),
+            Source::Pushed {
+                section: SECTION.to_string(),
+            },
+        ));
+    }
+    let (path, sub) = if Path::new(arg).exists() {
+        (PathBuf::from(arg), None)
+    } else {
+        // `app.ini:zerg` (a broodlord zerg) reads section `[vassal-shim:zerg]` of app.ini.
+        let (p, s) = arg.rsplit_once(':')?;
+        (PathBuf::from(p), Some(s.to_string()))
+    };
+    let text = String::from_utf8_lossy(&std::fs::read(&path).ok()?).into_owned();
+    let ini = Ini::parse(&text);
+    let section = match sub {
+        Some(s) if ini.has_section(&format!("{SECTION}:{s}")) => format!("{SECTION}:{s}"),
+        _ => SECTION.to_string(),
+    };
+    Some((text, section.clone(), Source::File { path, section }))
+}
+
+fn decide(args: &[String]) -> Result<Mode, clap::Error> {
+    let has_dashdash = args.iter().any(|a| a == "--");
+    if let Some(ini_arg) = value_of(args, "--ini") {
+        let loaded = load_ini(&ini_arg);
+        let section = loaded.as_ref().and_then(|(text, section, source)| {
+            Ini::parse(text)
+                .section(section)
+                .map(|s| (s, source.clone()))
+        });
+        match section {
+            Some((sec, source)) => {
+                // Drop what an emperor adds for uWSGI vassals.
+                let mut filtered = vec!["vassal-shim".to_string()];
+                let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+                let mut i = 0;
+                while i < args.len() {
+                    if i < end && UWSGI_PASSTHROUGH.contains(&args[i].as_str()) {
+                        warn!(
+                            "ignoring {} {:?} (a uWSGI option)",
+                            args[i],
+                            args.get(i + 1)
+                        );
+                        i += 2;
+                        continue;
+                    }
+                    filtered.push(args[i].clone());
+                    i += 1;
+                }
+                let mut cli = Cli::try_parse_from(filtered)?;
+                cli.merge_section(&sec);
+                return Ok(Mode::Shim {
+                    cli: Box::new(cli),
+                    source,
+                });
+            }
+            None if !has_dashdash => {
+                return Ok(Mode::Uwsgi(format!("{ini_arg} has no [{SECTION}] section")))
+            }
+            None => {}
+        }
+    } else if !has_dashdash && args.iter().any(|a| UWSGI_LOADERS.contains(&a.as_str())) {
+        return Ok(Mode::Uwsgi("uWSGI config options".into()));
+    }
+    let mut full = vec!["vassal-shim".to_string()];
+    full.extend(args.iter().cloned());
+    let cli = Cli::try_parse_from(full)?;
+    Ok(Mode::Shim {
+        cli: Box::new(cli),
+        source: Source::Cli,
+    })
+}
+
+fn exec_uwsgi(args: &[OsString], why: &str) -> ! {
+    let bin = std::env::var_os("VASSAL_SHIM_UWSGI").unwrap_or_else(|| "uwsgi".into());
+    info!("{why}: handing over to {}", PathBuf::from(&bin).display());
+    let err = std::process::Command::new(&bin).args(args).exec();
+    error!(
+        "{why}, and {} cannot be executed: {err}",
+        PathBuf::from(&bin).display()
+    );
+    std::process::exit(1);
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VASSAL_SHIM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .without_time()
+        .init();
+}
+
+fn main() {
+    init_logging();
+    let raw: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let args: Vec<String> = raw
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let span = tracing::info_span!("vassal-shim", pid = std::process::id());
+    let _g = span.enter();
+    let (cli, source) = match decide(&args) {
+        Ok(Mode::Uwsgi(why)) => exec_uwsgi(&raw, &why),
+        Ok(Mode::Shim { cli, source }) => (*cli, source),
+        Err(e) => e.exit(),
+    };
+    let settings = match Settings::from_cli(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let vassal = match Vassal::from_env() {
+        Ok(v) => v,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if vassal.is_none() {
+        warn!(
+            "no emperor ({ENV_EMPEROR_FD} is not set): running {:?} standalone; emperor messages are only logged",
+            settings.exec
+        );
+    }
+    if let Err(e) = runtime::setup_signals() {
+        error!("cannot set up signal handling: {e}");
+        std::process::exit(1);
+    }
+    let rt = match Runtime::new(settings, cli, source, vassal) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot set up: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.run();
+    drop(_g);
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let shim = dir.path().join("shim.ini");
+        std::fs::write(
+            &shim,
+            "[vassal-shim]\nexec = sleep 1\n[vassal-shim:zerg]\nexec = sleep 2\n",
+        )
+        .unwrap();
+        let plain = dir.path().join("plain.ini");
+        std::fs::write(&plain, "[uwsgi]\nsocket = :0\n").unwrap();
+        let shim_s = shim.to_str().unwrap();
+        match decide(&s(&["--ini", shim_s, "--set", "processes=1"])).unwrap() {
+            Mode::Shim { cli, .. } => assert_eq!(cli.exec.as_deref(), Some("sleep 1")),
+            m => panic!("{m:?}"),
+        }
+        let zerg = format!("{shim_s}:zerg");
+        match decide(&s(&["--ini", &zerg])).unwrap() {
+            Mode::Shim { cli, .. } => assert_eq!(cli.exec.as_deref(), Some("sleep 2")),
+            m => panic!("{m:?}"),
+        }
+        assert!(matches!(
+            decide(&s(&["--ini", plain.to_str().unwrap()])).unwrap(),
+            Mode::Uwsgi(_)
+        ));
+        assert!(matches!(
+            decide(&s(&["--ini", "/nonexistent.ini"])).unwrap(),
+            Mode::Uwsgi(_)
+        ));
+        assert!(matches!(
+            decide(&s(&["--xml", "app.xml"])).unwrap(),
+            Mode::Uwsgi(_)
+        ));
+        match decide(&s(&["--heartbeat", "3", "--", "./app", "--ini", "x"])).unwrap() {
+            Mode::Shim { cli, .. } => assert_eq!(cli.program, vec!["./app", "--ini", "x"]),
+            m => panic!("{m:?}"),
+        }
+        assert!(decide(&s(&["--bogus"])).is_err());
+    }
+}

@@ -1,0 +1,667 @@
+//! The event loop: one thread, one `mio::Poll` over the emperor channel, the config channel,
+//! a signalfd (SIGCHLD, TERM, INT, QUIT, HUP), the notify socket and the probe connection.
+//! It performs the core's actions and turns what it sees into core inputs.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+use vassal_shim::ini::Ini;
+use vassal_shim::notify::{self, Notification};
+use vassal_shim::{ConfigChannel, Event, Vassal, VassalMsg};
+
+use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
+use crate::options::{Cli, Ready, Settings, CONFIG_ENV};
+use crate::probe::Probe;
+use crate::spawn::{self, Program, SpawnSpec};
+
+const EMPEROR: Token = Token(0);
+const CONFIG: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const NOTIFY: Token = Token(3);
+const PROBE: Token = Token(4);
+
+/// Where the settings come from, so a reload can re-read them.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Command line only.
+    Cli,
+    /// An ini file (and the section to read).
+    File { path: PathBuf, section: String },
+    /// The pushed config (`--ini emperor://NAME`).
+    Pushed { section: String },
+}
+
+/// The signals the shim handles through its signalfd.
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    poll: Poll,
+    core: Core,
+    vassal: Option<Vassal>,
+    config: Option<ConfigChannel>,
+    sigfd: SignalFd,
+    notify: UnixDatagram,
+    notify_path: PathBuf,
+    probe: Option<Probe>,
+    program: Option<Program>,
+    pgid: Option<i32>,
+    settings: Settings,
+    cli: Cli,
+    source: Source,
+    listener: Option<RawFd>,
+    rundir: Option<tempfile::TempDir>,
+    config_path: Option<PathBuf>,
+    generation: u64,
+    backlog_warned: bool,
+}
+
+impl Runtime {
+    /// Sets everything up (signals must already be blocked by the caller).
+    pub fn new(
+        settings: Settings,
+        cli: Cli,
+        source: Source,
+        vassal: Option<Vassal>,
+    ) -> io::Result<Runtime> {
+        let mut vassal = vassal;
+        let poll = Poll::new()?;
+        let sigfd = SignalFd::with_flags(
+            &handled_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        poll.registry().register(
+            &mut SourceFd(&sigfd.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let rundir = tempfile::Builder::new()
+            .prefix("vassal-shim.")
+            .tempdir_in(&base)?;
+        let notify_path = rundir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path)?;
+        notify.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&notify.as_raw_fd()),
+            NOTIFY,
+            Interest::READABLE,
+        )?;
+
+        let mut config = None;
+        if let Some(v) = vassal.as_mut() {
+            v.set_cloexec(true)?;
+            poll.registry()
+                .register(&mut SourceFd(&v.as_raw_fd()), EMPEROR, Interest::READABLE)?;
+            config = v.take_config();
+        }
+        let config_path = if config.is_some() {
+            Some(
+                settings
+                    .config_file
+                    .clone()
+                    .unwrap_or_else(|| rundir.path().join("config")),
+            )
+        } else {
+            None
+        };
+        if let Some(c) = &config {
+            poll.registry()
+                .register(&mut SourceFd(&c.as_raw_fd()), CONFIG, Interest::READABLE)?;
+        }
+
+        let listener = if spawn::is_listening_socket(0) {
+            info!("fd 0 is a listening socket: handing it to the program as LISTEN_FDS=1 (fd 3)");
+            // SAFETY: F_SETFD on fd 0, which we own as our stdin; the program gets a dup.
+            unsafe {
+                libc::fcntl(0, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            Some(0)
+        } else {
+            None
+        };
+
+        if let Err(e) = spawn::become_subreaper() {
+            warn!("cannot become a child subreaper ({e}); orphans of the program may escape");
+        }
+
+        let core = Core::new(CoreSettings::from_settings(&settings, config.is_some()));
+        Ok(Runtime {
+            poll,
+            core,
+            vassal,
+            config,
+            sigfd,
+            notify,
+            notify_path,
+            probe: None,
+            program: None,
+            pgid: None,
+            settings,
+            cli,
+            source,
+            listener,
+            rundir: Some(rundir),
+            config_path,
+            generation: 0,
+            backlog_warned: false,
+        })
+    }
+
+    /// Runs until the shim should exit; returns the exit code.
+    pub fn run(mut self) -> i32 {
+        let mut events = Events::with_capacity(16);
+        // A config that arrived before the loop started (it was peeked at) is read at once.
+        if self.config.is_some() {
+            self.read_config(Instant::now());
+        }
+        self.core.start(Instant::now());
+        loop {
+            while let Some(a) = self.core.poll_action() {
+                if let Some(code) = self.perform(a) {
+                    return self.finish(code);
+                }
+            }
+            let now = Instant::now();
+            let deadline = [
+                self.core.next_deadline(),
+                self.probe.as_ref().map(|p| p.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = deadline.map(|d| d.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("poll failed: {e}");
+                return self.finish(1);
+            }
+            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for t in tokens {
+                let now = Instant::now();
+                match t {
+                    EMPEROR => self.read_emperor(now),
+                    CONFIG => self.read_config(now),
+                    SIGNALS => self.read_signals(now),
+                    NOTIFY => self.read_notify(now),
+                    PROBE => self.drive_probe(now),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if self.probe.as_ref().is_some_and(|p| p.deadline <= now) {
+                debug!("probe timed out");
+                self.finish_probe(now, false);
+            }
+            self.core.on_timeout(now);
+        }
+    }
+
+    fn perform(&mut self, a: Action) -> Option<i32> {
+        let now = Instant::now();
+        match a {
+            Action::Send(m) => self.send(now, m),
+            Action::Spawn => self.spawn(now),
+            Action::SignalGroup(sig) => {
+                if let Some(g) = self.pgid {
+                    info!("sending {sig} to the program's process group {g}");
+                    spawn::signal_group(g, sig);
+                }
+            }
+            Action::KillAll => spawn::kill_all(self.pgid),
+            Action::Probe => self.start_probe(now),
+            Action::MeasureBacklog => {
+                if let Some(n) = self.measure_backlog() {
+                    self.core.handle(now, Input::Backlog(n));
+                }
+            }
+            Action::Exit(code) => return Some(code),
+        }
+        None
+    }
+
+    fn send(&mut self, now: Instant, m: VassalMsg) {
+        let pid = self.program.map(|p| p.pid).unwrap_or(0);
+        match m {
+            VassalMsg::Ready => info!("program {pid} is ready: sending ready (1)"),
+            VassalMsg::Accepting => info!("sending accepting (5)"),
+            VassalMsg::Loyal => info!("program {pid} stayed up: sending loyal (17)"),
+            VassalMsg::Heartbeat => debug!("sending heartbeat (26)"),
+            other => info!("sending {} ({})", other.name(), other.to_byte()),
+        }
+        let Some(v) = &self.vassal else {
+            return;
+        };
+        if let Err(e) = v.send(m) {
+            warn!("lost the emperor while writing to it: {e}");
+            self.drop_emperor();
+            self.core.handle(now, Input::Emperor(Event::Eof));
+        }
+    }
+
+    fn drop_emperor(&mut self) {
+        if let Some(v) = self.vassal.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&v.as_raw_fd()));
+        }
+    }
+
+    fn reload_settings(&mut self) {
+        let text = match &self.source {
+            Source::Cli => return,
+            Source::File { path, .. } => match std::fs::read(path) {
+                Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+                Err(e) => {
+                    warn!(
+                        "cannot re-read {}: {e}; keeping the previous settings",
+                        path.display()
+                    );
+                    return;
+                }
+            },
+            Source::Pushed { .. } => match self.config.as_ref().and_then(|c| c.latest()) {
+                Some(t) => String::from_utf8_lossy(t).into_owned(),
+                None => return,
+            },
+        };
+        let section = match &self.source {
+            Source::File { section, .. } | Source::Pushed { section } => section.clone(),
+            Source::Cli => return,
+        };
+        let Some(sec) = Ini::parse(&text).section(&section) else {
+            warn!("the [{section}] section disappeared; keeping the previous settings");
+            return;
+        };
+        let mut cli = self.cli.clone();
+        cli.merge_section(&sec);
+        match Settings::from_cli(&cli) {
+            Ok(s) => {
+                self.core
+                    .update_settings(CoreSettings::from_settings(&s, self.config.is_some()));
+                self.settings = s;
+            }
+            Err(e) => warn!("new settings rejected ({e}); keeping the previous ones"),
+        }
+    }
+
+    fn spawn(&mut self, now: Instant) {
+        if self.generation > 0 {
+            self.reload_settings();
+        }
+        self.generation += 1;
+        // Notifications still queued from an earlier generation mean nothing any more.
+        let mut junk = [0u8; 512];
+        while self.notify.recv(&mut junk).is_ok() {}
+
+        let mut extra: Vec<(OsString, OsString)> = Vec::new();
+        extra.push(("NOTIFY_SOCKET".into(), self.notify_path.clone().into()));
+        if let Some(w) = self.settings.watchdog {
+            extra.push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
+        }
+        if let Some(p) = &self.config_path {
+            extra.push((CONFIG_ENV.into(), p.clone().into()));
+        }
+        if self.listener.is_some() {
+            extra.push(("LISTEN_FDS".into(), "1".into()));
+            extra.push(("LISTEN_FDNAMES".into(), "emperor".into()));
+        }
+        extra.push((
+            "VASSAL_SHIM_GENERATION".into(),
+            self.generation.to_string().into(),
+        ));
+        for (k, v) in &self.settings.env {
+            extra.push((k.into(), v.into()));
+        }
+        let spec = SpawnSpec {
+            argv: self.settings.exec.clone(),
+            chdir: self.settings.chdir.clone(),
+            env: spawn::build_env(&extra),
+            listener: self.listener,
+        };
+        match spawn::spawn(&spec) {
+            Ok(p) => {
+                info!(
+                    "started program {} (generation {}): {:?}",
+                    p.pid, self.generation, spec.argv
+                );
+                self.program = Some(p);
+                self.pgid = Some(p.pid);
+                self.core.handle(now, Input::Spawned { pid: p.pid });
+            }
+            Err(e) => {
+                error!("cannot start {:?}: {e}", spec.argv);
+                self.core.handle(now, Input::SpawnFailed);
+            }
+        }
+    }
+
+    fn read_emperor(&mut self, now: Instant) {
+        let mut evs = Vec::new();
+        let res = match self.vassal.as_mut() {
+            Some(v) => v.recv_all(&mut evs),
+            None => return,
+        };
+        if let Err(e) = res {
+            warn!("emperor channel error: {e}");
+            evs.push(Event::Eof);
+        }
+        for e in evs {
+            match e {
+                Event::Stop => info!("emperor says stop (0)"),
+                Event::GracefulStop => info!("emperor says graceful stop (2)"),
+                Event::Reload => info!("emperor says reload (1)"),
+                Event::Eof => {
+                    info!("lost connection with the emperor (EOF): stopping");
+                    self.drop_emperor();
+                }
+                Event::Unknown(b) => info!("ignoring unknown byte {b} from the emperor"),
+            }
+            self.core.handle(now, Input::Emperor(e));
+            if e == Event::Eof {
+                break;
+            }
+        }
+    }
+
+    fn read_config(&mut self, now: Instant) {
+        let Some(c) = self.config.as_mut() else {
+            return;
+        };
+        match c.poll_newest() {
+            Ok(Some(text)) => {
+                let n = c.received();
+                if let Some(path) = &self.config_path {
+                    match write_atomic(path, &text) {
+                        Ok(()) => info!(
+                            "config push #{n} ({} bytes) written to {}",
+                            text.len(),
+                            path.display()
+                        ),
+                        Err(e) => {
+                            error!("cannot write the pushed config to {}: {e}", path.display())
+                        }
+                    }
+                }
+                self.core.handle(now, Input::ConfigPushed);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                error!("bad data on the config channel ({e}); ignoring it from now on");
+                self.drop_config();
+                return;
+            }
+        }
+        if self.config.as_ref().is_some_and(|c| c.is_eof()) {
+            debug!("config channel closed by the emperor");
+            self.drop_config();
+        }
+    }
+
+    fn drop_config(&mut self) {
+        if let Some(c) = &self.config {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&c.as_raw_fd()));
+        }
+        // Keep the channel (and its latest config) for re-reading settings; just stop polling.
+    }
+
+    fn read_signals(&mut self, now: Instant) {
+        loop {
+            match self.sigfd.read_signal() {
+                Ok(Some(info)) => {
+                    let signo = info.ssi_signo as i32;
+                    match Signal::try_from(signo) {
+                        Ok(Signal::SIGCHLD) => self.reap(now),
+                        Ok(Signal::SIGHUP) => {
+                            info!("got SIGHUP: reloading");
+                            self.core.handle(now, Input::Signal(ShimSignal::Reload));
+                        }
+                        Ok(s) => {
+                            info!("got {s}: stopping");
+                            self.core.handle(now, Input::Signal(ShimSignal::Stop));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Ok(None) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("signalfd read failed: {e}");
+                    break;
+                }
+            }
+        }
+        // SIGCHLD coalesces; reap in any case so no exit is missed.
+        self.reap(now);
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED | WaitPidFlag::WCONTINUED;
+        loop {
+            let st = match waitpid(Pid::from_raw(-1), Some(flags)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(st) => st,
+            };
+            let main = self.program.map(|p| p.pid);
+            match st {
+                WaitStatus::Exited(pid, code) if Some(pid.as_raw()) == main => {
+                    info!("program {pid} exited with code {code}");
+                    self.program_gone(now, code);
+                }
+                WaitStatus::Signaled(pid, sig, _) if Some(pid.as_raw()) == main => {
+                    info!("program {pid} was killed by {sig}");
+                    self.program_gone(now, 128 + sig as i32);
+                }
+                WaitStatus::Stopped(pid, sig) if Some(pid.as_raw()) == main => {
+                    warn!("program {pid} was stopped by {sig}: no heartbeats until it continues");
+                    self.core.handle(now, Input::Stopped);
+                }
+                WaitStatus::Continued(pid) if Some(pid.as_raw()) == main => {
+                    info!("program {pid} continued");
+                    self.core.handle(now, Input::Continued);
+                }
+                other => debug!("reaped {other:?}"),
+            }
+        }
+    }
+
+    fn program_gone(&mut self, now: Instant, code: i32) {
+        self.program = None;
+        if let Some(p) = self.probe.take() {
+            p.close(self.poll.registry());
+        }
+        self.core.handle(now, Input::Exited { code });
+    }
+
+    fn read_notify(&mut self, now: Instant) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    for item in notify::parse(&buf[..n]) {
+                        match &item {
+                            Notification::Status(s) => info!("program status: {s}"),
+                            Notification::Watchdog => debug!("program: WATCHDOG=1"),
+                            Notification::Other(o) => debug!("program sent {o:?} (ignored)"),
+                            other => info!("program notification: {other:?}"),
+                        }
+                        self.core.handle(now, Input::Notify(item));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("notify socket: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn start_probe(&mut self, now: Instant) {
+        if let Some(p) = self.probe.take() {
+            p.close(self.poll.registry());
+        }
+        let deadline = now + self.settings.probe_timeout;
+        match Probe::start(&self.settings.ready, self.poll.registry(), PROBE, deadline) {
+            Ok(p) => self.probe = Some(p),
+            Err(e) => {
+                debug!("probe of {:?} failed at once: {e}", self.settings.ready);
+                self.core.handle(now, Input::Probe(false));
+            }
+        }
+    }
+
+    fn drive_probe(&mut self, now: Instant) {
+        let Some(p) = self.probe.as_mut() else {
+            return;
+        };
+        if let Some(ok) = p.on_event() {
+            self.finish_probe(now, ok);
+        }
+    }
+
+    fn finish_probe(&mut self, now: Instant, ok: bool) {
+        if let Some(p) = self.probe.take() {
+            p.close(self.poll.registry());
+        }
+        let was_ready = self.core.is_ready();
+        if was_ready && !ok {
+            warn!("health check of {:?} failed", self.settings.ready);
+        }
+        self.core.handle(now, Input::Probe(ok));
+    }
+
+    fn measure_backlog(&mut self) -> Option<u32> {
+        if let Some(fd) = self.listener {
+            if let Some(n) = tcp_listener_backlog(fd) {
+                return Some(n);
+            }
+        }
+        let port = match &self.settings.ready {
+            Ready::Tcp(a) => Some(a.port()),
+            Ready::Http { addr, .. } => Some(addr.port()),
+            _ => None,
+        };
+        if let Some(n) = port.and_then(proc_net_tcp_backlog) {
+            return Some(n);
+        }
+        if !self.backlog_warned {
+            self.backlog_warned = true;
+            warn!("sos-backlog needs a TCP listener (on-demand socket or ready = tcp:/http://); backlog unknown");
+        }
+        None
+    }
+
+    fn finish(mut self, code: i32) -> i32 {
+        spawn::kill_and_reap_everything(self.pgid);
+        if let Some(d) = self.rundir.take() {
+            let _ = d.close();
+        }
+        info!("exiting with code {code}");
+        code
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so readers never see a
+/// half-written config.
+pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The accept-queue length of a listening TCP socket (TCP_INFO's `tcpi_unacked`).
+fn tcp_listener_backlog(fd: RawFd) -> Option<u32> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info.tcpi_unacked)
+}
+
+/// The accept-queue length of the TCP listener on `port`, from /proc/net/tcp{,6}
+/// (`rx_queue` of a LISTEN entry).
+fn proc_net_tcp_backlog(port: u16) -> Option<u32> {
+    let mut found = None;
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 5 || cols[3] != "0A" {
+                continue;
+            }
+            let Some(p) = cols[1].rsplit(':').next() else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            let rx = cols[4]
+                .split(':')
+                .nth(1)
+                .and_then(|q| u32::from_str_radix(q, 16).ok());
+            if let Some(n) = rx {
+                found = Some(found.unwrap_or(0).max(n));
+            }
+        }
+    }
+    found
+}
+
+/// Blocks the handled signals (so the signalfd sees them) and ignores SIGPIPE.
+pub fn setup_signals() -> io::Result<()> {
+    handled_signals().thread_block().map_err(io::Error::from)?;
+    // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    Ok(())
+}
