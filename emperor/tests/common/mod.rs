@@ -1,0 +1,158 @@
+//! Helpers for the emperor's end-to-end tests: start our emperor over a vassal directory of
+//! real uWSGI vassals, read its stats, talk uwsgi to the vassals.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use uwsgi_emperor_suite::{require_uwsgi, roundtrip, write_hello_app, Proc};
+use uwsgi_proto::request::{Request, Response};
+
+/// Deadline for anything a uWSGI vassal does (start, reload, stop) on a busy 2-core machine.
+pub const T: Duration = Duration::from_secs(30);
+
+/// Writes `dir/name`: a python3 hello vassal on the unix socket `sock`, plus `extra` lines.
+pub fn write_vassal(dir: &Path, name: &str, sock: &Path, extra: &str) -> PathBuf {
+    if !dir.join("hello.py").exists() {
+        write_hello_app(dir);
+    }
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "[uwsgi]\nplugin = python3\nmaster = true\nprocesses = 1\nsocket = {}\nwsgi-file = %dhello.py\n{extra}",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Our emperor over `monitor` with a stats socket in `work`, plus `args`.
+pub fn start_emperor(work: &Path, monitor: &Path, args: &[&str]) -> (Proc, PathBuf) {
+    start_emperor_with(
+        Command::new(env!("CARGO_BIN_EXE_emperor")),
+        work,
+        monitor,
+        args,
+    )
+}
+
+/// Same, with a prepared command (e.g. a wrapper like setpriv) whose program runs the emperor.
+pub fn start_emperor_with(
+    mut cmd: Command,
+    work: &Path,
+    monitor: &Path,
+    args: &[&str],
+) -> (Proc, PathBuf) {
+    let stats = work.join("stats.sock");
+    cmd.arg(monitor)
+        .arg("--emperor-stats")
+        .arg(&stats)
+        .args(args)
+        .env("EMPEROR_LOG", "info")
+        .current_dir(work);
+    let mut p = Proc::spawn(cmd);
+    p.wait_for_line("Starting the Emperor", T);
+    (p, stats)
+}
+
+/// One stats document.
+pub fn stats(path: &Path) -> serde_json::Value {
+    let mut s = UnixStream::connect(path).unwrap_or_else(|e| panic!("stats {path:?}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("invalid stats JSON ({e}): {out}"))
+}
+
+/// The stats entry of vassal `id`, if present.
+pub fn vassal(doc: &serde_json::Value, id: &str) -> Option<serde_json::Value> {
+    doc["vassals"]
+        .as_array()?
+        .iter()
+        .find(|v| v["id"] == id)
+        .cloned()
+}
+
+/// Polls the stats until `pred` holds for vassal `id` (or panics after `timeout`, showing the
+/// emperor's output).
+pub fn wait_vassal(
+    emperor: &mut Proc,
+    stats_path: &Path,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let doc = stats(stats_path);
+        if let Some(v) = vassal(&doc, id) {
+            if pred(&v) {
+                return v;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "vassal {id}: {what} not reached within {timeout:?}; stats: {doc:#}\noutput:\n{}",
+                emperor.output()
+            );
+        }
+        // Poll interval of a deadline-bounded wait on the emperor's state.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends a GET through the uwsgi protocol and returns the parsed status and body.
+pub fn hello(sock: &Path) -> (u16, Vec<u8>) {
+    let packet = Request::get("/hi").encode().unwrap();
+    let raw = roundtrip(sock.to_str().unwrap(), &packet, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("request to {sock:?} failed: {e}"));
+    let resp = Response::parse(&raw)
+        .unwrap_or_else(|e| panic!("bad response ({e}): {:?}", String::from_utf8_lossy(&raw)));
+    (resp.status, resp.body.to_vec())
+}
+
+/// Pids of the direct children of `pid` (uWSGI workers of a master).
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// True while `/proc/<pid>` exists (a zombie counts: it was not reaped).
+pub fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Sets a file's mtime one second ahead (what `touch` does, without relying on the clock
+/// ticking over).
+pub fn touch(p: &Path) {
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
+}
+
+/// Waits until `pid` is gone from /proc.
+pub fn wait_gone(pid: i32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while exists(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still exists");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

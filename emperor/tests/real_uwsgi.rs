@@ -1,0 +1,305 @@
+//! Our emperor governing real uWSGI 2.0 vassals (python3 plugin, hello app on unix sockets).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn spawn_accept_loyal_reload_and_remove() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("app.sock");
+    let ini = write_vassal(&dir, "app.ini", &sock, "");
+    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-freq", "1"]);
+
+    emp.wait_for_line("vassal app.ini has been spawned", T);
+    emp.wait_for_line("vassal app.ini is ready to accept requests", T);
+    let v = wait_vassal(&mut emp, &st, "app.ini", T, "ready+accepting", |v| {
+        v["ready"] == 1 && v["accepting"] == 1
+    });
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    assert!(pid > 0);
+    assert_eq!(v["loyal"], 0);
+
+    // A request makes it loyal (byte 17).
+    let (status, body) = hello(&sock);
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b"Hello from uWSGI"));
+    emp.wait_for_line("vassal app.ini is now loyal", T);
+    wait_vassal(&mut emp, &st, "app.ini", T, "loyal", |v| {
+        v["loyal"].as_i64().unwrap_or(0) > 0
+    });
+
+    // touch -> byte 1 -> graceful reload: same pid, accepting again.
+    touch(&ini);
+    emp.wait_for_line("reloading vassal app.ini (config changed)", T);
+    emp.wait_for_new_line("vassal app.ini is ready to accept requests", T);
+    let v = wait_vassal(&mut emp, &st, "app.ini", T, "accepting after reload", |v| {
+        v["accepting"] == 1
+    });
+    assert_eq!(
+        v["pid"].as_i64().unwrap() as i32,
+        pid,
+        "reload keeps the pid"
+    );
+    assert_eq!(v["respawns"], 1);
+    assert_eq!(hello(&sock).0, 200);
+    emp.wait_for_new_line("vassal app.ini is now loyal", T);
+
+    // rm -> byte 0 -> stopped and reaped.
+    std::fs::remove_file(&ini).unwrap();
+    emp.wait_for_line("stopping vassal app.ini", T);
+    emp.wait_for_line("removed uwsgi instance app.ini", T);
+    assert!(!exists(pid), "vassal {pid} was not reaped");
+    assert!(vassal(&stats(&st), "app.ini").is_none());
+}
+
+#[test]
+fn crashing_vassal_backs_off_with_growing_delays() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    // need-app with a missing app: uWSGI exits with 22 right after starting.
+    std::fs::write(
+        dir.join("crash.ini"),
+        "[uwsgi]\nplugin = python3\nmaster = true\nneed-app = true\nwsgi-file = %dmissing.py\n",
+    )
+    .unwrap();
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-throttle",
+            "200",
+            "--emperor-max-throttle",
+            "60000",
+        ],
+    );
+    let mut levels = Vec::new();
+    for attempt in 1..=3 {
+        let v = wait_vassal(&mut emp, &st, "crash.ini", T, "next backoff", |v| {
+            v["attempt"].as_i64() == Some(attempt)
+        });
+        levels.push(v["throttle_level"].as_i64().unwrap());
+        let doc = stats(&st);
+        let bl = doc["blacklist"].as_array().unwrap();
+        assert!(bl.iter().any(|b| b["id"] == "crash.ini"), "{doc:#}");
+    }
+    assert_eq!(levels, vec![200, 400, 800]);
+    emp.wait_for_line("unloyal bad behaving vassal crash.ini", T);
+    let v = vassal(&stats(&st), "crash.ini").unwrap();
+    // uWSGI exits 22 (no app) standalone, 1 as a vassal: either way an exit, not a signal.
+    assert!(
+        v["last_exit"].as_str().unwrap().starts_with("exit "),
+        "{v:#}"
+    );
+    assert!(v["restarts"].as_i64().unwrap() >= 2);
+}
+
+#[test]
+fn heartbeat_silence_kills_and_respawns() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("hb.sock");
+    write_vassal(&dir, "hb.ini", &sock, "heartbeat = 1\n");
+    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-required-heartbeat", "3"]);
+    let v = wait_vassal(&mut emp, &st, "hb.ini", T, "heartbeating", |v| {
+        v["accepting"] == 1 && v["last_heartbeat"].as_i64().unwrap_or(0) > 0
+    });
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    assert_eq!(hello(&sock).0, 200);
+    wait_vassal(&mut emp, &st, "hb.ini", T, "loyal", |v| {
+        v["loyal"].as_i64().unwrap_or(0) > 0
+    });
+    // Freeze the whole vassal: no worker can send heartbeats.
+    let workers = children(pid);
+    assert!(!workers.is_empty(), "no worker under {pid}");
+    for w in &workers {
+        signal(*w, libc::SIGSTOP);
+    }
+    signal(pid, libc::SIGSTOP);
+    emp.wait_for_line(
+        "vassal hb.ini sent no heartbeat in the last 3 seconds, brutally respawning it",
+        T,
+    );
+    let v = wait_vassal(&mut emp, &st, "hb.ini", T, "respawned", |v| {
+        v["pid"].as_i64().unwrap_or(-1) as i32 != pid && v["accepting"] == 1
+    });
+    assert_eq!(v["last_exit"], "signal 9");
+    wait_gone(pid, T);
+    for w in workers {
+        signal(w, libc::SIGKILL);
+    }
+    assert_eq!(hello(&sock).0, 200);
+}
+
+#[test]
+fn sigint_stops_everything_and_leaves_no_vassal_process() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    write_vassal(&dir, "a.ini", &work.path().join("a.sock"), "");
+    write_vassal(&dir, "b.ini", &work.path().join("b.sock"), "");
+    let pidfile = work.path().join("emperor.pid");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &["--emperor-pidfile", pidfile.to_str().unwrap()],
+    );
+    let mut pids = Vec::new();
+    for id in ["a.ini", "b.ini"] {
+        let v = wait_vassal(&mut emp, &st, id, T, "accepting", |v| v["accepting"] == 1);
+        let pid = v["pid"].as_i64().unwrap() as i32;
+        pids.push(pid);
+        pids.extend(children(pid));
+    }
+    let written: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, emp.pid());
+    emp.signal(libc::SIGINT);
+    let status = emp.wait_exit(T);
+    assert_eq!(status.code(), Some(0), "{}", emp.output());
+    let out = emp.output();
+    assert!(out.contains("RAGNAROK EVOKED"), "{out}");
+    assert!(out.contains("The Emperor is buried."), "{out}");
+    for pid in pids {
+        assert!(!exists(pid), "vassal process {pid} survived the emperor");
+    }
+    assert!(!pidfile.exists(), "pidfile not removed");
+    assert!(!st.exists(), "stats socket not removed");
+}
+
+#[test]
+fn bad_files_are_skipped_once_while_good_vassals_run() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("good.sock");
+    write_vassal(&dir, "good.ini", &sock, "");
+    std::fs::write(dir.join("notes.txt"), "not a config").unwrap();
+    let secret = write_vassal(&dir, "secret.ini", &work.path().join("s.sock"), "");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    std::os::unix::fs::symlink("loop2.ini", dir.join("loop1.ini")).unwrap();
+    std::os::unix::fs::symlink("loop1.ini", dir.join("loop2.ini")).unwrap();
+
+    // root reads anything: take away the capabilities that bypass file permissions.
+    // SAFETY: geteuid has no side effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+            env!("CARGO_BIN_EXE_emperor"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_emperor"))
+    };
+    let (mut emp, st) = start_emperor_with(cmd, work.path(), &dir, &["--emperor-freq", "1"]);
+    emp.wait_for_line("skipping notes.txt: not a vassal config name", T);
+    emp.wait_for_line("skipping secret.ini: cannot read it", T);
+    emp.wait_for_line("skipping loop1.ini: symlink loop", T);
+    emp.wait_for_line("skipping loop2.ini: symlink loop", T);
+    wait_vassal(&mut emp, &st, "good.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    assert_eq!(hello(&sock).0, 200);
+    emp.wait_for_line("vassal good.ini is now loyal", T);
+    // Several rescans later (freq 1 s, plus two forced ones) each file was reported once.
+    for _ in 0..2 {
+        emp.signal(libc::SIGWINCH);
+        emp.wait_for_new_line("rescanning every monitor", T);
+    }
+    let doc = stats(&st);
+    let ids: Vec<&str> = doc["vassals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["good.ini"]);
+    let out = emp.output();
+    for needle in [
+        "skipping notes.txt",
+        "skipping secret.ini",
+        "skipping loop1.ini",
+    ] {
+        assert_eq!(
+            out.matches(needle).count(),
+            1,
+            "{needle} logged more than once:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn missing_uwsgi_is_reported_and_retried_without_crashing() {
+    let work = tempfile::tempdir().unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vassals");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    cmd.env("PATH", work.path());
+    let (mut emp, st) =
+        start_emperor_with(cmd, work.path(), &examples, &["--emperor-throttle", "100"]);
+    emp.wait_for_line("`uwsgi` was not found on PATH", T);
+    emp.wait_for_line(
+        "cannot start vassal hello.ini: `uwsgi` was not found on PATH",
+        T,
+    );
+    emp.wait_for_line("apt-get install uwsgi-core uwsgi-plugin-python3", T);
+    wait_vassal(&mut emp, &st, "hello.ini", T, "retried", |v| {
+        v["attempt"].as_i64().unwrap_or(0) >= 2
+    });
+    emp.signal(libc::SIGTERM);
+    assert_eq!(emp.wait_exit(T).code(), Some(0));
+}
+
+#[test]
+fn two_monitors_with_the_same_file_name_do_not_mix_up() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let one = work.path().join("one");
+    let two = work.path().join("two");
+    std::fs::create_dir(&one).unwrap();
+    std::fs::create_dir(&two).unwrap();
+    let s1 = work.path().join("one.sock");
+    let s2 = work.path().join("two.sock");
+    write_vassal(&one, "app.ini", &s1, "");
+    write_vassal(&two, "app.ini", &s2, "");
+    let (mut emp, st) = start_emperor(work.path(), &one, &["--emperor", two.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let doc = stats(&st);
+        let accepting = doc["vassals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["accepting"] == 1)
+            .count();
+        if accepting == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{doc:#}\n{}",
+            emp.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(hello(&s1).0, 200);
+    assert_eq!(hello(&s2).0, 200);
+}
