@@ -204,7 +204,7 @@ impl Options {
         let cmd = Options::command();
         let matches = cmd
             .try_get_matches_from(merged)
-            .map_err(|e| OptionsError::Clap(e))?;
+            .map_err(OptionsError::Clap)?;
         let opts = Options::from_arg_matches(&matches).map_err(OptionsError::Clap)?;
         Ok(opts.finish())
     }

@@ -51,6 +51,22 @@ fn spawn_accept_loyal_reload_and_remove() {
     assert_eq!(hello(&sock).0, 200);
     emp.wait_for_new_line("vassal app.ini is now loyal", T);
 
+    // SIGHUP reloads every vassal; SIGUSR1 logs one status line per vassal.
+    emp.signal(libc::SIGHUP);
+    emp.wait_for_line("reloading vassal app.ini (SIGHUP)", T);
+    emp.wait_for_new_line("vassal app.ini is ready to accept requests", T);
+    emp.signal(libc::SIGUSR1);
+    let line = emp.wait_for_line("vassal app.ini state=running", T);
+    assert!(line.contains(&format!("pid={pid}")), "{line}");
+
+    // Atomic rename-into-place with identical content and size: a new inode is a change.
+    let tmp = dir.join(".app.ini.tmp");
+    std::fs::copy(&ini, &tmp).unwrap();
+    std::fs::rename(&tmp, &ini).unwrap();
+    emp.wait_for_new_line("reloading vassal app.ini (config changed)", T);
+    emp.wait_for_new_line("vassal app.ini is ready to accept requests", T);
+    assert_eq!(vassal(&stats(&st), "app.ini").unwrap()["respawns"], 3);
+
     // rm -> byte 0 -> stopped and reaped.
     std::fs::remove_file(&ini).unwrap();
     emp.wait_for_line("stopping vassal app.ini", T);
@@ -302,4 +318,134 @@ fn two_monitors_with_the_same_file_name_do_not_mix_up() {
     }
     assert_eq!(hello(&s1).0, 200);
     assert_eq!(hello(&s2).0, 200);
+}
+
+#[test]
+fn watched_directory_disappearing_and_coming_back() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    let away = work.path().join("vassals.off");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("d.sock");
+    write_vassal(&dir, "d.ini", &sock, "");
+    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-freq", "1"]);
+    let v = wait_vassal(&mut emp, &st, "d.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    std::fs::rename(&dir, &away).unwrap();
+    emp.wait_for_line("cannot read monitor directory", T);
+    emp.wait_for_line("removed uwsgi instance d.ini", T);
+    wait_gone(pid, T);
+    std::fs::rename(&away, &dir).unwrap();
+    emp.wait_for_line("is back", T);
+    let v = wait_vassal(&mut emp, &st, "d.ini", T, "accepting again", |v| {
+        v["accepting"] == 1
+    });
+    assert_ne!(v["pid"].as_i64().unwrap() as i32, pid);
+    // And the watch is re-established: an edit is seen without waiting for a rescan.
+    touch(&dir.join("d.ini"));
+    emp.wait_for_line("reloading vassal d.ini (config changed)", T);
+}
+
+#[test]
+fn ini_file_systemd_notify_stats_http_and_vassal_environment() {
+    use std::os::unix::net::UnixDatagram;
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    write_vassal(&dir, "env.ini", &work.path().join("env.sock"), "");
+    let notify_path = work.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let ini = work.path().join("emperor.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[uwsgi]\nemperor = %dvassals\nemperor-stats-server = 127.0.0.1:{port}\nstats-http = true\nemperor-freq = 1\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    cmd.arg("--ini")
+        .arg(&ini)
+        .env("EMPEROR_LOG", "info")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("UWSGI_VASSAL_FOO", "bar")
+        .env("UWSGI_RELOADS", "7")
+        .current_dir(work.path());
+    let mut emp = Proc::spawn(cmd);
+    let mut got = String::new();
+    let mut buf = [0u8; 512];
+    while !got.contains("READY=1") {
+        let n = notify.recv(&mut buf).expect("no READY=1 from the emperor");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        got.push('\n');
+    }
+    assert!(
+        got.contains("STATUS=The Emperor is governing 1 vassals"),
+        "{got}"
+    );
+    emp.wait_for_line("vassal env.ini is ready to accept requests", T);
+
+    // --stats-http over TCP.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.0 200 OK\r\n"), "{resp}");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("Content-Type: application/json"), "{head}");
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    let v = vassal(&doc, "env.ini").unwrap();
+    let pid = v["pid"].as_i64().unwrap();
+
+    // The vassal's environment follows the uWSGI rules, done right.
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env: Vec<String> = env
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    assert!(env.iter().any(|e| e == "UWSGI_FOO=bar"), "{env:?}");
+    assert!(
+        !env.iter().any(|e| e.starts_with("UWSGI_VASSAL_")),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("NOTIFY_SOCKET=")),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("UWSGI_RELOADS=7")),
+        "{env:?}"
+    );
+    assert!(
+        env.iter().any(|e| e.starts_with("UWSGI_EMPEROR_FD=")),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter()
+            .any(|e| e.starts_with("UWSGI_EMPEROR_FD_CONFIG=")),
+        "{env:?}"
+    );
+    // fd 0 is /dev/null; the vassal runs in the vassal directory.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
+        std::path::PathBuf::from("/dev/null")
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::fs::canonicalize(&dir).unwrap()
+    );
+    emp.signal(libc::SIGTERM);
+    assert_eq!(emp.wait_exit(T).code(), Some(0));
 }
