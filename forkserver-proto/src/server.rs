@@ -691,6 +691,7 @@ impl ForkServer {
             }
             Ok(ForkResult::Child) => {
                 // Intermediate child: async-signal-safe calls only.
+                let intermediate = getpid();
                 // SAFETY: still a single-threaded copy; the grandchild is orphaned at once and
                 // reparented to the nearest subreaper (the emperor).
                 match unsafe { fork() } {
@@ -701,13 +702,13 @@ impl ForkServer {
                     // SAFETY: as above.
                     Err(_) => unsafe { libc::_exit(1) },
                 }
-                Ok(Some(self.become_vassal(conn, req)))
+                Ok(Some(self.become_vassal(conn, req, intermediate)))
             }
         }
     }
 
     /// In the grandchild: drop everything of the server, send the reply, hand over.
-    fn become_vassal(&mut self, conn: Conn, req: Ready) -> Adoption {
+    fn become_vassal(&mut self, conn: Conn, req: Ready, intermediate: Pid) -> Adoption {
         self.listener = None;
         self.conns.clear();
         self.signals = None;
@@ -716,6 +717,16 @@ impl ForkServer {
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         }
         let pid = getpid();
+        // Reply only once the intermediate child is gone and we have been reparented (to the
+        // client's subreaper, normally): then the client can waitpid() us, and check our ppid,
+        // as soon as it has the pid. The intermediate child exits right after its fork, so this
+        // is a short wait; it is bounded by the I/O timeout all the same.
+        let deadline = Instant::now() + self.config.io_timeout;
+        let mut pause = Duration::from_micros(50);
+        while nix::unistd::getppid() == intermediate && Instant::now() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
         let reply = encode_reply(pid.as_raw());
         if let Err(e) = write_all(&conn.sock, &reply, Instant::now() + self.config.io_timeout) {
             tracing::error!(
