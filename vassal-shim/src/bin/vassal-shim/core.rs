@@ -543,6 +543,11 @@ impl Core {
         }
         if self.stop_deadline.is_some_and(|t| t <= now) {
             self.stop_deadline = None;
+            tracing::warn!(
+                "the program did not stop within {:?} of {}: sending SIGKILL",
+                self.s.stop_timeout,
+                self.s.stop_signal
+            );
             match self.phase {
                 Phase::Stopping(AfterStop::Exit(c)) => self.exit(c),
                 // SIGKILL; the exit of the main process then continues the restart.

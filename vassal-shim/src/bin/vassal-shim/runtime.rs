@@ -104,8 +104,9 @@ impl Runtime {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_stale_rundirs(&base);
         let rundir = tempfile::Builder::new()
-            .prefix("vassal-shim.")
+            .prefix(&format!("{RUNDIR_PREFIX}{}.", std::process::id()))
             .tempdir_in(&base)?;
         let notify_path = rundir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path)?;
@@ -594,6 +595,32 @@ impl Runtime {
         }
         info!("exiting with code {code}");
         code
+    }
+}
+
+/// Prefix of the shim's private directories: `vassal-shim.<pid>.<random>`.
+const RUNDIR_PREFIX: &str = "vassal-shim.";
+
+/// Removes the private directories of shims that are gone (killed with SIGKILL, e.g. by an
+/// emperor's heartbeat check, they cannot clean up after themselves).
+fn remove_stale_rundirs(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(RUNDIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let owner_alive = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == "vassal-shim");
+        if !owner_alive && e.file_type().is_ok_and(|t| t.is_dir()) {
+            debug!("removing {} left by a dead shim", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -1,0 +1,357 @@
+//! The shim driven byte by byte over a socketpair (a channel-level emperor): exact bytes on
+//! start / reload / stop, the config channel (including uWSGI 2.0's double push), EOF,
+//! exit codes, notify extensions, socket activation, the uWSGI fallback and standalone mode.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const READY: u8 = 1;
+const CONFIG_REQUEST: u8 = 2;
+const ACCEPTING: u8 = 5;
+const LOYAL: u8 = 17;
+const STOP_ME: u8 = 22;
+const HEARTBEAT: u8 = 26;
+const SOS: u8 = 30;
+
+fn py_exec(args: &str) -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        testapp().display().to_string(),
+    ]
+    .into_iter()
+    .chain(args.split_whitespace().map(str::to_string))
+    .collect()
+}
+
+fn shim_args<'a>(opts: &'a [&'a str], program: &'a [String]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = opts.to_vec();
+    v.push("--");
+    v.extend(program.iter().map(String::as_str));
+    v
+}
+
+#[test]
+fn bytes_on_start_reload_and_stop() {
+    let port = free_port();
+    let prog = py_exec(&format!("--port {port} --children"));
+    let ready = format!("http://127.0.0.1:{port}/");
+    let opts = ["--ready", &ready, "--loyal-after", "0.3"];
+    let mut e = FakeEmperor::start(&shim_args(&opts, &prog), false, |_| {});
+    assert_eq!(e.read_byte(SOON), Some(READY));
+    assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
+    assert_eq!(e.read_byte(SOON), Some(LOYAL));
+    let gen1 = http_get(port, "/").unwrap();
+    assert!(gen1.contains("gen=1"), "{gen1}");
+    let pid1 = pid_in(&gen1, "pid=");
+    let child1 = pid_in(&e.proc.wait_for_line("child=", SOON), "child=");
+
+    e.send(1);
+    assert_eq!(e.read_byte(SOON), Some(READY));
+    assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
+    assert_eq!(e.read_byte(SOON), Some(LOYAL));
+    let gen2 = http_get(port, "/").unwrap();
+    assert!(gen2.contains("gen=2"), "{gen2}");
+    let pid2 = pid_in(&gen2, "pid=");
+    wait_all_gone(&[pid1, child1], SOON);
+
+    e.send(0);
+    assert_eq!(
+        e.read_byte(SOON),
+        None,
+        "the shim closes the channel when it exits"
+    );
+    let st = e.proc.wait_exit(SOON);
+    assert_eq!(st.code(), Some(0));
+    wait_all_gone(&[pid2], SOON);
+    assert!(pids_with_cmdline(&format!("--port {port}")).is_empty());
+}
+
+#[test]
+fn heartbeats_only_while_the_program_runs() {
+    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--heartbeat", "0.2", "--loyal-after", "0"], &prog),
+        false,
+        |_| {},
+    );
+    assert_eq!(e.read_byte(SOON), Some(READY));
+    assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
+    assert_eq!(e.read_byte(SOON), Some(HEARTBEAT));
+    e.expect(LOYAL);
+    e.expect(HEARTBEAT);
+    e.expect(HEARTBEAT);
+    let pid = pid_in(&e.proc.wait_for_line("started program", SOON), "program ");
+    // Stopped: the shim notices (SIGCHLD with WUNTRACED) and goes quiet.
+    // SAFETY: kill(2) on the program the shim started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    e.proc.wait_for_line("was stopped by SIGSTOP", SOON);
+    // Drain what was in flight, then the channel stays silent for several periods.
+    e.chan.set_nonblocking(true).unwrap();
+    let mut sink = [0u8; 64];
+    while std::io::Read::read(&mut e.chan, &mut sink).is_ok() {}
+    e.chan.set_nonblocking(false).unwrap();
+    e.chan
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let quiet = std::io::Read::read(&mut e.chan, &mut b);
+    assert!(quiet.is_err(), "heartbeat while stopped: {quiet:?} {b:?}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    e.expect(HEARTBEAT);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn pushed_config_newest_wins_across_double_pushes() {
+    let port = free_port();
+    let ini = |version: u32| {
+        format!(
+            "[vassal-shim]\nexec = {}\nready = tcp:127.0.0.1:{port}\nloyal-after = 0.2\n\
+             [app]\nversion = {version}\n",
+            testapp_exec(&format!("--port {port}"))
+        )
+    };
+    let mut e = FakeEmperor::start(&["--ini", "emperor://app.ini"], true, |_| {});
+    e.push_config(&ini(1));
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.expect(LOYAL);
+    let body = http_get(port, "/").unwrap();
+    assert!(body.contains("version = 1"), "{body}");
+
+    // uWSGI 2.0: byte 1, a push right after it, then a second push answering byte 2.
+    for version in [2, 3] {
+        e.send(1);
+        e.push_config(&ini(version));
+        e.expect(CONFIG_REQUEST);
+        e.push_config(&ini(version));
+        e.expect(READY);
+        e.expect(ACCEPTING);
+        e.expect(LOYAL);
+        let body = http_get(port, "/").unwrap();
+        assert!(
+            body.contains(&format!("version = {version}")),
+            "stale config after reload {version}: {body}"
+        );
+    }
+    e.proc.wait_for_line("config push #", SOON);
+    e.send(2);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn config_pushed_only_on_request_like_uwsgi_2_1() {
+    let port = free_port();
+    let text = format!(
+        "[vassal-shim]\nexec = {}\nready = tcp:127.0.0.1:{port}\n",
+        testapp_exec(&format!("--port {port}"))
+    );
+    let mut e = FakeEmperor::start(&["--ini", "emperor://x.ini"], true, |_| {});
+    e.push_config(&text);
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.send(1);
+    e.expect(CONFIG_REQUEST);
+    // The restart waits for the answer.
+    e.push_config(&text.replace("[vassal-shim]", "[vassal-shim]\n; v2"));
+    e.expect(READY);
+    let body = http_get(port, "/").unwrap();
+    assert!(body.contains("; v2"), "{body}");
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn eof_stops_the_program() {
+    let port = free_port();
+    let prog = py_exec(&format!("--port {port}"));
+    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |_| {});
+    e.expect(READY);
+    let pid = pid_in(&e.proc.wait_for_line("listening", SOON), "pid=");
+    let FakeEmperor { mut proc, chan, .. } = e;
+    drop(chan);
+    assert_eq!(proc.wait_exit(SOON).code(), Some(1));
+    wait_all_gone(&[pid], SOON);
+}
+
+#[test]
+fn stop_timeout_then_sigkill() {
+    let prog: Vec<String> = [
+        "sh",
+        "-c",
+        "trap '' TERM; echo trapped; while :; do sleep 1; done",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut e = FakeEmperor::start(&shim_args(&["--stop-timeout", "0.5"], &prog), false, |_| {});
+    e.expect(READY);
+    e.proc.wait_for_line("trapped", SOON);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    assert!(e.proc.output().contains("did not stop within"));
+}
+
+#[test]
+fn exit_codes_pass_through_and_exile_codes_become_26() {
+    for (code, want) in [(3, 3), (7, 26)] {
+        let script = format!("exit {code}");
+        let prog: Vec<String> = ["sh", "-c", &script]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut e = FakeEmperor::start(&shim_args(&["--exile-codes", "7,9"], &prog), false, |_| {});
+        assert_eq!(
+            e.proc.wait_exit(SOON).code(),
+            Some(want),
+            "program exit {code}"
+        );
+    }
+}
+
+#[test]
+fn missing_program_fails_clearly() {
+    let mut e = FakeEmperor::start(&["--", "/nonexistent/program"], false, |_| {});
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(127));
+    assert!(e.proc.output().contains("does not exist"));
+}
+
+#[test]
+fn notify_extensions_become_idle_and_sos_bytes() {
+    let py = String::from(
+        "import os,socket,time\n\
+         s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+         p=os.environ['NOTIFY_SOCKET']\n\
+         s.sendto(b'READY=1\\nSTATUS=up',p)\n\
+         s.sendto(b'X_VASSAL_LOYAL=1',p)\n\
+         s.sendto(b'X_VASSAL_SOS=1',p)\n\
+         s.sendto(b'X_VASSAL_IDLE=1',p)\n\
+         time.sleep(1000)\n",
+    );
+    let prog = vec![python().display().to_string(), "-c".to_string(), py];
+    let mut e = FakeEmperor::start(&shim_args(&["--ready", "notify"], &prog), false, |_| {});
+    assert_eq!(e.read_byte(SOON), Some(READY));
+    assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
+    assert_eq!(e.read_byte(SOON), Some(LOYAL));
+    assert_eq!(e.read_byte(SOON), Some(SOS));
+    assert_eq!(e.read_byte(SOON), Some(STOP_ME));
+    e.proc.wait_for_line("program status: up", SOON);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn listening_fd0_becomes_socket_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("od.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let lfd = listener.as_raw_fd();
+    let prog = py_exec("");
+    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, move |cmd: &mut Command| {
+        // SAFETY: dup2(2) in the child, onto its stdin.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(lfd, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    e.expect(READY);
+    let body = http_get_unix(&path, "/").unwrap();
+    assert!(body.contains("listen_fds=1"), "{body}");
+    e.proc.wait_for_line("LISTEN_FDS=1", SOON);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    drop(listener);
+}
+
+#[test]
+fn reload_by_signal_keeps_the_program() {
+    let py = "import os,signal,socket,time\n\
+              p=os.environ['NOTIFY_SOCKET']\n\
+              s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+              def hup(n,f):\n    print('got HUP', flush=True)\n    s.sendto(b'READY=1',p)\n\
+              signal.signal(signal.SIGHUP,hup)\n\
+              s.sendto(b'READY=1',p)\n\
+              while True: time.sleep(1)\n";
+    let prog = vec![
+        python().display().to_string(),
+        "-c".to_string(),
+        py.to_string(),
+    ];
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--ready", "notify", "--reload", "signal:HUP"], &prog),
+        false,
+        |_| {},
+    );
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    let started = e.proc.wait_for_line("started program", SOON);
+    e.send(1);
+    e.proc.wait_for_line("got HUP", SOON);
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    let out = e.proc.output();
+    assert_eq!(
+        out.matches("started program").count(),
+        1,
+        "no restart: {started}"
+    );
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn ini_without_shim_section_runs_uwsgi() {
+    let uwsgi = require_uwsgi();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("u.sock");
+    let ini = dir.path().join("plain.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[uwsgi]\nmaster = true\nprocesses = 1\nsocket = {}\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let ini_s = ini.display().to_string();
+    let mut e = FakeEmperor::start(&["--ini", &ini_s], false, move |cmd: &mut Command| {
+        cmd.env("VASSAL_SHIM_UWSGI", &uwsgi);
+    });
+    e.proc.wait_for_line("handing over to", SOON);
+    // Real uWSGI now speaks to our channel: ready from the master, accepting from worker 1.
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.proc.wait_for_line("has_emperor mode", SOON);
+    e.send(0);
+    e.proc.wait_exit(SOON);
+}
+
+#[test]
+fn standalone_without_emperor() {
+    let port = free_port();
+    let mut cmd = Command::new(shim());
+    cmd.arg("--ready")
+        .arg(format!("tcp:127.0.0.1:{port}"))
+        .arg("--")
+        .args(py_exec(&format!("--port {port}")))
+        .env_remove("UWSGI_EMPEROR_FD");
+    let mut p = Proc::spawn(cmd);
+    p.wait_for_line("no emperor", SOON);
+    p.wait_for_line("is ready", SOON);
+    let pid = pid_in(&http_get(port, "/").unwrap(), "pid=");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(SOON).code(), Some(0));
+    wait_all_gone(&[pid], SOON);
+}
