@@ -23,16 +23,16 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
                   USR1 logs one status line per vassal, URG clears every backoff, WINCH rescans."
 )]
 pub struct Options {
-    /// Monitors: a directory, a glob pattern, dir://PATH or glob://PATTERN.
+    /// Monitors: a directory, a glob pattern, dir://PATH or glob://PATTERN. [default: none]
     #[arg(value_name = "MONITOR")]
     pub monitors: Vec<String>,
 
-    /// A monitor (repeatable), as uWSGI's --emperor.
+    /// A monitor (repeatable), as uWSGI's --emperor. [default: none]
     #[arg(long = "emperor", value_name = "MONITOR")]
     pub emperor: Vec<String>,
 
     /// Read options from the [uwsgi] section of FILE (repeatable; uWSGI's %d %p %s %n %% magic is
-    /// expanded).
+    /// expanded). [default: none]
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
 
@@ -70,15 +70,15 @@ pub struct Options {
     )]
     pub max_throttle: u64,
 
-    /// Never back off: retry a failing vassal every --emperor-freq seconds.
+    /// Never back off: retry a failing vassal every --emperor-freq seconds. [default: off]
     #[arg(long = "emperor-no-blacklist")]
     pub no_blacklist: bool,
 
-    /// Do not follow symlinks: track the link itself (lstat), accept links and regular files.
+    /// Do not follow symlinks: track the link itself (lstat), accept links and regular files. [default: off]
     #[arg(long = "emperor-nofollow")]
     pub nofollow: bool,
 
-    /// An extra valid config extension (repeatable); such vassals get `--config NAME`.
+    /// An extra valid config extension (repeatable); such vassals get `--config NAME` [default: none].
     #[arg(
         long = "emperor-extra-extension",
         visible_alias = "emperor-extra-ext",
@@ -90,35 +90,35 @@ pub struct Options {
     #[arg(long = "emperor-wrapper", value_name = "BINARY")]
     pub wrapper: Option<String>,
 
-    /// Binaries tried before the wrapper, in order (repeatable).
+    /// Binaries tried before the wrapper, in order (repeatable). [default: none]
     #[arg(long = "emperor-wrapper-override", value_name = "BINARY")]
     pub wrapper_override: Vec<String>,
 
-    /// Binaries tried when the wrapper cannot be executed, in order (repeatable).
+    /// Binaries tried when the wrapper cannot be executed, in order (repeatable). [default: none]
     #[arg(long = "emperor-wrapper-fallback", value_name = "BINARY")]
     pub wrapper_fallback: Vec<String>,
 
-    /// Run executable config files as `exec://NAME`.
+    /// Run executable config files as `exec://NAME`. [default: off]
     #[arg(long = "emperor-magic-exec")]
     pub magic_exec: bool,
 
-    /// Add `--inherit FILE` after the vassal config (repeatable).
+    /// Add `--inherit FILE` after the vassal config (repeatable). [default: none]
     #[arg(long = "vassals-inherit", value_name = "FILE")]
     pub vassals_inherit: Vec<String>,
 
-    /// Add `--include FILE` after the vassal config (repeatable).
+    /// Add `--include FILE` after the vassal config (repeatable). [default: none]
     #[arg(long = "vassals-include", value_name = "FILE")]
     pub vassals_include: Vec<String>,
 
-    /// Add `--inherit FILE` before the vassal config (repeatable).
+    /// Add `--inherit FILE` before the vassal config (repeatable). [default: none]
     #[arg(long = "vassals-inherit-before", value_name = "FILE")]
     pub vassals_inherit_before: Vec<String>,
 
-    /// Add `--include FILE` before the vassal config (repeatable).
+    /// Add `--include FILE` before the vassal config (repeatable). [default: none]
     #[arg(long = "vassals-include-before", value_name = "FILE")]
     pub vassals_include_before: Vec<String>,
 
-    /// Add `--set KEY=VALUE` to every vassal (repeatable).
+    /// Add `--set KEY=VALUE` to every vassal (repeatable) [default: none].
     #[arg(
         long = "vassals-set",
         visible_alias = "vassal-set",
@@ -126,7 +126,7 @@ pub struct Options {
     )]
     pub vassals_set: Vec<String>,
 
-    /// Stop vassals with byte 2 (graceful) instead of 0.
+    /// Stop vassals with byte 2 (graceful) instead of 0. [default: off]
     #[arg(long = "emperor-graceful-shutdown")]
     pub graceful_shutdown: bool,
 
@@ -142,7 +142,7 @@ pub struct Options {
     )]
     pub stats: Option<String>,
 
-    /// Answer stats clients as HTTP/1.0.
+    /// Answer stats clients as HTTP/1.0. [default: off]
     #[arg(long = "stats-http")]
     pub stats_http: bool,
 
