@@ -355,3 +355,38 @@ fn standalone_without_emperor() {
     assert_eq!(p.wait_exit(SOON).code(), Some(0));
     wait_all_gone(&[pid], SOON);
 }
+
+#[test]
+fn backlog_probe_sends_sos() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let lfd = listener.as_raw_fd();
+    // A program that never accepts: connections pile up in the backlog.
+    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--sos-backlog", "2", "--loyal-after", "0"], &prog),
+        false,
+        move |cmd: &mut Command| {
+            // SAFETY: dup2(2) in the child, onto its stdin.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(lfd, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.expect(LOYAL);
+    let _waiting: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+        .collect();
+    e.expect(SOS);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    drop(listener);
+}

@@ -5,6 +5,7 @@
 //! loader flag) is handed to `uwsgi` unchanged, so the shim can be an `--emperor-wrapper` for
 //! a directory that mixes uWSGI apps and shim apps. See docs/vassal-shim.md.
 
+mod backlog;
 mod core;
 mod options;
 mod probe;

@@ -20,6 +20,7 @@ use vassal_shim::ini::Ini;
 use vassal_shim::notify::{self, Notification};
 use vassal_shim::{ConfigChannel, Event, Vassal, VassalMsg};
 
+use crate::backlog;
 use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
 use crate::options::{Cli, Ready, Settings, CONFIG_ENV};
 use crate::probe::Probe;
@@ -569,23 +570,23 @@ impl Runtime {
 
     fn measure_backlog(&mut self) -> Option<u32> {
         if let Some(fd) = self.listener {
-            if let Some(n) = tcp_listener_backlog(fd) {
-                return Some(n);
+            let n = backlog::tcp_listener(fd)
+                .or_else(|| backlog::socket_inode(fd).and_then(backlog::unix_inode));
+            if n.is_some() {
+                return n;
             }
         }
-        let port = match &self.settings.ready {
-            Ready::Tcp(a) => Some(a.port()),
-            Ready::Http { addr, .. } => Some(addr.port()),
+        let n = match &self.settings.ready {
+            Ready::Tcp(a) => backlog::tcp_port(a.port()),
+            Ready::Http { addr, .. } => backlog::tcp_port(addr.port()),
+            Ready::Unix(path) => backlog::unix_path_inode(path).and_then(backlog::unix_inode),
             _ => None,
         };
-        if let Some(n) = port.and_then(proc_net_tcp_backlog) {
-            return Some(n);
-        }
-        if !self.backlog_warned {
+        if n.is_none() && !self.backlog_warned {
             self.backlog_warned = true;
-            warn!("sos-backlog needs a TCP listener (on-demand socket or ready = tcp:/http://); backlog unknown");
+            warn!("sos-backlog: no listener to measure (needs an on-demand socket or ready = tcp:, unix: or http://)");
         }
-        None
+        n
     }
 
     fn finish(mut self, code: i32) -> i32 {
@@ -632,55 +633,6 @@ pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
-}
-
-/// The accept-queue length of a listening TCP socket (TCP_INFO's `tcpi_unacked`).
-fn tcp_listener_backlog(fd: RawFd) -> Option<u32> {
-    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(info.tcpi_unacked)
-}
-
-/// The accept-queue length of the TCP listener on `port`, from /proc/net/tcp{,6}
-/// (`rx_queue` of a LISTEN entry).
-fn proc_net_tcp_backlog(port: u16) -> Option<u32> {
-    let mut found = None;
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 5 || cols[3] != "0A" {
-                continue;
-            }
-            let Some(p) = cols[1].rsplit(':').next() else {
-                continue;
-            };
-            if u16::from_str_radix(p, 16).ok() != Some(port) {
-                continue;
-            }
-            let rx = cols[4]
-                .split(':')
-                .nth(1)
-                .and_then(|q| u32::from_str_radix(q, 16).ok());
-            if let Some(n) = rx {
-                found = Some(found.unwrap_or(0).max(n));
-            }
-        }
-    }
-    found
 }
 
 /// Blocks the handled signals (so the signalfd sees them) and ignores SIGPIPE.
