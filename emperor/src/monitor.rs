@@ -267,13 +267,15 @@ impl Scanner {
         if config_flag(name, &self.extra).is_none() {
             let mut exts: Vec<&str> = EXTENSIONS.iter().map(|(e, _)| *e).collect();
             exts.extend(self.extra.iter().map(String::as_str));
-            self.skip(
-                name,
-                format!(
-                    "not a vassal config name (it must end in {})",
-                    exts.join(" ")
-                ),
+            let reason = format!(
+                "not a vassal config name (it must end in {})",
+                exts.join(" ")
             );
+            if self.reported.get(name) != Some(&reason) {
+                // Other files next to configs (apps, READMEs) are normal: info, not a warning.
+                info!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
+                self.reported.insert(name.to_string(), reason);
+            }
             return None;
         }
         let meta = if self.nofollow {
