@@ -9,7 +9,9 @@
 //! `preloaded-base` example (`examples/base_app`). At the end a table of medians and ratios is
 //! printed from the same measurements criterion saw.
 //!
-//! `FORKSERVER_BENCH_IMPORT_MS` sets the simulated import time (default 250 ms, as the example).
+//! `FORKSERVER_BENCH_IMPORT_MS` sets the simulated import time (default 250 ms, as the example);
+//! `FORKSERVER_BENCH_SIZES` the base sizes (default `10,500`); `PRELOADED_BASE_REPLY_EARLY=1`
+//! makes the base reply before it is reparented (see `ServerConfig::reply_after_reparent`).
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -30,7 +32,16 @@ mod base_app;
 
 const ROLE: &str = "FORKSERVER_BENCH_ROLE";
 const DEADLINE: Duration = Duration::from_secs(30);
-const SIZES_MIB: [usize; 2] = [10, 500];
+const DEFAULT_SIZES_MIB: [usize; 2] = [10, 500];
+
+/// Base sizes in MiB: `FORKSERVER_BENCH_SIZES=10,500` (the default).
+fn sizes_mib() -> Vec<usize> {
+    std::env::var("FORKSERVER_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_SIZES_MIB.to_vec())
+}
 
 thread_local! {
     static SAMPLES: RefCell<Vec<(String, Duration)>> = const { RefCell::new(Vec::new()) };
@@ -121,8 +132,24 @@ fn adopt_once(base: &Base, argv: &[OsString]) -> Duration {
     assert_eq!(first_byte(&chan), 1);
     let dt = t0.elapsed();
     drop(chan); // EOF: the vassal exits
-    waitpid(pid, None).expect("reap the adopted vassal (we are its subreaper)");
+    reap(pid);
     dt
+}
+
+/// Reaps an adopted vassal (we are its subreaper). With the base's `PRELOADED_BASE_REPLY_EARLY`
+/// the reply may beat the reparenting, so ECHILD is retried for a while (outside the timing).
+fn reap(pid: nix::unistd::Pid) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match waitpid(pid, None) {
+            Ok(_) => return,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::ECHILD) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("reap adopted vassal {pid}: {e}"),
+        }
+    }
 }
 
 fn cold_once(args: &[OsString]) -> Duration {
@@ -157,7 +184,7 @@ fn bench(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(6));
-    for mib in SIZES_MIB {
+    for mib in sizes_mib() {
         let label = format!("{mib}MiB");
         let base = Base::start(dir.path(), mib);
         let argv: Vec<OsString> = vec!["preloaded-base".into(), "--ini".into(), ini.clone().into()];
@@ -220,7 +247,7 @@ fn summary() {
         "{:>8} {:>14} {:>14} {:>12}",
         "base", "adopt", "cold", "cold/adopt"
     );
-    for mib in SIZES_MIB {
+    for mib in sizes_mib() {
         let a = of(&format!("adopt/{mib}MiB"));
         let c = of(&format!("cold/{mib}MiB"));
         if a.is_empty() || c.is_empty() {

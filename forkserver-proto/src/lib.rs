@@ -46,7 +46,10 @@
 //!
 //! Once the client sent the request the fds may be closed by the caller (the kernel holds
 //! references in flight). The adopted vassal is a grandchild of the base, so the emperor must be
-//! a subreaper (`PR_SET_CHILD_SUBREAPER`) and an ancestor of the base to reap it.
+//! a subreaper (`PR_SET_CHILD_SUBREAPER`) and an ancestor of the base to reap it. Our server
+//! replies only after the grandchild has been reparented, so by the time the pid arrives the
+//! emperor can `waitpid` it and can detect a base that is not its descendant by checking the
+//! vassal's ppid (`/proc/<pid>/stat`). See `docs/fork-server.md` for the full integration notes.
 //!
 //! # Running a server
 //!

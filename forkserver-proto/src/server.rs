@@ -39,7 +39,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, recvmsg, sockopt, ControlMessageOwned, MsgFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 use uwsgi_proto::header::Status;
 
@@ -63,6 +63,11 @@ pub struct ServerConfig {
     pub handle_signals: bool,
     /// Permissions for the socket file (e.g. `0o600`); `None` keeps what the umask gives.
     pub socket_mode: Option<u32>,
+    /// The grandchild replies only once it has been reparented (the intermediate child has
+    /// exited), so the client can `waitpid` it and check its ppid as soon as it has the pid.
+    /// Costs the intermediate child's exit (page-table teardown, which grows with the base's
+    /// memory) on the request's latency. Default true.
+    pub reply_after_reparent: bool,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +83,7 @@ impl Default for ServerConfig {
             max_connections: 64,
             handle_signals: true,
             socket_mode: None,
+            reply_after_reparent: true,
         }
     }
 }
@@ -271,6 +277,8 @@ pub struct ForkServer {
     signals: Option<SignalFd>,
     old_mask: Option<SigSet>,
     conns: Vec<Conn>,
+    /// Intermediate children not reaped yet, each with a pidfd to poll for its exit.
+    intermediates: Vec<(Pid, OwnedFd)>,
     cmsg: Vec<u8>,
     stats: ServerStats,
 }
@@ -330,6 +338,7 @@ impl ForkServer {
             signals,
             old_mask,
             conns: Vec::new(),
+            intermediates: Vec::new(),
             cmsg,
             stats: ServerStats::default(),
         })
@@ -362,8 +371,8 @@ impl ForkServer {
     /// [`Outcome::Adopted`]), a stop signal arrives, or one of `watch` becomes readable.
     ///
     /// Many clients are served at once: each connection has its own buffer and deadline, and
-    /// nothing blocks except the brief wait for the intermediate child, which exits right after
-    /// its own fork.
+    /// nothing blocks: the intermediate child of each adoption is reaped when its pidfd says it
+    /// has exited (a blocking `waitpid` only where pidfds are unavailable).
     pub fn serve(&mut self, watch: &[BorrowedFd<'_>]) -> Result<Outcome, ServerError> {
         loop {
             let now = Instant::now();
@@ -394,6 +403,12 @@ impl ForkServer {
             );
             let watch_at = pfds.len();
             pfds.extend(watch.iter().map(|w| PollFd::new(*w, PollFlags::POLLIN)));
+            let inter_at = pfds.len();
+            pfds.extend(
+                self.intermediates
+                    .iter()
+                    .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+            );
 
             match nix::poll::poll(&mut pfds, timeout) {
                 Ok(_) => {}
@@ -406,6 +421,14 @@ impl ForkServer {
                 .collect();
             drop(pfds);
             let ready = |i: usize| !revents[i].is_empty();
+
+            // Reap intermediate children whose pidfd says they exited.
+            for i in (0..self.intermediates.len()).rev() {
+                if ready(inter_at + i) {
+                    let (pid, _fd) = self.intermediates.swap_remove(i);
+                    self.account_intermediate(pid, waitpid(pid, Some(WaitPidFlag::WNOHANG)));
+                }
+            }
 
             if let Some(i) = sig_at {
                 if ready(i) {
@@ -671,18 +694,12 @@ impl ForkServer {
                 Ok(None) // dropping conn and fds closes them: the client sees EOF
             }
             Ok(ForkResult::Parent { child }) => {
-                let status = loop {
-                    match waitpid(child, None) {
-                        Err(Errno::EINTR) => continue,
-                        r => break r,
-                    }
-                };
-                match status {
-                    Ok(WaitStatus::Exited(_, 0)) | Err(Errno::ECHILD) => self.stats.forked += 1,
-                    other => {
-                        self.stats.fork_failed += 1;
-                        tracing::error!("fork server: intermediate child ended with {other:?}");
-                    }
+                // The intermediate child exits right after its fork, but its exit tears down a
+                // copy of our page tables, which takes a while for a big base: rather than
+                // blocking on it, poll its pidfd with the other sources and reap it then.
+                match pidfd_open(child) {
+                    Ok(fd) => self.intermediates.push((child, fd)),
+                    Err(_) => self.account_intermediate(child, waitpid_blocking(child)),
                 }
                 // Our copies of the client's fds and the connection close here; the
                 // grandchild holds its own.
@@ -711,6 +728,7 @@ impl ForkServer {
     fn become_vassal(&mut self, conn: Conn, req: Ready, intermediate: Pid) -> Adoption {
         self.listener = None;
         self.conns.clear();
+        self.intermediates.clear();
         self.signals = None;
         if let Some(old) = self.old_mask.take() {
             // Failure is not possible for SIG_SETMASK with a valid set; ignore it anyway.
@@ -723,7 +741,10 @@ impl ForkServer {
         // is a short wait; it is bounded by the I/O timeout all the same.
         let deadline = Instant::now() + self.config.io_timeout;
         let mut pause = Duration::from_micros(50);
-        while nix::unistd::getppid() == intermediate && Instant::now() < deadline {
+        while self.config.reply_after_reparent
+            && nix::unistd::getppid() == intermediate
+            && Instant::now() < deadline
+        {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
@@ -758,6 +779,9 @@ impl Drop for ForkServer {
         }
         self.listener = None;
         self.signals = None;
+        for (pid, _fd) in std::mem::take(&mut self.intermediates) {
+            let _ = waitpid_blocking(pid); // exiting already; do not leave zombies
+        }
         if let Some(old) = self.old_mask.take() {
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         }
@@ -767,6 +791,44 @@ impl Drop for ForkServer {
             }
         }
     }
+}
+
+impl ForkServer {
+    fn account_intermediate(&mut self, pid: Pid, status: nix::Result<WaitStatus>) {
+        match status {
+            // ECHILD: SIGCHLD is ignored in this process and the kernel reaped it for us.
+            Ok(WaitStatus::Exited(_, 0)) | Err(Errno::ECHILD) => self.stats.forked += 1,
+            Ok(WaitStatus::StillAlive) => {
+                // Spurious readiness; keep waiting for it the blocking way (it is exiting).
+                self.account_intermediate(pid, waitpid_blocking(pid));
+            }
+            other => {
+                self.stats.fork_failed += 1;
+                tracing::error!("fork server: intermediate child {pid} ended with {other:?}");
+            }
+        }
+    }
+}
+
+fn waitpid_blocking(pid: Pid) -> nix::Result<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// A pidfd (CLOEXEC) that becomes readable when `pid` exits.
+fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1; it touches no
+    // memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd (with O_CLOEXEC set); nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn write_all(sock: &OwnedFd, mut data: &[u8], deadline: Instant) -> io::Result<()> {

@@ -174,7 +174,12 @@ pub fn main_with(args: &[OsString]) -> i32 {
 
 /// A base: serve adoptions until stopped; in an adopted grandchild, run the application.
 fn run_base(path: PathBuf, channel: Option<UnixStream>) -> i32 {
-    let mut server = match ForkServer::bind(&path, ServerConfig::default()) {
+    let config = ServerConfig {
+        // For measurements only: see ServerConfig::reply_after_reparent.
+        reply_after_reparent: std::env::var_os("PRELOADED_BASE_REPLY_EARLY").is_none(),
+        ..ServerConfig::default()
+    };
+    let mut server = match ForkServer::bind(&path, config) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
