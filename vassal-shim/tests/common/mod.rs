@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -69,6 +71,20 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
             "timed out after {timeout:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `needle` has appeared at least `n` times in the process output.
+pub fn wait_count(p: &mut Proc, needle: &str, n: usize) {
+    let deadline = Instant::now() + SOON;
+    while p.output().matches(needle).count() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{needle:?} not seen {n} times:\n{}",
+            p.output()
+        );
+        p.wait_for_new_line(needle, left);
     }
 }
 
