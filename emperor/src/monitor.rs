@@ -143,6 +143,11 @@ impl Scanner {
         }
     }
 
+    /// True for a dir monitor (whose inotify events name single files).
+    pub fn is_dir(&self) -> bool {
+        matches!(self.spec.kind, MonitorKind::Dir(_))
+    }
+
     /// The monitor.
     pub fn spec(&self) -> &MonitorSpec {
         &self.spec
@@ -175,6 +180,27 @@ impl Scanner {
             self.reported.retain(|k, _| seen.contains(k));
         }
         ScanResult { entries }
+    }
+
+    /// Re-examines one file of a dir monitor (after an inotify event naming it): its key and,
+    /// when it is a valid config, its entry. `None` for glob monitors (they rescan).
+    pub fn check_name(&mut self, name: &str) -> Option<(String, Option<Entry>)> {
+        let MonitorKind::Dir(dir) = &self.spec.kind else {
+            return None;
+        };
+        let path = dir.join(name);
+        let key = std::path::absolute(&path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string();
+        if std::fs::symlink_metadata(&path).is_err() {
+            // Gone: forget what was reported so a re-created file is judged afresh.
+            self.known.remove(name);
+            self.reported.remove(name);
+            return Some((key, None));
+        }
+        let entry = self.check(name, &path);
+        Some((key, entry))
     }
 
     fn scan_dir(&mut self, dir: &Path, seen: &mut Vec<String>) -> Option<Vec<Entry>> {
@@ -458,6 +484,24 @@ mod tests {
         std::fs::rename(p.join("tmp"), p.join("a.ini")).unwrap();
         let r = s.scan();
         assert_ne!(r.entries.unwrap()[0].stamp, before);
+    }
+
+    #[test]
+    fn single_names_are_checked_like_a_scan() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = parse_monitor(d.path().to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        let (key, e) = s.check_name("a.ini").unwrap();
+        assert_eq!(key, d.path().join("a.ini").display().to_string());
+        assert!(e.is_none());
+        std::fs::write(d.path().join("a.ini"), "[uwsgi]\n").unwrap();
+        assert_eq!(s.check_name("a.ini").unwrap().1.unwrap().name, "a.ini");
+        std::fs::write(d.path().join("b.txt"), "").unwrap();
+        assert!(s.check_name("b.txt").unwrap().1.is_none());
+        assert!(s.reported.contains_key("b.txt"));
+        std::fs::remove_file(d.path().join("b.txt")).unwrap();
+        assert!(s.check_name("b.txt").unwrap().1.is_none());
+        assert!(!s.reported.contains_key("b.txt"));
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub struct Runtime {
     watch_monitors: HashMap<WatchDescriptor, Vec<usize>>,
     watched_dirs: HashMap<PathBuf, WatchDescriptor>,
     dirty: HashSet<usize>,
+    dirty_names: HashMap<usize, HashSet<OsString>>,
     settle_at: Option<Instant>,
     next_rescan: Instant,
     freq: Duration,
@@ -254,6 +255,7 @@ impl Runtime {
             watch_monitors: HashMap::new(),
             watched_dirs: HashMap::new(),
             dirty: HashSet::new(),
+            dirty_names: HashMap::new(),
             settle_at: None,
             next_rescan: Instant::now(),
             freq,
@@ -350,10 +352,7 @@ impl Runtime {
             }
             if self.settle_at.is_some_and(|t| t <= now) {
                 self.settle_at = None;
-                let dirty: Vec<usize> = self.dirty.drain().collect();
-                for m in dirty {
-                    self.scan(m);
-                }
+                self.process_dirty();
             }
             self.update_status();
         };
@@ -382,6 +381,35 @@ impl Runtime {
                     entries,
                 },
             );
+        }
+    }
+
+    /// Full rescans of dirty monitors, then single-file checks for the rest.
+    fn process_dirty(&mut self) {
+        let full: Vec<usize> = self.dirty.drain().collect();
+        for &m in &full {
+            self.dirty_names.remove(&m);
+            self.scan(m);
+        }
+        let names = std::mem::take(&mut self.dirty_names);
+        for (m, names) in names {
+            for n in names {
+                let Some(name) = n.to_str() else {
+                    // The full scan reports (once) why it is skipped.
+                    self.scan(m);
+                    break;
+                };
+                if let Some((key, entry)) = self.scanners[m].check_name(name) {
+                    self.core.handle(
+                        Instant::now(),
+                        Event::Updated {
+                            monitor: m,
+                            key,
+                            entry,
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -430,8 +458,28 @@ impl Runtime {
             let mut gone: Vec<(WatchDescriptor, bool)> = Vec::new();
             for ev in events {
                 any = true;
+                let whole = ev.name.is_none()
+                    || ev.mask.intersects(
+                        inotify::EventMask::IGNORED
+                            | inotify::EventMask::MOVE_SELF
+                            | inotify::EventMask::DELETE_SELF
+                            | inotify::EventMask::Q_OVERFLOW,
+                    );
                 if let Some(ms) = self.watch_monitors.get(&ev.wd) {
-                    self.dirty.extend(ms.iter().copied());
+                    for &m in ms {
+                        match ev.name {
+                            // One file of a dir monitor: re-examine just that file.
+                            Some(name) if !whole && self.scanners[m].is_dir() => {
+                                self.dirty_names
+                                    .entry(m)
+                                    .or_default()
+                                    .insert(name.to_os_string());
+                            }
+                            _ => {
+                                self.dirty.insert(m);
+                            }
+                        }
+                    }
                 } else {
                     // Queue overflow or an unknown watch: rescan everything.
                     self.dirty.extend(0..self.scanners.len());
@@ -455,7 +503,7 @@ impl Runtime {
                 break;
             }
         }
-        if !self.dirty.is_empty() && self.settle_at.is_none() {
+        if (!self.dirty.is_empty() || !self.dirty_names.is_empty()) && self.settle_at.is_none() {
             self.settle_at = Some(Instant::now() + SETTLE);
         }
     }

@@ -533,10 +533,18 @@ mod tests {
             vec![resolve("sleep", Some(OsStr::new("/usr/bin:/bin")), Path::new("/")).unwrap()];
         p.argv = vec!["sleep".into(), "30".into()];
         let st = sp.spawn(&p).unwrap();
-        // CLONE_VFORK: by now the child has exec'd.
+        // CLONE_VFORK resumes us once the kernel swapped the child's memory, slightly before
+        // exec finishes (environment set up, close-on-exec done): wait for the environment.
         let proc_ = PathBuf::from(format!("/proc/{}", st.pid));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let env = loop {
+            let env = std::fs::read(proc_.join("environ")).unwrap();
+            if !env.is_empty() || std::time::Instant::now() > deadline {
+                break env;
+            }
+            std::thread::yield_now();
+        };
         let cwd = std::fs::read_link(proc_.join("cwd")).unwrap();
-        let env = std::fs::read(proc_.join("environ")).unwrap();
         let fd0 = std::fs::read_link(proc_.join("fd/0")).unwrap();
         let mut fds: Vec<i32> = std::fs::read_dir(proc_.join("fd"))
             .unwrap()

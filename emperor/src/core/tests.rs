@@ -638,3 +638,54 @@ fn unknown_pid_and_stale_channel_are_ignored() {
     // Bytes on the old incarnation's token are dropped.
     assert!(h.ev(Event::Message { inc, byte: 22 }).is_empty());
 }
+
+#[test]
+fn single_file_updates_add_reload_and_stop() {
+    let mut h = Harness::new(cfg());
+    let e = entry("app.ini", 1);
+    let a = h.ev(Event::Updated {
+        monitor: 0,
+        key: e.key.clone(),
+        entry: Some(e.clone()),
+    });
+    let (inc, pid) = h.spawn_all(&a).unwrap();
+    let a = h.ev(Event::Updated {
+        monitor: 0,
+        key: e.key.clone(),
+        entry: Some(entry("app.ini", 2)),
+    });
+    assert_eq!(
+        a,
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::Reload
+        }]
+    );
+    // Another monitor cannot remove it.
+    assert!(h
+        .ev(Event::Updated {
+            monitor: 1,
+            key: e.key.clone(),
+            entry: None
+        })
+        .is_empty());
+    let a = h.ev(Event::Updated {
+        monitor: 0,
+        key: e.key.clone(),
+        entry: None,
+    });
+    assert_eq!(
+        a,
+        vec![Action::Send {
+            inc,
+            msg: EmperorMsg::Stop
+        }]
+    );
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert!(h.core.is_empty());
+    // A later full scan agrees with the per-file view.
+    assert!(h.scan(vec![]).is_empty());
+}
