@@ -213,24 +213,19 @@ impl Runtime {
             }
             None => None,
         };
-        let abs = |s: &String| -> String {
-            if s.contains('/') {
-                cwd.join(s).display().to_string()
-            } else {
-                s.clone()
-            }
-        };
+        // Relative wrapper and template paths mean what they mean under uWSGI: relative to
+        // the vassal's working directory (its monitor directory for dir monitors).
         let argv = ArgvConfig {
-            wrapper: opts.wrapper.as_ref().map(abs),
-            overrides: opts.wrapper_override.iter().map(abs).collect(),
-            fallbacks: opts.wrapper_fallback.iter().map(abs).collect(),
+            wrapper: opts.wrapper.clone(),
+            overrides: opts.wrapper_override.clone(),
+            fallbacks: opts.wrapper_fallback.clone(),
             magic_exec: opts.magic_exec,
             extra_ext: opts.extra_extension.clone(),
-            inherit_before: opts.vassals_inherit_before.iter().map(abs).collect(),
-            include_before: opts.vassals_include_before.iter().map(abs).collect(),
+            inherit_before: opts.vassals_inherit_before.clone(),
+            include_before: opts.vassals_include_before.clone(),
             set: opts.vassals_set.clone(),
-            inherit: opts.vassals_inherit.iter().map(abs).collect(),
-            include: opts.vassals_include.iter().map(abs).collect(),
+            inherit: opts.vassals_inherit.clone(),
+            include: opts.vassals_include.clone(),
         };
         let pid = std::process::id();
         if let Some(p) = &opts.pidfile {
@@ -679,19 +674,19 @@ impl Runtime {
             .to_path_buf();
         let path = self.path_var.as_deref();
         let binary = self.argv.binary();
-        let main = resolve(binary, path, &self.cwd);
+        let main = resolve(binary, path, &cwd);
         let mut programs: Vec<PathBuf> = self
             .argv
             .overrides
             .iter()
-            .filter_map(|p| resolve(p, path, &self.cwd))
+            .filter_map(|p| resolve(p, path, &cwd))
             .collect();
         programs.extend(main.clone());
         programs.extend(
             self.argv
                 .fallbacks
                 .iter()
-                .filter_map(|p| resolve(p, path, &self.cwd)),
+                .filter_map(|p| resolve(p, path, &cwd)),
         );
         if main.is_none() && programs.is_empty() {
             let reason = crate::spawn::SpawnError::NotFound {

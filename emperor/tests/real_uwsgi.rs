@@ -449,3 +449,53 @@ fn ini_file_systemd_notify_stats_http_and_vassal_environment() {
     emp.signal(libc::SIGTERM);
     assert_eq!(emp.wait_exit(T).code(), Some(0));
 }
+
+#[test]
+fn wrapper_set_and_templates_build_the_uwsgi_argv() {
+    let uwsgi = require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("w.sock");
+    write_vassal(&dir, "w.ini", &sock, "");
+    let tmpl = work.path().join("tmpl.ini");
+    std::fs::write(&tmpl, "[uwsgi]\nvacuum = true\n").unwrap();
+    let args = work.path().join("args.txt");
+    let wrap = dir.join("wrap.sh");
+    std::fs::write(
+        &wrap,
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" > {}\nexec {} \"$@\"\n",
+            args.display(),
+            uwsgi.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrap, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A relative wrapper is relative to the vassal directory, as under uWSGI.
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            "./wrap.sh",
+            "--vassals-set",
+            "processes=1",
+            "--vassals-inherit",
+            tmpl.to_str().unwrap(),
+        ],
+    );
+    wait_vassal(&mut emp, &st, "w.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    let line = std::fs::read_to_string(&args).unwrap();
+    let line = line.trim();
+    assert!(
+        line.ends_with(&format!(
+            "wrap.sh --set processes=1 --ini w.ini --inherit {}",
+            tmpl.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(hello(&sock).0, 200);
+}
