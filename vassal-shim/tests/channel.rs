@@ -391,3 +391,70 @@ fn backlog_probe_sends_sos() {
     assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
     drop(listener);
 }
+
+#[test]
+fn program_gets_chdir_env_and_no_emperor_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    // One line (ini values are lines), double quotes inside single-quoted `exec` words.
+    let py = "import os; \
+              socks = [f for f in os.listdir(\"/proc/self/fd\") \
+                       if os.path.exists(\"/proc/self/fd/\" + f) \
+                       and os.readlink(\"/proc/self/fd/\" + f).startswith(\"socket:\")]; \
+              print(\"CWD\", os.getcwd()); \
+              print(\"FOO\", os.environ.get(\"FOO\"), \"BAR\", os.environ.get(\"BAR\")); \
+              print(\"SOCKETS\", socks); \
+              print(\"CONFIG\", open(os.environ[\"VASSAL_SHIM_CONFIG\"]).read().replace(chr(10), \"|\")); \
+              print(\"EMPEROR_VARS\", [k for k in os.environ if k.startswith(\"UWSGI_EMPEROR\")])";
+    let ini = format!(
+        "[vassal-shim]\nexec = {} -c '{py}'\nenv = FOO=from ini\n",
+        python().display()
+    );
+    let dir_s = dir.path().display().to_string();
+    let mut e = FakeEmperor::start(
+        &[
+            "--ini",
+            "emperor://cfg.ini",
+            "--chdir",
+            &dir_s,
+            "--env",
+            "BAR=2",
+        ],
+        true,
+        |_| {},
+    );
+    e.push_config(&ini);
+    e.proc.wait_for_line("EMPEROR_VARS [", SOON);
+    let out = e.proc.output();
+    let canon = std::fs::canonicalize(dir.path()).unwrap();
+    assert!(out.contains(&format!("CWD {}", canon.display())), "{out}");
+    assert!(out.contains("FOO from ini BAR 2"), "{out}");
+    assert!(out.contains("SOCKETS []"), "{out}");
+    assert!(out.contains("EMPEROR_VARS []"), "{out}");
+    assert!(out.contains("CONFIG [vassal-shim]|"), "{out}");
+    // The program exits 0 by itself: so does the shim.
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn pushed_config_without_shim_section_goes_to_uwsgi_untouched() {
+    let uwsgi = require_uwsgi();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("pushed.sock");
+    let mut e = FakeEmperor::start(
+        &["--ini", "emperor://pushed.ini"],
+        true,
+        move |cmd: &mut Command| {
+            cmd.env("VASSAL_SHIM_UWSGI", &uwsgi);
+        },
+    );
+    e.push_config(&format!(
+        "[uwsgi]\nmaster = true\nprocesses = 1\nsocket = {}\n",
+        sock.display()
+    ));
+    e.proc.wait_for_line("handing over to", SOON);
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    assert!(sock.exists(), "uWSGI read the pushed config");
+    e.send(0);
+    e.proc.wait_exit(SOON);
+}
