@@ -1,0 +1,126 @@
+//! Lifecycle rules that real uWSGI vassals do not exercise on demand, with shell-script
+//! "vassals" run through --emperor-wrapper (no uWSGI needed).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_vassal_ignoring_stop_is_killed_after_the_curse_tolerance() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    // Never reads its channel, ignores INT/TERM.
+    script(
+        work.path(),
+        "deaf.sh",
+        "trap '' INT TERM HUP\nexec sleep 600",
+    );
+    std::fs::write(dir.join("deaf.ini"), "[uwsgi]\n").unwrap();
+    let wrapper = work.path().join("deaf.sh");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            wrapper.to_str().unwrap(),
+            "--emperor-curse-tolerance",
+            "1",
+        ],
+    );
+    let v = wait_vassal(&mut emp, &st, "deaf.ini", T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0
+    });
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    std::fs::remove_file(dir.join("deaf.ini")).unwrap();
+    emp.wait_for_line("stopping vassal deaf.ini", T);
+    let v = wait_vassal(&mut emp, &st, "deaf.ini", T, "cursed", |v| {
+        v["state"] == "stopping"
+    });
+    assert!(v["cursed"].as_i64().unwrap() > 0);
+    emp.wait_for_line("did not stop within 1 s: killing it (SIGKILL)", T);
+    emp.wait_for_line("removed uwsgi instance deaf.ini", T);
+    wait_gone(pid, T);
+}
+
+#[test]
+fn exit_26_exiles_until_the_file_changes() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    script(work.path(), "exile.sh", "exit 26");
+    let cfg = dir.join("ex.ini");
+    std::fs::write(&cfg, "[uwsgi]\n").unwrap();
+    let wrapper = work.path().join("exile.sh");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            wrapper.to_str().unwrap(),
+            "--emperor-freq",
+            "1",
+        ],
+    );
+    emp.wait_for_line("vassal ex.ini (pid: ", T);
+    emp.wait_for_line("exited with status 26 (exile)", T);
+    let v = wait_vassal(&mut emp, &st, "ex.ini", T, "exiled", |v| {
+        v["state"] == "exiled"
+    });
+    assert_eq!(v["pid"], -1);
+    assert_eq!(v["last_exit"], "exit 26");
+    // Two safety rescans later it is still down.
+    for _ in 0..2 {
+        emp.signal(libc::SIGWINCH);
+        emp.wait_for_new_line("rescanning every monitor", T);
+    }
+    assert_eq!(vassal(&stats(&st), "ex.ini").unwrap()["restarts"], 0);
+    touch(&cfg);
+    emp.wait_for_line("config of vassal ex.ini changed: ending its exile", T);
+    wait_vassal(&mut emp, &st, "ex.ini", T, "restarted", |v| {
+        v["restarts"].as_i64().unwrap_or(0) >= 1
+    });
+}
+
+#[test]
+fn channel_eof_is_only_a_hint_death_comes_from_the_reaped_status() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    // Closes its emperor channel but keeps running.
+    script(
+        work.path(),
+        "closer.sh",
+        // dash cannot name fds above 9 in a redirection; perl is everywhere sh is.
+        "exec perl -MPOSIX -e 'POSIX::close($ENV{UWSGI_EMPEROR_FD}); sleep 600'",
+    );
+    std::fs::write(dir.join("c.ini"), "[uwsgi]\n").unwrap();
+    let wrapper = work.path().join("closer.sh");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            wrapper.to_str().unwrap(),
+            "--emperor-curse-tolerance",
+            "1",
+            "--emperor-throttle",
+            "100",
+        ],
+    );
+    emp.wait_for_line("vassal c.ini closed its channel: cursing it", T);
+    emp.wait_for_line("did not stop within 1 s: killing it (SIGKILL)", T);
+    emp.wait_for_line("died before being loyal (signal 9)", T);
+    // Still wanted: retried after backoff.
+    wait_vassal(&mut emp, &st, "c.ini", T, "retried", |v| {
+        v["restarts"].as_i64().unwrap_or(0) >= 1
+    });
+}
