@@ -1,7 +1,7 @@
 //! Helpers for the emperor's end-to-end tests: start our emperor over a vassal directory of
 //! real uWSGI vassals, read its stats, talk uwsgi to the vassals.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
