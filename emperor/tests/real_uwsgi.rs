@@ -108,6 +108,21 @@ fn crashing_vassal_backs_off_with_growing_delays() {
         assert!(bl.iter().any(|b| b["id"] == "crash.ini"), "{doc:#}");
     }
     assert_eq!(levels, vec![200, 400, 800]);
+    // SIGURG clears every backoff: the next failure starts again from the base.
+    let before = vassal(&stats(&st), "crash.ini").unwrap()["restarts"]
+        .as_i64()
+        .unwrap();
+    emp.signal(libc::SIGURG);
+    emp.wait_for_line("clearing the blacklist", T);
+    let v = wait_vassal(
+        &mut emp,
+        &st,
+        "crash.ini",
+        T,
+        "failed again after URG",
+        |v| v["restarts"].as_i64().unwrap() > before && v["attempt"].as_i64() == Some(1),
+    );
+    assert_eq!(v["throttle_level"], 200);
     emp.wait_for_line("unloyal bad behaving vassal crash.ini", T);
     let v = vassal(&stats(&st), "crash.ini").unwrap();
     // uWSGI exits 22 (no app) standalone, 1 as a vassal: either way an exit, not a signal.
@@ -169,8 +184,15 @@ fn sigint_stops_everything_and_leaves_no_vassal_process() {
     let (mut emp, st) = start_emperor(
         work.path(),
         &dir,
-        &["--emperor-pidfile", pidfile.to_str().unwrap()],
+        &[
+            "--emperor-pidfile",
+            pidfile.to_str().unwrap(),
+            "--emperor-procname",
+            "my-emperor",
+        ],
     );
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", emp.pid())).unwrap();
+    assert_eq!(comm.trim(), "my-emperor");
     let mut pids = Vec::new();
     for id in ["a.ini", "b.ini"] {
         let v = wait_vassal(&mut emp, &st, id, T, "accepting", |v| v["accepting"] == 1);
