@@ -743,11 +743,11 @@ impl Core {
         if let Some(v) = self.vassals.get(&id) {
             warn!(vassal = %v.name, "cannot start vassal {}: {reason}", v.name);
         }
-        self.failed(now, id);
+        self.failed(now, id, true);
     }
 
     /// A start that did not end in loyalty: retry after backoff (or drop the record).
-    fn failed(&mut self, now: Instant, id: VassalId) {
+    fn failed(&mut self, now: Instant, id: VassalId, spawn_failed: bool) {
         let shutting = self.shutdown.is_some();
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
@@ -782,6 +782,13 @@ impl Core {
         }
         if self.cfg.no_blacklist {
             info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());
+        } else if spawn_failed {
+            warn!(
+                vassal = %name,
+                attempt,
+                "retrying vassal {name} in {} ms (attempt {attempt})",
+                delay.as_millis()
+            );
         } else {
             warn!(
                 vassal = %name,
@@ -924,7 +931,7 @@ impl Core {
                     self.start(now, id);
                 } else {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died before being loyal ({exit})");
-                    self.failed(now, id);
+                    self.failed(now, id, false);
                 }
             }
             State::Waiting { .. } | State::Starting { .. } | State::Exiled => {}
