@@ -63,3 +63,66 @@ fn socket_activation_with_on_demand_socket() {
     e.proc.wait_for_line("sending stop-me (22)", SOON);
     e.proc.wait_for_line("back to \"on demand\" mode", SOON);
 }
+
+/// A config pushed by a content monitor (uWSGI's zeromq monitor) reaches the program as the
+/// file named by VASSAL_SHIM_CONFIG, and every reload sees the newest config, although a
+/// 2.0.21 emperor pushes twice per reload (which makes uWSGI vassals lag one version behind).
+#[test]
+fn pushed_config_reaches_the_program_newest_every_time() {
+    let zport = free_port();
+    let zmq = format!("zmq://tcp://127.0.0.1:{zport}");
+    let mut e = Emperor::start(&require_uwsgi(), |_| {
+        vec![
+            "--plugin".into(),
+            "emperor_zeromq".into(),
+            "--emperor".into(),
+            zmq.clone(),
+        ]
+    });
+    let port = free_port();
+    let config = |version: u32| {
+        format!(
+            "[vassal-shim]\nexec = {}\nready = tcp:127.0.0.1:{port}\nloyal-after = 0.2\n\
+             [app]\nversion = {version}\n",
+            testapp_exec(&format!("--port {port}"))
+        )
+    };
+    let push = |version: u32| {
+        let text = config(version);
+        wait_until("the zeromq monitor to accept a push", SOON, || {
+            zmtp::push(zport, &[b"touch", b"zz.ini", text.as_bytes()]).ok()
+        });
+    };
+    push(1);
+    e.proc.wait_for_line("gen=1", SOON);
+    let v = e.wait_vassal("zz.ini", "loyal", |v| v["loyal"] == 1);
+    let body = http_get(port, "/").unwrap();
+    assert!(body.contains("version = 1"), "{body}");
+    let mut last_mod = v["last_mod"].as_i64().unwrap();
+    for version in [2, 3, 4] {
+        // The monitor reloads only when the push is in a later second than the last one.
+        wait_until("the next second", SOON, || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            (now > last_mod).then_some(())
+        });
+        push(version);
+        e.proc.wait_for_new_line(&format!("gen={version}"), SOON);
+        let body = http_get(port, "/").unwrap();
+        assert!(
+            body.contains(&format!("version = {version}")),
+            "reload {version} got a stale config: {body}"
+        );
+        last_mod = e.wait_vassal("zz.ini", "ready again", |v| v["ready"] == 1)["last_mod"]
+            .as_i64()
+            .unwrap();
+    }
+    e.proc
+        .wait_for_line("reload the uwsgi instance zz.ini", SOON);
+    assert!(
+        !e.proc.output().contains("config channel"),
+        "no config channel errors"
+    );
+}

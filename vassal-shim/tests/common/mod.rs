@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod scenarios;
+pub mod zmtp;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
