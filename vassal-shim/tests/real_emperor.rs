@@ -126,3 +126,10 @@ fn pushed_config_reaches_the_program_newest_every_time() {
         "no config channel errors"
     );
 }
+
+#[test]
+fn sos_from_the_program_starts_a_broodlord_zerg() {
+    let mut e = scenarios::broodlord_zerg(uwsgi);
+    e.proc
+        .wait_for_line("vassal brood.ini:zerg is now loyal", SOON);
+}

@@ -7,6 +7,7 @@ Options:
                       when WATCHDOG_USEC is set, STOPPING=1 on SIGTERM
   --idle-after-request  after the first request, send X_VASSAL_IDLE=1 (the shim's extension)
   --children          start a child in the same process group and one that escapes it (setsid)
+  --sos               once listening, send X_VASSAL_SOS=1 (the shim's extension)
   --crash             exit 1 at once
   --startup-delay S   wait S seconds before listening
 
@@ -97,6 +98,10 @@ def main():
                     notify("WATCHDOG=1")
                     time.sleep(interval)
             threading.Thread(target=ping, daemon=True).start()
+
+    if opt("--sos"):
+        log("overloaded: asking for reinforcements")
+        notify("X_VASSAL_SOS=1")
 
     served = 0
     while True:

@@ -229,3 +229,27 @@ pub fn on_demand_socket_activation(start: Starter) -> Emperor {
     assert_ne!(pid_in(&body, "pid="), pid1);
     e
 }
+
+/// The program's SOS notification reaches a broodlord emperor, which starts a zerg: the same
+/// file as `brood.ini:zerg`, for which the shim runs section `[vassal-shim:zerg]`.
+pub fn broodlord_zerg(start: Starter) -> Emperor {
+    let mut e = start(&opts(&["--emperor-broodlord", "1"]));
+    let port = free_port();
+    let zport = free_port();
+    e.add(
+        "brood.ini",
+        &format!(
+            "[vassal-shim]\nexec = {}\nready = tcp:127.0.0.1:{port}\nloyal-after = 0.2\n\
+             [vassal-shim:zerg]\nexec = {}\nready = tcp:127.0.0.1:{zport}\nloyal-after = 0.2\n",
+            testapp_exec(&format!("--port {port} --sos")),
+            testapp_exec(&format!("--port {zport}")),
+        ),
+    );
+    e.proc.wait_for_line("sending sos (30)", SOON);
+    e.proc
+        .wait_for_line(&format!("listening on port {zport}"), SOON);
+    let z = e.wait_vassal("brood.ini:zerg", "a loyal zerg", |v| v["loyal"] == 1);
+    assert_eq!(z["zerg"], 1, "{z}");
+    assert!(http_get(zport, "/").unwrap().starts_with("hello"));
+    e
+}

@@ -299,12 +299,19 @@ impl Core {
     }
 
     fn should_heartbeat(&self, now: Instant) -> bool {
-        self.alive
-            && !self.stopped
-            && self.phase == Phase::Running
-            && self.healthy
-            && !self.stopping_notified
-            && self.watchdog_ok(now)
+        match self.phase {
+            Phase::Running => {
+                self.alive
+                    && !self.stopped
+                    && self.healthy
+                    && !self.stopping_notified
+                    && self.watchdog_ok(now)
+            }
+            // A reload in progress: the shim itself is in control for a bounded time (the stop
+            // timeout, the config wait), so the emperor should not take it for a hang.
+            Phase::Stopping(AfterStop::Restart) | Phase::WaitConfig { initial: false, .. } => true,
+            _ => false,
+        }
     }
 
     fn begin_stop(&mut self, now: Instant, code: i32) {
@@ -900,6 +907,27 @@ mod tests {
         t.input(Input::Emperor(Event::Reload));
         assert_eq!(t.advance(Duration::from_secs(11)), vec![KillAll]);
         assert_eq!(t.input(Input::Exited { code: 137 }), vec![KillAll, Spawn]);
+    }
+
+    #[test]
+    fn heartbeats_continue_while_a_reload_stops_the_old_program_but_not_before_ready() {
+        let mut s = settings(ReadyKind::Notify);
+        s.heartbeat = Some(Duration::from_secs(1));
+        let mut t = T::new(s);
+        t.actions();
+        t.input(Input::Spawned { pid: 10 });
+        t.input(Input::Notify(Notification::Ready));
+        t.input(Input::Emperor(Event::Reload));
+        let a = t.advance(Duration::from_secs(3));
+        assert_eq!(
+            a.iter().filter(|x| **x == Send(M::Heartbeat)).count(),
+            3,
+            "old generation stopping: {a:?}"
+        );
+        assert_eq!(t.input(Input::Exited { code: 0 }), vec![KillAll, Spawn]);
+        t.input(Input::Spawned { pid: 11 });
+        let a = t.advance(Duration::from_secs(3));
+        assert!(!a.contains(&Send(M::Heartbeat)), "new one not ready: {a:?}");
     }
 
     #[test]
