@@ -740,13 +740,22 @@ impl ForkServer {
         // as soon as it has the pid. The intermediate child exits right after its fork, so this
         // is a short wait; it is bounded by the I/O timeout all the same.
         let deadline = Instant::now() + self.config.io_timeout;
+        if self.config.reply_after_reparent {
+            // A pidfd of the intermediate child becomes readable when it has exited, and the
+            // kernel reparents its children before it signals that.
+            if let Ok(fd) = pidfd_open(intermediate) {
+                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut p, poll_timeout(self.config.io_timeout));
+            }
+        }
+        // Fallback (no pidfd), and a check in any case.
         let mut pause = Duration::from_micros(50);
         while self.config.reply_after_reparent
             && nix::unistd::getppid() == intermediate
             && Instant::now() < deadline
         {
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
         let reply = encode_reply(pid.as_raw());
         if let Err(e) = write_all(&conn.sock, &reply, Instant::now() + self.config.io_timeout) {
