@@ -149,6 +149,16 @@ fn spawn_server(
     config: ServerConfig,
     vassal: impl FnOnce(Adoption) -> i32,
 ) -> ServerProc {
+    spawn_server_logging_to(dir, config, vassal, None)
+}
+
+/// Like `spawn_server`, with the server's stderr (its log) redirected to `log`.
+fn spawn_server_logging_to(
+    dir: &Path,
+    config: ServerConfig,
+    vassal: impl FnOnce(Adoption) -> i32,
+    log: Option<OwnedFd>,
+) -> ServerProc {
     HARNESS_PID.get_or_init(getpid);
     let path = dir.join("fs.sock");
     let (ready_r, ready_w) = UnixStream::pair().expect("socketpair");
@@ -157,6 +167,9 @@ fn spawn_server(
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             drop(ready_r);
+            if let Some(log) = log {
+                nix::unistd::dup2_stderr(log).expect("redirect stderr");
+            }
             let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 let mut server = ForkServer::bind(&path, config).expect("bind");
                 (&ready_w).write_all(b"R").expect("announce");
@@ -612,7 +625,13 @@ fn other_uid_is_refused() {
     assert!(config.allowed_uids.contains(&0));
     assert!(!config.allowed_uids.contains(&65534));
     let before = open_fds();
-    let server = spawn_server(dir.path(), config, reporting_vassal(before));
+    let (log_r, log_w) = UnixStream::pair().unwrap();
+    let server = spawn_server_logging_to(
+        dir.path(),
+        config,
+        reporting_vassal(before),
+        Some(log_w.into()),
+    );
     let path = server.path.clone();
     let code = as_nobody(|| {
         let (_ours, theirs) = UnixStream::pair().unwrap();
@@ -626,6 +645,19 @@ fn other_uid_is_refused() {
         }
     });
     assert_eq!(code, 0, "nobody must be refused with a closed connection");
+    // ... and the server says so in its log.
+    log_r.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut log = BufReader::new(&log_r);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = log.read_line(&mut line).expect("server log line");
+        assert!(n > 0, "server log ended; seen:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("refused connection from pid") && line.contains("uid 65534") {
+            break;
+        }
+    }
     // Root is still served by the same server.
     let (ours, theirs) = UnixStream::pair().unwrap();
     let pid = request_fork(
