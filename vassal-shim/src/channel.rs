@@ -401,6 +401,53 @@ impl Vassal {
     }
 }
 
+/// Registers the emperor channel with a `mio::Poll` (readable = events to drain with
+/// [`Vassal::recv_all`]; mio is edge-triggered, so always drain until nothing is left).
+impl mio::event::Source for Vassal {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
+    }
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
+    }
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).deregister(registry)
+    }
+}
+
+/// Registers the config channel with a `mio::Poll` (drain with [`ConfigChannel::poll_newest`]).
+impl mio::event::Source for ConfigChannel {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).register(registry, token, interests)
+    }
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).reregister(registry, token, interests)
+    }
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        mio::unix::SourceFd(&self.fd.as_raw_fd()).deregister(registry)
+    }
+}
+
 impl AsFd for Vassal {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -701,6 +748,34 @@ mod tests {
         cfg.write_all(&[0, 1, 0, 0, b'x']).unwrap();
         let c = v.config().unwrap();
         assert!(c.poll_newest().is_err());
+    }
+
+    #[test]
+    fn works_as_a_mio_source() {
+        let (mut v, mut emperor, mut cfg) = with_config();
+        let mut c = v.take_config().unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut v, mio::Token(1), mio::Interest::READABLE)
+            .unwrap();
+        poll.registry()
+            .register(&mut c, mio::Token(2), mio::Interest::READABLE)
+            .unwrap();
+        emperor.write_all(&[1]).unwrap();
+        cfg.write_all(&frame(b"cfg")).unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 2 {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            seen.extend(events.iter().map(|e| e.token()));
+        }
+        let mut got = Vec::new();
+        v.recv_all(&mut got).unwrap();
+        assert_eq!(got, vec![Event::Reload]);
+        assert_eq!(c.poll_newest().unwrap().as_deref(), Some(&b"cfg"[..]));
+        poll.registry().deregister(&mut v).unwrap();
+        poll.registry().deregister(&mut c).unwrap();
     }
 
     #[test]

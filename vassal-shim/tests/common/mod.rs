@@ -27,6 +27,22 @@ pub fn shim() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vassal-shim"))
 }
 
+/// The `native_vassal` example (cargo builds examples along with the tests).
+pub fn native_vassal_example() -> PathBuf {
+    let p = shim()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("native_vassal");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo test -p vassal-shim` (which builds the examples) or \
+         `cargo build -p vassal-shim --examples` first",
+        p.display()
+    );
+    p
+}
+
 /// The python3 interpreter for the test app (Debian's, without shims in between, if present).
 pub fn python() -> PathBuf {
     let debian = PathBuf::from("/usr/bin/python3");
@@ -178,6 +194,15 @@ impl Emperor {
     /// Same with another emperor binary that understands uWSGI's option names; `extra` gets
     /// the emperor's temporary directory and returns more options.
     pub fn start(binary: &Path, extra: impl FnOnce(&Path) -> Vec<String>) -> Emperor {
+        Emperor::start_with_wrapper(binary, &shim(), extra)
+    }
+
+    /// Same with another `--emperor-wrapper`.
+    pub fn start_with_wrapper(
+        binary: &Path,
+        wrapper: &Path,
+        extra: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Emperor {
         let dir = tempfile::tempdir().unwrap();
         let extra = extra(dir.path());
         let vassals = dir.path().join("vassals");
@@ -187,7 +212,7 @@ impl Emperor {
         cmd.arg("--emperor")
             .arg(&vassals)
             .arg("--emperor-wrapper")
-            .arg(shim())
+            .arg(wrapper)
             .arg("--emperor-stats")
             .arg(&stats)
             .args(extra)
