@@ -808,8 +808,21 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
+        let msg = VassalMsg::from_byte(byte);
+        if msg == VassalMsg::Heartbeat {
+            // The hot path (every worker, every few seconds): no allocation, no log.
+            v.last_heartbeat = Some(now);
+            if matches!(v.state, State::Running { .. }) {
+                v.heartbeat_deadline = Some(now + required);
+                if !v.heartbeat_timer {
+                    v.heartbeat_timer = true;
+                    self.timer(now + required, Timer::Heartbeat(id));
+                }
+            }
+            return;
+        }
         let name = v.name.clone();
-        match VassalMsg::from_byte(byte) {
+        match msg {
             VassalMsg::Ready => {
                 v.ready = true;
                 v.last_ready = Some(now);
@@ -829,19 +842,7 @@ impl Core {
                 v.backoff = Backoff::default();
                 info!(vassal = %name, "vassal {name} is now loyal");
             }
-            VassalMsg::Heartbeat => {
-                if v.heartbeat_deadline.is_none() {
-                    debug!(vassal = %name, "vassal {name} sends heartbeats: supervising them");
-                }
-                v.last_heartbeat = Some(now);
-                if matches!(v.state, State::Running { .. }) {
-                    v.heartbeat_deadline = Some(now + required);
-                    if !v.heartbeat_timer {
-                        v.heartbeat_timer = true;
-                        self.timer(now + required, Timer::Heartbeat(id));
-                    }
-                }
-            }
+            VassalMsg::Heartbeat => {}
             VassalMsg::ConfigRequest => match v.content.clone() {
                 Some(content) => {
                     debug!(vassal = %name, "vassal {name} asked for its config");
