@@ -484,6 +484,33 @@ pub fn request_fork<S: AsRef<OsStr>>(
     }
 }
 
+/// The parent of `pid`, from `/proc/<pid>/stat`.
+///
+/// After a successful request, an emperor can check `parent_of(pid) == getpid()` to detect a fork
+/// server that is not its descendant (the vassal would then belong to another subreaper or to
+/// init, and could not be reaped). Our server replies only after the vassal has been reparented,
+/// so the check is not racy against it.
+pub fn parent_of(pid: Pid) -> io::Result<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so split after the
+    // last ')'.
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected /proc/<pid>/stat format",
+        )
+    };
+    let rest = stat
+        .get(stat.rfind(')').ok_or_else(bad)? + 1..)
+        .ok_or_else(bad)?;
+    let ppid = rest
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<i32>().ok())
+        .ok_or_else(bad)?;
+    Ok(Pid::from_raw(ppid))
+}
+
 fn new_socket(path: &Path) -> Result<OwnedFd, ClientError> {
     socket(
         AddressFamily::Unix,

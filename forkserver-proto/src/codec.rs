@@ -576,4 +576,42 @@ mod tests {
             ReplyError::Vars(_)
         ));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn arg() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(1u8..=255, 0..40)
+        }
+
+        proptest! {
+            #[test]
+            fn request_round_trips(
+                argv in proptest::collection::vec(arg(), 1..20),
+                config: bool,
+                on_demand: bool,
+            ) {
+                let mask = FdMask { config, on_demand };
+                let argv: Vec<OsString> = argv.into_iter().map(OsString::from_vec).collect();
+                let enc = encode_request(&argv, mask).unwrap();
+                let (req, used) = Request::decode(&enc).unwrap().complete().unwrap();
+                prop_assert_eq!(used, enc.len());
+                prop_assert_eq!(req.mask, mask);
+                prop_assert_eq!(req.argv(), argv);
+            }
+
+            #[test]
+            fn reply_round_trips(pid in 1i32..=i32::MAX) {
+                let enc = encode_reply(pid);
+                prop_assert_eq!(decode_reply(&enc).unwrap(), Status::Complete((pid, enc.len())));
+            }
+
+            #[test]
+            fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = Request::decode(&data);
+                let _ = decode_reply(&data);
+            }
+        }
+    }
 }

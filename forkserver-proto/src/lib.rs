@@ -78,7 +78,7 @@ pub mod client;
 pub mod codec;
 pub mod server;
 
-pub use client::{request_fork, ClientError, PendingFork, Stage, VassalFds};
+pub use client::{parent_of, request_fork, ClientError, PendingFork, Stage, VassalFds};
 pub use codec::{
     decode_reply, encode_reply, encode_request, FdMask, ReplyError, Request, RequestError,
 };

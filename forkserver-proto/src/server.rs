@@ -239,20 +239,20 @@ struct Conn {
 
 /// Why a connection is dropped without an adoption.
 #[derive(Debug)]
-enum Drop_ {
+enum Reject {
     Eof,
     Bad(RequestError),
     LateFds,
     Io(Errno),
 }
 
-impl fmt::Display for Drop_ {
+impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Drop_::Eof => f.write_str("client closed before a whole request"),
-            Drop_::Bad(e) => write!(f, "{e}"),
-            Drop_::LateFds => f.write_str("fds arrived after the first byte"),
-            Drop_::Io(e) => write!(f, "read: {e}"),
+            Reject::Eof => f.write_str("client closed before a whole request"),
+            Reject::Bad(e) => write!(f, "{e}"),
+            Reject::LateFds => f.write_str("fds arrived after the first byte"),
+            Reject::Io(e) => write!(f, "read: {e}"),
         }
     }
 }
@@ -588,15 +588,15 @@ impl ForkServer {
     }
 
     /// Reads what the connection has; `Some` once the request is complete and valid.
-    fn read_conn(&mut self, i: usize) -> Result<Option<Ready>, Drop_> {
+    fn read_conn(&mut self, i: usize) -> Result<Option<Ready>, Reject> {
         let conn = &mut self.conns[i];
         loop {
             let needed = match Request::decode(&conn.buf) {
-                Err(e) => return Err(Drop_::Bad(e)),
+                Err(e) => return Err(Reject::Bad(e)),
                 Ok(Status::Complete((req, _))) => {
                     let argv = req.argv();
                     let fds = std::mem::take(&mut conn.fds);
-                    let (channel, config, on_demand) = req.mask.split(fds).map_err(Drop_::Bad)?;
+                    let (channel, config, on_demand) = req.mask.split(fds).map_err(Reject::Bad)?;
                     return Ok(Some(Ready {
                         argv,
                         channel,
@@ -644,17 +644,17 @@ impl ForkServer {
                 Err(_) => conn.buf.truncate(start),
             }
             if truncated {
-                return Err(Drop_::Bad(RequestError::FdCount {
+                return Err(Reject::Bad(RequestError::FdCount {
                     expected: 3,
                     got: SCM_MAX_FD + 1,
                 }));
             }
             if !fds.is_empty() {
                 if conn.got_bytes {
-                    return Err(Drop_::LateFds);
+                    return Err(Reject::LateFds);
                 }
                 if fds.len() > crate::codec::MAX_FDS {
-                    return Err(Drop_::Bad(RequestError::FdCount {
+                    return Err(Reject::Bad(RequestError::FdCount {
                         expected: crate::codec::MAX_FDS,
                         got: fds.len(),
                     }));
@@ -662,11 +662,11 @@ impl ForkServer {
                 conn.fds = fds;
             }
             match got {
-                Ok(0) => return Err(Drop_::Eof),
+                Ok(0) => return Err(Reject::Eof),
                 Ok(_) => conn.got_bytes = true,
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => return Ok(None),
-                Err(e) => return Err(Drop_::Io(e)),
+                Err(e) => return Err(Reject::Io(e)),
             }
         }
     }

@@ -334,6 +334,7 @@ fn round_trip_adopts_a_grandchild() {
     );
     // Double fork: the grandchild was reparented to us, the subreaper (not to the server).
     assert_eq!(ppid_of(pid), getpid().as_raw());
+    assert_eq!(forkserver_proto::parent_of(pid).unwrap(), getpid());
     assert_ne!(pid, server.pid);
     assert_eq!(
         waitpid(pid, Some(WaitPidFlag::WNOHANG)).unwrap(),
