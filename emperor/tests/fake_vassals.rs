@@ -124,3 +124,52 @@ fn channel_eof_is_only_a_hint_death_comes_from_the_reaped_status() {
         v["restarts"].as_i64().unwrap_or(0) >= 1
     });
 }
+
+#[test]
+fn shutdown_kills_what_ignores_stop_after_reload_mercy_and_reaps_everything() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    script(
+        work.path(),
+        "deaf.sh",
+        "trap '' INT TERM HUP\nexec sleep 600",
+    );
+    for i in 0..50 {
+        std::fs::write(dir.join(format!("v{i:02}.ini")), "[uwsgi]\n").unwrap();
+    }
+    let wrapper = work.path().join("deaf.sh");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            wrapper.to_str().unwrap(),
+            "--reload-mercy",
+            "1",
+        ],
+    );
+    let deadline = std::time::Instant::now() + T;
+    let pids: Vec<i32> = loop {
+        let doc = stats(&st);
+        let pids: Vec<i32> = doc["vassals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["pid"].as_i64().filter(|p| *p > 0).map(|p| p as i32))
+            .collect();
+        if pids.len() == 50 {
+            break pids;
+        }
+        assert!(std::time::Instant::now() < deadline, "{doc:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    emp.signal(libc::SIGINT);
+    assert_eq!(emp.wait_exit(T).code(), Some(0));
+    let out = emp.output();
+    assert!(out.contains("reload-mercy expired"), "{out}");
+    assert!(out.contains("The Emperor is buried."), "{out}");
+    for pid in pids {
+        assert!(!exists(pid), "{pid} survived");
+    }
+}
