@@ -458,3 +458,34 @@ fn pushed_config_without_shim_section_goes_to_uwsgi_untouched() {
     e.send(0);
     e.proc.wait_exit(SOON);
 }
+
+#[test]
+fn reload_rereads_the_ini_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("app.ini");
+    let write = |who: &str| {
+        std::fs::write(
+            &ini,
+            format!(
+                "[vassal-shim]\nexec = sh -c 'echo WHO=$WHO; exec sleep 1000'\nenv = WHO={who}\n\
+                 loyal-after = 0\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("first");
+    let ini_s = ini.display().to_string();
+    let mut e = FakeEmperor::start(&["--ini", &ini_s, "--env", "OTHER=1"], false, |_| {});
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.expect(LOYAL);
+    e.proc.wait_for_line("WHO=first", SOON);
+    write("second");
+    e.send(1);
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.expect(LOYAL);
+    e.proc.wait_for_new_line("WHO=second", SOON);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}

@@ -46,8 +46,13 @@ const UWSGI_PASSTHROUGH: &[&str] = &["--set", "--inherit", "--include"];
 enum Mode {
     /// Hand everything to uWSGI.
     Uwsgi(String),
-    /// Be the shim.
-    Shim { cli: Box<Cli>, source: Source },
+    /// Be the shim: `cli` has the ini section merged in, `raw` is the command line alone
+    /// (a reload merges the re-read section into it again).
+    Shim {
+        cli: Box<Cli>,
+        raw: Box<Cli>,
+        source: Source,
+    },
 }
 
 fn value_of(args: &[String], flag: &str) -> Option<String> {
@@ -134,10 +139,12 @@ fn decide(args: &[String]) -> Result<Mode, clap::Error> {
                     filtered.push(args[i].clone());
                     i += 1;
                 }
-                let mut cli = Cli::try_parse_from(filtered)?;
+                let raw = Cli::try_parse_from(filtered)?;
+                let mut cli = raw.clone();
                 cli.merge_section(&sec);
                 return Ok(Mode::Shim {
                     cli: Box::new(cli),
+                    raw: Box::new(raw),
                     source,
                 });
             }
@@ -153,7 +160,8 @@ fn decide(args: &[String]) -> Result<Mode, clap::Error> {
     full.extend(args.iter().cloned());
     let cli = Cli::try_parse_from(full)?;
     Ok(Mode::Shim {
-        cli: Box::new(cli),
+        cli: Box::new(cli.clone()),
+        raw: Box::new(cli),
         source: Source::Cli,
     })
 }
@@ -190,9 +198,9 @@ fn main() {
         .collect();
     let span = tracing::info_span!("vassal-shim", pid = std::process::id());
     let _g = span.enter();
-    let (cli, source) = match decide(&args) {
+    let (cli, raw, source) = match decide(&args) {
         Ok(Mode::Uwsgi(why)) => exec_uwsgi(&raw, &why),
-        Ok(Mode::Shim { cli, source }) => (*cli, source),
+        Ok(Mode::Shim { cli, raw, source }) => (*cli, *raw, source),
         Err(e) => e.exit(),
     };
     let settings = match Settings::from_cli(&cli) {
@@ -219,7 +227,7 @@ fn main() {
         error!("cannot set up signal handling: {e}");
         std::process::exit(1);
     }
-    let rt = match Runtime::new(settings, cli, source, vassal) {
+    let rt = match Runtime::new(settings, raw, source, vassal) {
         Ok(r) => r,
         Err(e) => {
             error!("cannot set up: {e}");

@@ -71,6 +71,7 @@ pub struct Runtime {
     program: Option<Program>,
     pgid: Option<i32>,
     settings: Settings,
+    /// The command line alone, without the ini section merged in.
     cli: Cli,
     source: Source,
     listener: Option<RawFd>,
@@ -616,8 +617,9 @@ fn remove_stale_rundirs(base: &std::path::Path) {
         let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        let owner_alive = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim_end() == "vassal-shim");
+        // Any live process with that pid counts (the shim may run under another name); a
+        // reused pid only delays the cleanup.
+        let owner_alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         if !owner_alive && e.file_type().is_ok_and(|t| t.is_dir()) {
             debug!("removing {} left by a dead shim", e.path().display());
             let _ = std::fs::remove_dir_all(e.path());
