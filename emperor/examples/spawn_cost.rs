@@ -21,6 +21,7 @@ fn main() {
         env: vec![],
         cwd: PathBuf::from("/"),
         with_config: false,
+        stdin: None,
     };
     let mut sp = Spawner::new().expect("spawner");
     println!("| emperor RSS | clone(VM|VFORK) µs/spawn | fork (pre_exec) µs/spawn | posix_spawn (std) µs/spawn |");

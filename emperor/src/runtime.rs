@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::core::{Action, Control, Core, CoreConfig, Event, ExitKind, Inc, SpawnRequest};
 use crate::monitor::{parse_monitor, Scanner};
 use crate::options::Options;
-use crate::spawn::{build_argv, resolve, vassal_env, ArgvConfig, Plan, Spawner};
+use crate::spawn::{build_argv, resolve, vassal_env, ArgvConfig, Launcher, Plan, Spawner};
 use crate::stats::{self, Clock, ProcessInfo};
 
 const SIGNALS: Token = Token(0);
@@ -134,7 +134,7 @@ pub struct Runtime {
     next_rescan: Instant,
     freq: Duration,
     channels: HashMap<Inc, Channel>,
-    spawner: Spawner,
+    launcher: Box<dyn Launcher>,
     argv: ArgvConfig,
     env: Vec<(OsString, OsString)>,
     path_var: Option<OsString>,
@@ -255,7 +255,7 @@ impl Runtime {
             next_rescan: Instant::now(),
             freq,
             channels: HashMap::new(),
-            spawner: Spawner::new().map_err(err("cannot open /dev/null"))?,
+            launcher: Box::new(Spawner::new().map_err(err("cannot open /dev/null"))?),
             argv,
             env: vassal_env(std::env::vars_os()),
             path_var: std::env::var_os("PATH"),
@@ -271,6 +271,11 @@ impl Runtime {
             pidfile: opts.pidfile.clone(),
             reap_needed: false,
         })
+    }
+
+    /// Replaces the local spawner (seam for the fork server).
+    pub fn set_launcher(&mut self, launcher: Box<dyn Launcher>) {
+        self.launcher = launcher;
     }
 
     /// Runs until a shutdown completes; returns the exit code.
@@ -725,8 +730,9 @@ impl Runtime {
             env: self.env.clone(),
             cwd,
             with_config: req.content.is_some(),
+            stdin: None,
         };
-        match self.spawner.spawn(&plan) {
+        match self.launcher.launch(&plan) {
             Ok(started) => {
                 let mk = |s: std::os::unix::net::UnixStream| -> io::Result<UnixStream> {
                     s.set_nonblocking(true)?;

@@ -161,6 +161,22 @@ pub struct Plan {
     pub cwd: PathBuf,
     /// Create a config socket too.
     pub with_config: bool,
+    /// The vassal's fd 0: an on-demand listener (seam for socket activation); `/dev/null`
+    /// when `None`. The fd stays open (and owned) in the emperor.
+    pub stdin: Option<std::os::fd::RawFd>,
+}
+
+/// What starts a vassal process. [`Spawner`] is the local one; a fork-server client is another
+/// (it would send the same [`Plan`]: argv, env, fds).
+pub trait Launcher: std::fmt::Debug {
+    /// Starts `plan`.
+    fn launch(&mut self, plan: &Plan) -> Result<Started, SpawnError>;
+}
+
+impl Launcher for Spawner {
+    fn launch(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
+        self.spawn(plan)
+    }
 }
 
 /// Why a spawn failed.
@@ -316,7 +332,7 @@ impl Spawner {
         env_p.push(std::ptr::null());
         let prog_p: Vec<*const libc::c_char> = programs.iter().map(|c| c.as_ptr()).collect();
 
-        let devnull = self.devnull.as_raw_fd();
+        let devnull = plan.stdin.unwrap_or(self.devnull.as_raw_fd());
         let err_no = AtomicI32::new(0);
         let err_stage = AtomicI32::new(0);
         let err_prog = AtomicI32::new(0);
@@ -521,6 +537,7 @@ mod tests {
             env: vec![os("PATH", "/usr/bin:/bin")],
             cwd: cwd.to_path_buf(),
             with_config: true,
+            stdin: None,
         }
     }
 
@@ -581,6 +598,22 @@ mod tests {
                 .to_string()
         };
         assert_eq!(u64::from_str_radix(&line("SigBlk:"), 16).unwrap(), 0);
+    }
+
+    #[test]
+    fn stdin_seam_hands_a_listener_as_fd_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("od.sock")).unwrap();
+        let mut sp = Spawner::new().unwrap();
+        let mut p = plan("", Path::new("/"));
+        p.programs =
+            vec![resolve("sleep", Some(OsStr::new("/usr/bin:/bin")), Path::new("/")).unwrap()];
+        p.argv = vec!["sleep".into(), "30".into()];
+        p.stdin = Some(listener.as_raw_fd());
+        let st = sp.spawn(&p).unwrap();
+        let fd0 = std::fs::read_link(format!("/proc/{}/fd/0", st.pid)).unwrap();
+        let _ = kill_and_reap(st.pid);
+        assert!(fd0.to_string_lossy().starts_with("socket:"), "{fd0:?}");
     }
 
     fn kill_and_reap(pid: i32) -> nix::Result<nix::sys::wait::WaitStatus> {
