@@ -148,6 +148,16 @@ impl Scanner {
         matches!(self.spec.kind, MonitorKind::Dir(_))
     }
 
+    /// True when `name` in a dir monitor is a regular file right now (not following links).
+    pub fn is_regular_file(&self, name: &std::ffi::OsStr) -> bool {
+        match &self.spec.kind {
+            MonitorKind::Dir(d) => std::fs::symlink_metadata(d.join(name))
+                .map(|m| m.file_type().is_file())
+                .unwrap_or(false),
+            MonitorKind::Glob(_) => false,
+        }
+    }
+
     /// The monitor.
     pub fn spec(&self) -> &MonitorSpec {
         &self.spec

@@ -470,6 +470,13 @@ impl Runtime {
                         match ev.name {
                             // One file of a dir monitor: re-examine just that file.
                             Some(name) if !whole && self.scanners[m].is_dir() => {
+                                if ev.mask == inotify::EventMask::CREATE
+                                    && self.scanners[m].is_regular_file(name)
+                                {
+                                    // A new regular file is being written: its IN_CLOSE_WRITE
+                                    // follows, so a half-written config is never started.
+                                    continue;
+                                }
                                 self.dirty_names
                                     .entry(m)
                                     .or_default()
