@@ -31,8 +31,9 @@ pub struct Options {
     #[arg(long = "emperor", value_name = "MONITOR")]
     pub emperor: Vec<String>,
 
-    /// Read options from the [uwsgi] section of FILE (repeatable; uWSGI's %d %p %s %n %% magic is
-    /// expanded). [default: none]
+    /// Read options from the [uwsgi] section of FILE (repeatable; FILE:SECTION reads another
+    /// section; `ini = OTHER` includes a file; uWSGI's %d %p %s %n %% magic is expanded)
+    /// [default: none]
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
 
@@ -222,12 +223,25 @@ impl Options {
     }
 }
 
-/// The `[uwsgi]` section of an ini file as command-line arguments.
+/// The `[uwsgi]` section(s) of an ini file as command-line arguments. `FILE:SECTION` reads
+/// another section, and an `ini = OTHER` key includes another file (up to 8 levels), as in
+/// uWSGI.
 pub fn ini_args(path: &Path) -> Result<Vec<OsString>, OptionsError> {
+    ini_args_depth(path, 0)
+}
+
+fn ini_args_depth(spec: &Path, depth: usize) -> Result<Vec<OsString>, OptionsError> {
+    let (path, section) = match spec.to_str().and_then(|s| s.rsplit_once(':')) {
+        Some((p, sect)) if !spec.exists() && !sect.contains('/') => (Path::new(p), sect),
+        _ => (spec, "uwsgi"),
+    };
     let err = |message: String| OptionsError::Ini {
-        path: path.to_path_buf(),
+        path: spec.to_path_buf(),
         message,
     };
+    if depth > 8 {
+        return Err(err("ini files include each other too deeply".into()));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let opt = ini::ParseOption {
         enabled_quote: false,
@@ -235,30 +249,39 @@ pub fn ini_args(path: &Path) -> Result<Vec<OsString>, OptionsError> {
         ..Default::default()
     };
     let parsed = ini::Ini::load_from_str_opt(&text, opt).map_err(|e| err(e.to_string()))?;
-    let Some(section) = parsed.section(Some("uwsgi")) else {
-        return Err(err("it has no [uwsgi] section".into()));
-    };
     let cmd = Options::command();
     let mut out = Vec::new();
-    for (key, value) in section.iter() {
-        let key = key.trim();
-        let value = expand_magic(value.trim(), path);
-        let Some(arg) = cmd.get_arguments().find(|a| {
-            a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key))
-        }) else {
-            return Err(err(format!("unknown option `{key}`")));
-        };
-        let flag = matches!(arg.get_action(), ArgAction::SetTrue);
-        if flag {
-            match value.to_ascii_lowercase().as_str() {
-                "" | "1" | "true" | "yes" | "on" => out.push(format!("--{key}").into()),
-                "0" | "false" | "no" | "off" => {}
-                other => return Err(err(format!("`{key}` expects true or false, not `{other}`"))),
+    let mut found = false;
+    for props in parsed.section_all(Some(section)) {
+        found = true;
+        for (key, value) in props.iter() {
+            let key = key.trim();
+            let value = expand_magic(value.trim(), path);
+            if key == "ini" {
+                out.extend(ini_args_depth(Path::new(&value), depth + 1)?);
+                continue;
             }
-        } else {
-            out.push(format!("--{key}").into());
-            out.push(value.into());
+            let Some(arg) = cmd.get_arguments().find(|a| {
+                a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key))
+            }) else {
+                return Err(err(format!("unknown option `{key}`")));
+            };
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
+                match value.to_ascii_lowercase().as_str() {
+                    "" | "1" | "true" | "yes" | "on" => out.push(format!("--{key}").into()),
+                    "0" | "false" | "no" | "off" => {}
+                    other => {
+                        return Err(err(format!("`{key}` expects true or false, not `{other}`")))
+                    }
+                }
+            } else {
+                out.push(format!("--{key}").into());
+                out.push(value.into());
+            }
         }
+    }
+    if !found {
+        return Err(err(format!("it has no [{section}] section")));
     }
     Ok(out)
 }
@@ -377,6 +400,27 @@ mod tests {
         assert!(!o.magic_exec);
         assert_eq!(o.vassals_set, vec!["a=1"]);
         assert_eq!(o.stats.as_deref(), Some("127.0.0.1:9191"));
+    }
+
+    #[test]
+    fn ini_sections_and_includes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.ini");
+        std::fs::write(&base, "[uwsgi]\nemperor-freq = 9\n[other]\nemperor = /o\n").unwrap();
+        let main = dir.path().join("main.ini");
+        std::fs::write(&main, "[uwsgi]\nini = %dbase.ini\nemperor = /m\n").unwrap();
+        let o = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), main.as_os_str()])
+            .unwrap();
+        assert_eq!((o.freq, o.emperor.clone()), (9, vec!["/m".to_string()]));
+        let sect = format!("{}:other", base.display());
+        let o = Options::parse_from_args(["emperor", "--ini", sect.as_str()]).unwrap();
+        assert_eq!(o.emperor, vec!["/o"]);
+        let selfref = dir.path().join("loop.ini");
+        std::fs::write(&selfref, "[uwsgi]\nini = %p\n").unwrap();
+        let e =
+            Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), selfref.as_os_str()])
+                .unwrap_err();
+        assert!(e.to_string().contains("too deeply"), "{e}");
     }
 
     #[test]
