@@ -25,6 +25,11 @@ fn app_ini(exec: &str, extra: &str) -> String {
     format!("[vassal-shim]\nexec = {exec}\n{extra}")
 }
 
+/// A 0/1 flag of the stats (any non-zero number counts as set).
+fn flag(v: &serde_json::Value, key: &str) -> bool {
+    v[key].as_i64().unwrap_or(0) != 0
+}
+
 fn heartbeat_seen(v: &serde_json::Value) -> bool {
     v["last_heartbeat"].as_i64().unwrap_or(0) > 0
 }
@@ -42,7 +47,7 @@ pub fn ready_accepting_loyal_heartbeat(start: Starter) -> Emperor {
         ),
     );
     let v = e.wait_vassal("app.ini", "ready, accepting, loyal and a heartbeat", |v| {
-        v["ready"] == 1 && v["accepting"] == 1 && v["loyal"] == 1 && heartbeat_seen(v)
+        flag(v, "ready") && flag(v, "accepting") && flag(v, "loyal") && heartbeat_seen(v)
     });
     assert!(v["pid"].as_i64().unwrap_or(-1) > 0, "{v}");
     let stats = e.stats().unwrap();
@@ -71,7 +76,7 @@ pub fn touch_reloads_rm_stops(start: Starter) -> Emperor {
     let child1 = pid_in(&e.proc.wait_for_line("child=", SOON), "child=");
     let escaped1 = pid_in(&e.proc.wait_for_line("escaped=", SOON), "escaped=");
     let pid1 = pid_in(&e.proc.wait_for_line("listening on port", SOON), "pid=");
-    let v = e.wait_vassal("app.ini", "loyal", |v| v["loyal"] == 1);
+    let v = e.wait_vassal("app.ini", "loyal", |v| flag(v, "loyal"));
     let shim_pid = v["pid"].as_i64().unwrap() as i32;
     wait_count(&mut e.proc, "sending loyal (17)", 1);
     assert!(alive(shim_pid) && alive(pid1) && alive(child1) && alive(escaped1));
@@ -87,7 +92,7 @@ pub fn touch_reloads_rm_stops(start: Starter) -> Emperor {
     wait_count(&mut e.proc, "sending loyal (17)", 2);
     wait_all_gone(&[pid1, child1, escaped1], SOON);
     let v = e.wait_vassal("app.ini", "ready again", |v| {
-        v["ready"] == 1 && v["accepting"] == 1
+        flag(v, "ready") && flag(v, "accepting")
     });
     assert_eq!(
         v["pid"].as_i64().unwrap() as i32,
@@ -152,7 +157,7 @@ pub fn hung_program_is_killed(start: Starter) -> Emperor {
     );
     let pid1 = pid_in(&e.proc.wait_for_line("listening on port", SOON), "pid=");
     let v = e.wait_vassal("hang.ini", "loyal with a heartbeat", |v| {
-        v["loyal"] == 1 && heartbeat_seen(v)
+        flag(v, "loyal") && heartbeat_seen(v)
     });
     let shim1 = v["pid"].as_i64().unwrap() as i32;
     // SAFETY: kill(2) on the program's pid, read from its own output.
@@ -186,7 +191,7 @@ pub fn sd_notify_app(start: Starter) -> Emperor {
     e.proc
         .wait_for_line("program status: serving on port", SOON);
     let v = e.wait_vassal("notify.ini", "ready, loyal, heartbeats", |v| {
-        v["ready"] == 1 && v["accepting"] == 1 && v["loyal"] == 1 && heartbeat_seen(v)
+        flag(v, "ready") && flag(v, "accepting") && flag(v, "loyal") && heartbeat_seen(v)
     });
     let pid = v["pid"].as_i64().unwrap() as i32;
     e.remove("notify.ini");
@@ -248,7 +253,7 @@ pub fn broodlord_zerg(start: Starter) -> Emperor {
     e.proc.wait_for_line("sending sos (30)", SOON);
     e.proc
         .wait_for_line(&format!("listening on port {zport}"), SOON);
-    let z = e.wait_vassal("brood.ini:zerg", "a loyal zerg", |v| v["loyal"] == 1);
+    let z = e.wait_vassal("brood.ini:zerg", "a loyal zerg", |v| flag(v, "loyal"));
     assert_eq!(z["zerg"], 1, "{z}");
     assert!(http_get(zport, "/").unwrap().starts_with("hello"));
     e
