@@ -176,6 +176,34 @@ fn preloaded_base_adopts_supervised_vassals() {
     assert_eq!(reap(pid), WaitStatus::Exited(pid, 0));
     assert!(!echo.exists(), "the stopped vassal removed its socket");
 
+    // An adoption with all three fds: the config channel is held, the on-demand listener
+    // (bound by the "emperor") is served instead of the ini socket.
+    let od_path = dir.path().join("od.sock");
+    let od = std::os::unix::net::UnixListener::bind(&od_path).unwrap();
+    let (chan, vassal_end) = UnixStream::pair().unwrap();
+    let (_cfg, cfg_end) = UnixStream::pair().unwrap();
+    let fds = VassalFds {
+        channel: vassal_end.as_fd(),
+        config: Some(cfg_end.as_fd()),
+        on_demand: Some(od.as_fd()),
+    };
+    let pid = request_fork(&fs, &argv, &fds, DEADLINE).unwrap();
+    drop((vassal_end, cfg_end, od));
+    assert_eq!(read_bytes(&chan, 3), [1, 5, 17]);
+    let client = UnixStream::connect(&od_path).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    (&client).write_all(b"on demand\n").unwrap();
+    let mut l = String::new();
+    BufReader::new(&client).read_line(&mut l).unwrap();
+    assert_eq!(l, "on demand\n");
+    assert!(
+        !echo.exists(),
+        "with an on-demand listener the ini socket is not bound"
+    );
+    (&chan).write_all(&[2]).unwrap(); // graceful stop
+    expect_eof(&chan);
+    assert_eq!(reap(pid), WaitStatus::Exited(pid, 0));
+
     // Stop the base over its own channel.
     (&emperor_end).write_all(&[0]).unwrap();
     assert!(base.wait_exit(DEADLINE).success());

@@ -65,6 +65,7 @@ fn main() {
             "slow_client_does_not_stall_others",
             slow_client_does_not_stall_others,
         ),
+        ("many_concurrent_requests", many_concurrent_requests),
         ("silent_client_times_out", silent_client_times_out),
         (
             "malformed_requests_are_dropped",
@@ -511,6 +512,73 @@ fn slow_client_does_not_stall_others() {
     drop(ours);
     assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
     drop((silent, partial));
+}
+
+fn many_concurrent_requests() {
+    const N: usize = 24;
+    let dir = tempdir();
+    let before = open_fds();
+    let server = spawn_server(
+        dir.path(),
+        ServerConfig::default(),
+        reporting_vassal(before),
+    );
+    // Start all requests at once from one mio loop (as an emperor would), then drive them.
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(64);
+    let mut chans = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..N {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut p = forkserver_proto::PendingFork::start(
+            &server.path,
+            &[format!("v{i}")],
+            &VassalFds::channel(theirs.as_fd()),
+            Instant::now() + DEADLINE,
+        )
+        .expect("start");
+        drop(theirs);
+        poll.registry()
+            .register(
+                &mut p,
+                mio::Token(i),
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            )
+            .unwrap();
+        chans.push(ours);
+        pending.push(Some(p));
+    }
+    let mut pids = vec![None; N];
+    while pids.iter().any(Option::is_none) {
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(p) = slot {
+                if let std::task::Poll::Ready(r) = p.poll(Instant::now()) {
+                    pids[i] = Some(r.unwrap_or_else(|e| panic!("request {i}: {e}")));
+                    poll.registry().deregister(p).unwrap();
+                    *slot = None;
+                }
+            }
+        }
+        if pids.iter().any(Option::is_none) {
+            poll.poll(&mut events, Some(DEADLINE)).unwrap();
+            assert!(!events.is_empty(), "no progress within the deadline");
+        }
+    }
+    let pids: Vec<Pid> = pids.into_iter().map(Option::unwrap).collect();
+    let distinct: BTreeSet<i32> = pids.iter().map(|p| p.as_raw()).collect();
+    assert_eq!(distinct.len(), N);
+    for (i, (chan, pid)) in chans.iter().zip(&pids).enumerate() {
+        assert_eq!(read_byte_deadline(chan), 1);
+        assert_eq!(
+            read_line_deadline(chan),
+            format!("pid={pid} argv=v{i} leaked=[]"),
+            "vassal {i} got the right argv and channel, and no other client's fds"
+        );
+    }
+    drop(chans);
+    for pid in pids {
+        assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    }
 }
 
 fn silent_client_times_out() {
