@@ -141,7 +141,7 @@ fn heartbeat_silence_kills_and_respawns() {
     std::fs::create_dir(&dir).unwrap();
     let sock = work.path().join("hb.sock");
     write_vassal(&dir, "hb.ini", &sock, "heartbeat = 1\n");
-    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-required-heartbeat", "3"]);
+    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-required-heartbeat", "4"]);
     let v = wait_vassal(&mut emp, &st, "hb.ini", T, "heartbeating", |v| {
         v["accepting"] == 1 && v["last_heartbeat"].as_i64().unwrap_or(0) > 0
     });
@@ -158,7 +158,7 @@ fn heartbeat_silence_kills_and_respawns() {
     }
     signal(pid, libc::SIGSTOP);
     emp.wait_for_line(
-        "vassal hb.ini sent no heartbeat in the last 3 seconds, brutally respawning it",
+        "vassal hb.ini sent no heartbeat in the last 4 seconds, brutally respawning it",
         T,
     );
     let v = wait_vassal(&mut emp, &st, "hb.ini", T, "respawned", |v| {
