@@ -778,6 +778,32 @@ mod tests {
         poll.registry().deregister(&mut c).unwrap();
     }
 
+    proptest::proptest! {
+        /// However the stream is cut into reads, every frame is counted and the newest wins.
+        #[test]
+        fn newest_frame_whatever_the_chunking(
+            configs in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 1..6),
+            cuts in proptest::collection::vec(1usize..200, 1..40),
+        ) {
+            let (mut v, _e, mut cfg) = with_config();
+            let c = v.config().unwrap();
+            let mut stream = Vec::new();
+            for body in &configs {
+                config::encode(body, &mut stream).unwrap();
+            }
+            let mut off = 0;
+            let mut cut = cuts.iter().cycle();
+            while off < stream.len() {
+                let n = (*cut.next().unwrap()).min(stream.len() - off);
+                cfg.write_all(&stream[off..off + n]).unwrap();
+                off += n;
+                c.poll_newest().unwrap();
+            }
+            proptest::prop_assert_eq!(c.received(), configs.len() as u64);
+            proptest::prop_assert_eq!(c.latest(), Some(configs.last().unwrap().as_slice()));
+        }
+    }
+
     #[test]
     fn config_eof() {
         let (mut v, _e, cfg) = with_config();

@@ -192,6 +192,13 @@ impl Probe {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn status_parser_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = http_status_ok(&data);
+        }
+    }
+
     #[test]
     fn status_lines() {
         assert_eq!(http_status_ok(b"HTTP/1.0 200 OK\r\n"), Some(true));
