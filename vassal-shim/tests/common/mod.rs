@@ -27,6 +27,18 @@ pub fn shim() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vassal-shim"))
 }
 
+/// A binary of another workspace package built into the same target directory as the shim
+/// (e.g. `emperor`: build it first with `cargo build -p emperor`).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let p = shim().parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (`cargo build -p {name}` with the same CARGO_TARGET_DIR)",
+        p.display()
+    );
+    p
+}
+
 /// The `native_vassal` example (cargo builds examples along with the tests).
 pub fn native_vassal_example() -> PathBuf {
     let p = shim()
