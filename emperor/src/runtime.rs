@@ -34,6 +34,7 @@ use crate::stats::{self, Clock, ProcessInfo};
 const SIGNALS: Token = Token(0);
 const INOTIFY: Token = Token(1);
 const STATS: Token = Token(2);
+const PARENT: Token = Token(3);
 const CLIENT_BASE: usize = 1 << 20;
 const CLIENT_SPAN: usize = 1 << 30;
 const CHANNEL_BASE: usize = 1 << 40;
@@ -149,6 +150,7 @@ pub struct Runtime {
     notified_count: Option<usize>,
     pidfile: Option<PathBuf>,
     reap_needed: bool,
+    parent: Option<UnixStream>,
 }
 
 impl Runtime {
@@ -270,7 +272,9 @@ impl Runtime {
             notified_count: None,
             pidfile: opts.pidfile.clone(),
             reap_needed: false,
-        })
+            parent: None,
+        }
+        .with_parent_emperor())
     }
 
     /// Replaces the local spawner (seam for the fork server).
@@ -293,6 +297,10 @@ impl Runtime {
             );
         }
         self.rescan_all();
+        if let Some(p) = self.parent.as_mut() {
+            // As a uWSGI sub-emperor: "ready" (1) once initialised, "loyal" (17) once governing.
+            let _ = p.write_all(&[1, 17]);
+        }
         if let Some(n) = &self.notify {
             n.send(&format!(
                 "READY=1\nSTATUS=The Emperor is governing {} vassals",
@@ -328,6 +336,7 @@ impl Runtime {
                     SIGNALS => self.on_signals(),
                     INOTIFY => self.on_inotify(),
                     STATS => self.on_accept(),
+                    PARENT => self.on_parent(),
                     Token(t) if t >= CHANNEL_BASE => {
                         let inc = Inc(((t - CHANNEL_BASE) / 2) as u64);
                         if (t - CHANNEL_BASE) % 2 == 0 {
@@ -512,6 +521,91 @@ impl Runtime {
         }
         if (!self.dirty.is_empty() || !self.dirty_names.is_empty()) && self.settle_at.is_none() {
             self.settle_at = Some(Instant::now() + SETTLE);
+        }
+    }
+
+    /// When started as a vassal (`UWSGI_EMPEROR_FD` set), this emperor speaks the vassal side
+    /// of the channel to its own emperor, like a uWSGI sub-emperor.
+    fn with_parent_emperor(mut self) -> Self {
+        let Some(fd) = std::env::var("UWSGI_EMPEROR_FD")
+            .ok()
+            .and_then(|v| v.trim().parse::<i32>().ok())
+        else {
+            return self;
+        };
+        let is_socket = nix::sys::stat::fstat(
+            // SAFETY: the fd number comes from our emperor; borrowing it for fstat only.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        )
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .unwrap_or(false);
+        if !is_socket {
+            warn!("UWSGI_EMPEROR_FD={fd} is not a socket: ignoring it");
+            return self;
+        }
+        // SAFETY: per the emperor protocol this fd is the vassal end of our emperor's channel,
+        // handed to this process to own; nothing else in the process uses it.
+        let std_stream =
+            unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(
+            &std_stream,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        if std_stream.set_nonblocking(true).is_err() {
+            return self;
+        }
+        let mut stream = UnixStream::from_std(std_stream);
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, PARENT, Interest::READABLE)
+            .is_ok()
+        {
+            info!("has_emperor mode detected (fd: {fd}): governing vassals for my own emperor");
+            self.parent = Some(stream);
+        }
+        self
+    }
+
+    fn on_parent(&mut self) {
+        let mut buf = [0u8; 64];
+        let now = Instant::now();
+        loop {
+            let Some(p) = self.parent.as_mut() else {
+                return;
+            };
+            let n = match p.read(&mut buf) {
+                Ok(0) => 0,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                warn!("lost connection with my emperor: stopping");
+                if let Some(mut p) = self.parent.take() {
+                    let _ = self.poll.registry().deregister(&mut p);
+                }
+                self.core.handle(now, Event::Control(Control::Shutdown));
+                return;
+            }
+            for &b in &buf[..n] {
+                let control = match uwsgi_proto::EmperorMsg::from_byte(b) {
+                    uwsgi_proto::EmperorMsg::Stop | uwsgi_proto::EmperorMsg::GracefulStop => {
+                        info!("received message {b} from my emperor: stopping");
+                        Control::Shutdown
+                    }
+                    uwsgi_proto::EmperorMsg::Reload => {
+                        info!("received message 1 from my emperor: reloading every vassal");
+                        Control::ReloadAll
+                    }
+                    uwsgi_proto::EmperorMsg::Unknown(_) => {
+                        info!("received message {b} from my emperor: ignored");
+                        continue;
+                    }
+                };
+                self.core.handle(now, Event::Control(control));
+            }
         }
     }
 

@@ -173,3 +173,50 @@ fn shutdown_kills_what_ignores_stop_after_reload_mercy_and_reaps_everything() {
         assert!(!exists(pid), "{pid} survived");
     }
 }
+
+#[test]
+fn our_emperor_as_a_vassal_of_our_emperor() {
+    let work = tempfile::tempdir().unwrap();
+    let outer = work.path().join("outer");
+    let inner = work.path().join("inner");
+    std::fs::create_dir(&outer).unwrap();
+    std::fs::create_dir(&inner).unwrap();
+    script(
+        work.path(),
+        "deaf.sh",
+        "trap '' INT TERM HUP\nexec sleep 600",
+    );
+    std::fs::write(inner.join("leaf.ini"), "[uwsgi]\n").unwrap();
+    std::fs::write(
+        outer.join("sub.ini"),
+        format!(
+            "[uwsgi]\nemperor = {}\nemperor-wrapper = {}\nreload-mercy = 1\nemperor-stats = {}\n",
+            inner.display(),
+            work.path().join("deaf.sh").display(),
+            work.path().join("inner-stats.sock").display()
+        ),
+    )
+    .unwrap();
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &outer,
+        &["--emperor-wrapper", env!("CARGO_BIN_EXE_emperor")],
+    );
+    emp.wait_for_line("has_emperor mode detected", T);
+    emp.wait_for_line("vassal sub.ini has been spawned", T);
+    emp.wait_for_line("vassal sub.ini is now loyal", T);
+    let inner_stats = work.path().join("inner-stats.sock");
+    let v = wait_vassal(&mut emp, &inner_stats, "leaf.ini", T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0
+    });
+    let leaf = v["pid"].as_i64().unwrap() as i32;
+    let sub = vassal(&stats(&st), "sub.ini").unwrap();
+    assert_eq!(sub["loyal"], 1);
+    let sub_pid = sub["pid"].as_i64().unwrap() as i32;
+
+    std::fs::remove_file(outer.join("sub.ini")).unwrap();
+    emp.wait_for_line("received message 0 from my emperor: stopping", T);
+    emp.wait_for_line("removed uwsgi instance sub.ini", T);
+    wait_gone(sub_pid, T);
+    wait_gone(leaf, T);
+}

@@ -521,3 +521,43 @@ fn wrapper_set_and_templates_build_the_uwsgi_argv() {
     );
     assert_eq!(hello(&sock).0, 200);
 }
+
+#[test]
+fn our_emperor_as_a_vassal_of_the_real_uwsgi_emperor() {
+    let uwsgi = require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let outer = work.path().join("outer");
+    let inner = work.path().join("inner");
+    std::fs::create_dir(&outer).unwrap();
+    std::fs::create_dir(&inner).unwrap();
+    let sock = work.path().join("leaf.sock");
+    write_vassal(&inner, "leaf.ini", &sock, "");
+    let inner_stats = work.path().join("inner-stats.sock");
+    std::fs::write(
+        outer.join("sub.ini"),
+        format!(
+            "[uwsgi]\nemperor = {}\nemperor-stats = {}\n",
+            inner.display(),
+            inner_stats.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(uwsgi);
+    cmd.arg("--emperor")
+        .arg(&outer)
+        .args(["--emperor-wrapper", env!("CARGO_BIN_EXE_emperor")])
+        .env("EMPEROR_LOG", "info")
+        .current_dir(work.path());
+    let mut real = Proc::spawn(cmd);
+    real.wait_for_line("[emperor] vassal sub.ini has been spawned", T);
+    real.wait_for_line("[emperor] vassal sub.ini is now loyal", T);
+    let v = wait_vassal(&mut real, &inner_stats, "leaf.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    let leaf = v["pid"].as_i64().unwrap() as i32;
+    assert_eq!(hello(&sock).0, 200);
+    std::fs::remove_file(outer.join("sub.ini")).unwrap();
+    real.wait_for_line("received message 0 from my emperor: stopping", T);
+    real.wait_for_line("removed uwsgi instance sub.ini", T);
+    wait_gone(leaf, T);
+}
