@@ -151,6 +151,7 @@ pub struct Runtime {
     pidfile: Option<PathBuf>,
     reap_needed: bool,
     parent: Option<UnixStream>,
+    watch_failed: HashSet<PathBuf>,
 }
 
 impl Runtime {
@@ -273,6 +274,7 @@ impl Runtime {
             pidfile: opts.pidfile.clone(),
             reap_needed: false,
             parent: None,
+            watch_failed: HashSet::new(),
         }
         .with_parent_emperor())
     }
@@ -442,13 +444,25 @@ impl Runtime {
         match self.inotify.watches().add(&dir, mask) {
             Ok(wd) => {
                 debug!("watching {}", dir.display());
+                self.watch_failed.remove(&dir);
                 let ms = self.watch_monitors.entry(wd.clone()).or_default();
                 if !ms.contains(&m) {
                     ms.push(m);
                 }
                 self.watched_dirs.insert(dir, wd);
             }
-            Err(e) => debug!("cannot watch {} yet: {e}", dir.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!("cannot watch {} yet: {e}", dir.display())
+            }
+            Err(e) => {
+                if self.watch_failed.insert(dir.clone()) {
+                    warn!(
+                        "cannot watch {} with inotify ({e}): changes there are seen by the rescan every {} s (raise fs.inotify.max_user_watches if it says \"No space left on device\")",
+                        dir.display(),
+                        self.freq.as_secs()
+                    );
+                }
+            }
         }
     }
 
