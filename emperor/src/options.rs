@@ -5,6 +5,9 @@
 //! names it. Ini values come first, the command line after (the command line wins for
 //! single-valued options; lists accumulate).
 
+// Field docs double as `--help` text (no markdown there), so brackets stay literal.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 

@@ -26,11 +26,11 @@ pub const INSTALL_HINT: &str = "install uWSGI with its Python 3 plugin (Debian/U
 /// The argv settings shared by every vassal (uWSGI option names in comments).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ArgvConfig {
-    /// `emperor-wrapper`: argv[0]; `uwsgi` when unset.
+    /// `emperor-wrapper`: `argv[0]`; `uwsgi` when unset.
     pub wrapper: Option<String>,
-    /// `emperor-wrapper-override`: tried before argv[0].
+    /// `emperor-wrapper-override`: tried before `argv[0]`.
     pub overrides: Vec<String>,
-    /// `emperor-wrapper-fallback`: tried after argv[0].
+    /// `emperor-wrapper-fallback`: tried after `argv[0]`.
     pub fallbacks: Vec<String>,
     /// `emperor-magic-exec`.
     pub magic_exec: bool,
@@ -49,7 +49,7 @@ pub struct ArgvConfig {
 }
 
 impl ArgvConfig {
-    /// The binary asked for as argv[0].
+    /// The binary asked for as `argv[0]`.
     pub fn binary(&self) -> &str {
         self.wrapper.as_deref().unwrap_or("uwsgi")
     }
@@ -151,7 +151,7 @@ fn is_executable(p: &Path) -> bool {
 /// Everything one spawn needs, prepared before the child exists.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Programs to try in order (overrides, argv[0], fallbacks), resolved.
+    /// Programs to try in order (overrides, `argv[0]`, fallbacks), resolved.
     pub programs: Vec<PathBuf>,
     /// The argv.
     pub argv: Vec<String>,
