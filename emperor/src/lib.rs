@@ -11,7 +11,8 @@
 //! * [`spawn`]: the uWSGI argv/env rules and a spawn path whose cost does not grow with the
 //!   emperor's memory (`clone(CLONE_VM|CLONE_VFORK)` + `execve`).
 //! * [`stats`]: the stats JSON document.
-//! * [`runtime`]: the one-thread `mio` loop that performs actions and feeds events back.
+//! * [`runtime`]: the one-thread `mio` loop that performs actions and feeds events back (and,
+//!   when started by another emperor, speaks the vassal side of the channel to it).
 //! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
 
 pub mod core;
