@@ -6,6 +6,7 @@ use emperor::options::{Options, OptionsError};
 use emperor::runtime::Runtime;
 
 fn main() {
+    ensure_std_fds();
     let opts = match Options::parse_from_args(std::env::args_os()) {
         Ok(o) => o,
         Err(OptionsError::Clap(e)) => e.exit(),
@@ -44,5 +45,20 @@ fn mark_inherited_fds_cloexec() {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
         );
+    }
+}
+
+/// fds 0-2 must be open before anything else is opened, or a socket could land on 1 or 2 and a
+/// vassal's stdout would be the emperor's stats socket. Closed ones get `/dev/null`.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the fd table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: open(2) on a static NUL-terminated path; it takes the lowest free fd,
+            // which is `fd` since every lower one is open. Deliberately not CLOEXEC.
+            unsafe {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
     }
 }
