@@ -489,3 +489,20 @@ fn reload_rereads_the_ini_file() {
     e.send(0);
     assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
 }
+
+#[test]
+fn sigkilled_shim_leaves_no_program_process() {
+    let port = free_port();
+    let prog = py_exec(&format!("--port {port} --children"));
+    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |_| {});
+    e.expect(READY);
+    let child = pid_in(&e.proc.wait_for_line("child=", SOON), "child=");
+    let escaped = pid_in(&e.proc.wait_for_line("escaped=", SOON), "escaped=");
+    let pid = pid_in(&e.proc.wait_for_line("listening on port", SOON), "pid=");
+    let shim_pid = e.proc.pid() as i32;
+    // SIGKILL to the shim alone (as an emperor's heartbeat check does).
+    e.proc.signal(libc::SIGKILL);
+    e.proc.wait_exit(SOON);
+    wait_all_gone(&[shim_pid, pid, child, escaped], SOON);
+    assert!(pids_with_cmdline(&format!("--port {port}")).is_empty());
+}

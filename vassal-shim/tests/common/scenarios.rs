@@ -149,12 +149,14 @@ pub fn hung_program_is_killed(start: Starter) -> Emperor {
     e.add(
         "hang.ini",
         &app_ini(
-            &testapp_exec(&format!("--port {port}")),
+            &testapp_exec(&format!("--port {port} --children")),
             &format!(
                 "ready = http://127.0.0.1:{port}/\nheartbeat = 1\nloyal-after = 0.5\nprobe-timeout = 1\n"
             ),
         ),
     );
+    let child1 = pid_in(&e.proc.wait_for_line("child=", SOON), "child=");
+    let escaped1 = pid_in(&e.proc.wait_for_line("escaped=", SOON), "escaped=");
     let pid1 = pid_in(&e.proc.wait_for_line("listening on port", SOON), "pid=");
     let v = e.wait_vassal("hang.ini", "loyal with a heartbeat", |v| {
         flag(v, "loyal") && heartbeat_seen(v)
@@ -165,7 +167,9 @@ pub fn hung_program_is_killed(start: Starter) -> Emperor {
         libc::kill(pid1, libc::SIGSTOP);
     }
     e.proc.wait_for_new_line("was stopped by SIGSTOP", SOON);
-    wait_all_gone(&[shim1, pid1], SOON);
+    // The emperor SIGKILLs the shim: the program dies by its PDEATHSIG, its children (one of
+    // them outside its process group) by the shim's sentinel.
+    wait_all_gone(&[shim1, pid1, child1, escaped1], SOON);
     let again = e.proc.wait_for_new_line("listening on port", SOON);
     assert_ne!(pid_in(&again, "pid="), pid1);
     e.wait_vassal("hang.ini", "a new vassal process", |v| {

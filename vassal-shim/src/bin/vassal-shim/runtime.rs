@@ -24,6 +24,7 @@ use crate::backlog;
 use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
 use crate::options::{Cli, Ready, Settings, CONFIG_ENV};
 use crate::probe::Probe;
+use crate::sentinel::{self, Sentinel};
 use crate::spawn::{self, Program, SpawnSpec};
 
 const EMPEROR: Token = Token(0);
@@ -79,6 +80,8 @@ pub struct Runtime {
     config_path: Option<PathBuf>,
     generation: u64,
     backlog_warned: bool,
+    tag: String,
+    sentinel: Option<Sentinel>,
 }
 
 impl Runtime {
@@ -156,6 +159,15 @@ impl Runtime {
             warn!("cannot become a child subreaper ({e}); orphans of the program may escape");
         }
 
+        let tag = sentinel::tag_of(rundir.path());
+        let sentinel = match Sentinel::start(rundir.path()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot start the sentinel ({e}); if the shim is SIGKILLed, the program's children may survive it");
+                None
+            }
+        };
+
         let core = Core::new(CoreSettings::from_settings(&settings, config.is_some()));
         Ok(Runtime {
             poll,
@@ -176,6 +188,8 @@ impl Runtime {
             config_path,
             generation: 0,
             backlog_warned: false,
+            tag,
+            sentinel,
         })
     }
 
@@ -241,7 +255,7 @@ impl Runtime {
                     spawn::signal_group(g, sig);
                 }
             }
-            Action::KillAll => spawn::kill_all(self.pgid),
+            Action::KillAll => spawn::kill_all(self.pgid, self.sentinel_pid()),
             Action::Probe => self.start_probe(now),
             Action::MeasureBacklog => {
                 if let Some(n) = self.measure_backlog() {
@@ -340,6 +354,7 @@ impl Runtime {
             extra.push(("LISTEN_FDS".into(), "1".into()));
             extra.push(("LISTEN_FDNAMES".into(), "emperor".into()));
         }
+        extra.push((sentinel::ENV_INSTANCE.into(), self.tag.clone().into()));
         extra.push((
             "VASSAL_SHIM_GENERATION".into(),
             self.generation.to_string().into(),
@@ -361,6 +376,9 @@ impl Runtime {
                 );
                 self.program = Some(p);
                 self.pgid = Some(p.pid);
+                if let Some(s) = self.sentinel.as_mut() {
+                    s.watch(p.pid);
+                }
                 self.core.handle(now, Input::Spawned { pid: p.pid });
             }
             Err(e) => {
@@ -497,6 +515,10 @@ impl Runtime {
                     info!("program {pid} continued");
                     self.core.handle(now, Input::Continued);
                 }
+                other if other.pid().map(Pid::as_raw) == self.sentinel_pid() => {
+                    warn!("the sentinel ended unexpectedly: {other:?}");
+                    self.sentinel = None;
+                }
                 other => debug!("reaped {other:?}"),
             }
         }
@@ -590,8 +612,16 @@ impl Runtime {
         n
     }
 
+    fn sentinel_pid(&self) -> Option<i32> {
+        self.sentinel.as_ref().map(Sentinel::pid)
+    }
+
     fn finish(mut self, code: i32) -> i32 {
-        spawn::kill_and_reap_everything(self.pgid);
+        spawn::kill_and_reap_everything(self.pgid, self.sentinel_pid());
+        if let Some(s) = self.sentinel.take() {
+            s.clear();
+        }
+        spawn::reap_exited();
         if let Some(d) = self.rundir.take() {
             let _ = d.close();
         }

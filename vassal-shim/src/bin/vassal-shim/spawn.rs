@@ -372,12 +372,15 @@ pub fn children() -> Vec<i32> {
     out
 }
 
-/// SIGKILLs the group `pgid` and every child of the shim (and their groups).
-pub fn kill_all(pgid: Option<i32>) {
+/// SIGKILLs the group `pgid` and every child of the shim except `spare` (the sentinel).
+pub fn kill_all(pgid: Option<i32>, spare: Option<i32>) {
     if let Some(g) = pgid {
         signal_group(g, Signal::SIGKILL);
     }
     for c in children() {
+        if Some(c) == spare {
+            continue;
+        }
         // SAFETY: kill(2) on our own child pid; no memory involved.
         unsafe {
             libc::kill(c, libc::SIGKILL);
@@ -385,12 +388,16 @@ pub fn kill_all(pgid: Option<i32>) {
     }
 }
 
-/// Kills and reaps every descendant, until the shim has no children left.
-pub fn kill_and_reap_everything(pgid: Option<i32>) {
+/// Kills and reaps every descendant except `spare`, until no other child is left.
+pub fn kill_and_reap_everything(pgid: Option<i32>, spare: Option<i32>) {
     loop {
-        kill_all(pgid);
+        kill_all(pgid, spare);
+        if children().iter().all(|c| Some(*c) == spare) {
+            return;
+        }
         let mut status = 0;
-        // SAFETY: waitpid(2) with a valid status pointer; blocks until a child changes state.
+        // SAFETY: waitpid(2) with a valid status pointer; blocks until a child changes state
+        // (the ones just killed do).
         let r = unsafe { libc::waitpid(-1, &mut status, 0) };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -398,6 +405,17 @@ pub fn kill_and_reap_everything(pgid: Option<i32>) {
                 continue;
             }
             // ECHILD: nothing left.
+            return;
+        }
+    }
+}
+
+/// Reaps whatever has already exited, without blocking.
+pub fn reap_exited() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid(2) with a valid status pointer and WNOHANG.
+        if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
             return;
         }
     }
