@@ -506,3 +506,18 @@ fn sigkilled_shim_leaves_no_program_process() {
     wait_all_gone(&[shim_pid, pid, child, escaped], SOON);
     assert!(pids_with_cmdline(&format!("--port {port}")).is_empty());
 }
+
+#[test]
+fn never_ready_program_is_given_up_after_ready_timeout() {
+    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--ready", "notify", "--ready-timeout", "0.3"], &prog),
+        false,
+        |_| {},
+    );
+    let pid = pid_in(&e.proc.wait_for_line("started program", SOON), "program ");
+    assert_eq!(e.read_byte(SOON), None, "nothing sent, then EOF");
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(1));
+    e.proc.wait_for_line("not ready after", SOON);
+    wait_all_gone(&[pid], SOON);
+}

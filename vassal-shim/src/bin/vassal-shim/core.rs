@@ -45,6 +45,7 @@ pub struct CoreSettings {
     pub reload: ReloadMode,
     pub exile_codes: Vec<i32>,
     pub loyal_after: Duration,
+    pub ready_timeout: Option<Duration>,
     pub watchdog: Option<Duration>,
     pub sos_backlog: Option<u32>,
     pub has_config: bool,
@@ -64,6 +65,7 @@ impl CoreSettings {
             reload: s.reload,
             exile_codes: s.exile_codes.clone(),
             loyal_after: s.loyal_after,
+            ready_timeout: s.ready_timeout,
             watchdog: s.watchdog,
             sos_backlog: s.sos_backlog,
             has_config,
@@ -170,6 +172,7 @@ pub struct Core {
     config_seen: bool,
     last_sos: Option<Instant>,
     next_backlog: Option<Instant>,
+    ready_deadline: Option<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -195,6 +198,7 @@ impl Core {
             config_seen: false,
             last_sos: None,
             next_backlog: None,
+            ready_deadline: None,
             actions: VecDeque::new(),
         }
     }
@@ -263,6 +267,7 @@ impl Core {
 
     fn become_ready(&mut self, now: Instant) {
         self.phase = Phase::Running;
+        self.ready_deadline = None;
         self.ready_at = Some(now);
         self.healthy = true;
         self.send(VassalMsg::Ready);
@@ -372,6 +377,7 @@ impl Core {
     }
 
     fn readiness_start(&mut self, now: Instant) {
+        self.ready_deadline = self.s.ready_timeout.map(|t| now + t);
         match self.s.ready {
             ReadyKind::Immediate => self.become_ready(now),
             ReadyKind::Probe => self.next_probe = Some(now),
@@ -493,6 +499,7 @@ impl Core {
                 if self.phase == Phase::Running {
                     self.reset_generation();
                     self.phase = Phase::Starting;
+                    self.ready_deadline = self.s.ready_timeout.map(|t| now + t);
                     if self.s.ready == ReadyKind::Probe {
                         self.next_probe = Some(now + PROBE_RETRY);
                     }
@@ -575,6 +582,16 @@ impl Core {
                 }
             }
         }
+        if self.ready_deadline.is_some_and(|t| t <= now) {
+            self.ready_deadline = None;
+            if self.phase == Phase::Starting && self.alive {
+                tracing::warn!(
+                    "the program is not ready after {:?}: giving up",
+                    self.s.ready_timeout.unwrap_or_default()
+                );
+                self.begin_stop(now, 1);
+            }
+        }
         if self.next_backlog.is_some_and(|t| t <= now) {
             self.next_backlog = Some(now + BACKLOG_INTERVAL);
             if self.alive && self.phase == Phase::Running {
@@ -597,6 +614,7 @@ impl Core {
             self.stop_deadline,
             self.config_deadline,
             self.next_backlog,
+            self.ready_deadline,
         ]
         .into_iter()
         .flatten()
@@ -617,6 +635,7 @@ mod tests {
             reload: ReloadMode::Restart,
             exile_codes: vec![3],
             loyal_after: Duration::from_secs(2),
+            ready_timeout: None,
             watchdog: None,
             sos_backlog: None,
             has_config: false,
@@ -951,6 +970,34 @@ mod tests {
         assert!(t.advance(Duration::from_secs(1)).contains(&MeasureBacklog));
         assert_eq!(t.input(Input::Backlog(3)), vec![]);
         assert_eq!(t.input(Input::Backlog(10)), vec![Send(M::Sos)]);
+    }
+
+    #[test]
+    fn never_ready_gives_up_after_ready_timeout() {
+        let mut s = settings(ReadyKind::Notify);
+        s.ready_timeout = Some(Duration::from_secs(5));
+        let mut t = T::new(s);
+        t.actions();
+        t.input(Input::Spawned { pid: 10 });
+        assert_eq!(t.advance(Duration::from_secs(4)), vec![]);
+        assert_eq!(
+            t.advance(Duration::from_secs(2)),
+            vec![SignalGroup(Signal::SIGTERM)]
+        );
+        assert_eq!(t.input(Input::Exited { code: 143 }), vec![KillAll, Exit(1)]);
+    }
+
+    #[test]
+    fn ready_in_time_cancels_the_ready_timeout() {
+        let mut s = settings(ReadyKind::Notify);
+        s.ready_timeout = Some(Duration::from_secs(5));
+        let mut t = T::new(s);
+        t.actions();
+        t.input(Input::Spawned { pid: 10 });
+        t.advance(Duration::from_secs(4));
+        t.input(Input::Notify(Notification::Ready));
+        let a = t.advance(Duration::from_secs(60));
+        assert_eq!(a, vec![Send(M::Loyal)]);
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct Cli {
     /// Seconds the program must stay up after readiness before it is declared loyal (default 2).
     #[arg(long, value_name = "SECONDS")]
     pub loyal_after: Option<String>,
+    /// Give up (stop the program, exit 1) when it is not ready this many seconds after a start
+    /// or reload (0 = wait forever, the default).
+    #[arg(long, value_name = "SECONDS")]
+    pub ready_timeout: Option<String>,
     /// Give the program WATCHDOG_USEC for SECONDS: it must send WATCHDOG=1 that often to stay
     /// healthy (0 = off, the default).
     #[arg(long, value_name = "SECONDS")]
@@ -101,6 +105,7 @@ impl Cli {
         take(&mut self.reload, s, "reload");
         take(&mut self.exile_codes, s, "exile-codes");
         take(&mut self.loyal_after, s, "loyal-after");
+        take(&mut self.ready_timeout, s, "ready-timeout");
         take(&mut self.watchdog, s, "watchdog");
         take(&mut self.sos_backlog, s, "sos-backlog");
         take(&mut self.probe_timeout, s, "probe-timeout");
@@ -161,6 +166,7 @@ pub struct Settings {
     pub reload: ReloadMode,
     pub exile_codes: Vec<i32>,
     pub loyal_after: Duration,
+    pub ready_timeout: Option<Duration>,
     pub watchdog: Option<Duration>,
     pub sos_backlog: Option<u32>,
     pub config_file: Option<PathBuf>,
@@ -272,6 +278,7 @@ impl Settings {
         }
         let heartbeat = seconds(&cli.heartbeat, "heartbeat", Duration::ZERO)?;
         let watchdog = seconds(&cli.watchdog, "watchdog", Duration::ZERO)?;
+        let ready_timeout = seconds(&cli.ready_timeout, "ready-timeout", Duration::ZERO)?;
         let reload = match cli.reload.as_deref().map(str::trim) {
             None | Some("restart") => ReloadMode::Restart,
             Some(r) => match r.strip_prefix("signal:") {
@@ -312,6 +319,7 @@ impl Settings {
             reload,
             exile_codes,
             loyal_after: seconds(&cli.loyal_after, "loyal-after", Duration::from_secs(2))?,
+            ready_timeout: (!ready_timeout.is_zero()).then_some(ready_timeout),
             watchdog: (!watchdog.is_zero()).then_some(watchdog),
             sos_backlog,
             config_file: cli.config_file.clone(),
