@@ -352,6 +352,8 @@ pub struct Vassal {
     pub sos: u64,
     /// Unknown bytes received.
     pub unknown_bytes: u64,
+    /// The current process was adopted from a fork server (not forked by us).
+    pub adopted: bool,
 }
 
 /// Tunables of the lifecycle (all from the uWSGI options of the same names).
@@ -648,6 +650,7 @@ impl Core {
             backoff: Backoff::default(),
             sos: 0,
             unknown_bytes: 0,
+            adopted: false,
         };
         self.vassals.insert(id, v);
         self.by_key.insert(e.key, id);
@@ -705,6 +708,7 @@ impl Core {
         v.ready = false;
         v.accepting = false;
         v.loyal = false;
+        v.adopted = false;
         v.heartbeat_deadline = None;
         self.by_inc.insert(inc, id);
         self.actions.push_back(Action::Spawn(SpawnRequest {
@@ -717,7 +721,7 @@ impl Core {
         }));
     }
 
-    fn on_spawned(&mut self, _now: Instant, inc: Inc, pid: i32) {
+    fn on_spawned(&mut self, now: Instant, inc: Inc, pid: i32) {
         let Some(&id) = self.by_inc.get(&inc) else {
             return;
         };
@@ -732,6 +736,22 @@ impl Core {
         info!(vassal = %v.name, pid, "started vassal {} (pid: {pid})", v.name);
         if let Some(content) = v.content.clone() {
             self.actions.push_back(Action::PushConfig { inc, content });
+        }
+        // A start answered asynchronously (fork server) may find its config gone or a shutdown
+        // under way.
+        if !v.wanted || self.shutdown.is_some() {
+            self.stop(now, id);
+        }
+    }
+
+    /// Marks the process of `inc` as adopted from a fork server (stats `adopted`).
+    pub fn mark_adopted(&mut self, inc: Inc) {
+        if let Some(v) = self
+            .by_inc
+            .get(&inc)
+            .and_then(|id| self.vassals.get_mut(id))
+        {
+            v.adopted = true;
         }
     }
 
@@ -926,6 +946,11 @@ impl Core {
                 } else if shutting || !v.wanted {
                     info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
                     self.remove(id);
+                } else if loyal && v.adopted {
+                    // Adopted vassals cannot re-exec themselves: a reload ends them.
+                    info!(vassal = %name, pid, "adopted vassal {name} (pid: {pid}) exited ({exit}): starting a new one");
+                    v.backoff = Backoff::default();
+                    self.start(now, id);
                 } else if loyal {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died unexpectedly ({exit}): respawning it");
                     v.backoff = Backoff::default();
@@ -1146,7 +1171,15 @@ impl Core {
     }
 
     fn check_done(&mut self) {
-        if self.shutdown.is_some() && !self.exit_sent && self.by_pid.is_empty() {
+        if self.shutdown.is_some()
+            && !self.exit_sent
+            && self.by_pid.is_empty()
+            // An asynchronous start (fork server) is answered before the emperor leaves.
+            && !self
+                .vassals
+                .values()
+                .any(|v| matches!(v.state, State::Starting { .. }))
+        {
             // Nothing left with a process: drop remaining records and leave.
             let ids: Vec<VassalId> = self.vassals.keys().copied().collect();
             for id in ids {

@@ -13,9 +13,12 @@
 //! * [`stats`]: the stats JSON document.
 //! * [`runtime`]: the one-thread `mio` loop that performs actions and feeds events back (and,
 //!   when started by another emperor, speaks the vassal side of the channel to it).
+//! * [`forkserver`]: starting vassals through a fork server (adoption from a preloaded base),
+//!   without blocking the loop, and checking the adopted process really became our child.
 //! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
 
 pub mod core;
+pub mod forkserver;
 pub mod monitor;
 pub mod options;
 pub mod runtime;

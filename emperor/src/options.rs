@@ -158,6 +158,24 @@ pub struct Options {
     /// [default: unchanged].
     #[arg(long = "emperor-procname", value_name = "NAME")]
     pub procname: Option<String>,
+
+    /// Start vassals by asking the fork server listening on the unix socket PATH (a preloaded
+    /// base, normally itself a vassal named in --vassal-fork-base) instead of fork+exec; makes
+    /// the emperor a child subreaper. Adopted vassals get their absolute config path and run in
+    /// the base's cwd, uid and environment. [default: off]
+    #[arg(long = "emperor-use-fork-server", value_name = "PATH")]
+    pub use_fork_server: Option<PathBuf>,
+
+    /// A vassal (instance name, e.g. base.ini) started with plain fork+exec even with
+    /// --emperor-use-fork-server: the fork server itself (repeatable). [default: none]
+    #[arg(long = "vassal-fork-base", value_name = "NAME")]
+    pub vassal_fork_base: Vec<String>,
+
+    /// Become a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so orphaned descendants are
+    /// reparented to the emperor and reaped by it. [default: off; on with
+    /// --emperor-use-fork-server]
+    #[arg(long = "emperor-subreaper")]
+    pub subreaper: bool,
 }
 
 /// Why options could not be read.

@@ -152,6 +152,7 @@ pub struct Runtime {
     reap_needed: bool,
     parent: Option<UnixStream>,
     watch_failed: HashSet<PathBuf>,
+    fork: Option<crate::forkserver::ForkClient>,
 }
 
 impl Runtime {
@@ -238,6 +239,7 @@ impl Runtime {
         if let Some(name) = &opts.procname {
             set_procname(name);
         }
+        let fork = crate::forkserver::ForkClient::setup(opts, &cwd).map_err(RunError)?;
         let info = ProcessInfo {
             pid,
             uid: nix::unistd::getuid().as_raw(),
@@ -275,6 +277,7 @@ impl Runtime {
             reap_needed: false,
             parent: None,
             watch_failed: HashSet::new(),
+            fork,
         }
         .with_parent_emperor())
     }
@@ -326,6 +329,9 @@ impl Runtime {
             if let Some(t) = self.clients.values().map(|c| c.deadline).min() {
                 wake = wake.min(t);
             }
+            if let Some(t) = self.fork.as_ref().and_then(|f| f.next_deadline()) {
+                wake = wake.min(t);
+            }
             let timeout = wake.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -339,6 +345,9 @@ impl Runtime {
                     INOTIFY => self.on_inotify(),
                     STATS => self.on_accept(),
                     PARENT => self.on_parent(),
+                    tok if crate::forkserver::inc_of(tok).is_some() => {
+                        self.drive_forks(crate::forkserver::inc_of(tok))
+                    }
                     Token(t) if t >= CHANNEL_BASE => {
                         let inc = Inc(((t - CHANNEL_BASE) / 2) as u64);
                         if (t - CHANNEL_BASE) % 2 == 0 {
@@ -352,6 +361,9 @@ impl Runtime {
             }
             if self.reap_needed {
                 self.reap();
+            }
+            if self.fork.is_some() {
+                self.drive_forks(None);
             }
             let now = Instant::now();
             self.core.handle_timeout(now);
@@ -657,6 +669,9 @@ impl Runtime {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
+            if let Some(f) = self.fork.as_mut() {
+                f.note_reaped(pid.as_raw(), exit, Instant::now());
+            }
             self.core.handle(
                 Instant::now(),
                 Event::Reaped {
@@ -847,51 +862,25 @@ impl Runtime {
             with_config: req.content.is_some(),
             stdin: None,
         };
-        match self.launcher.launch(&plan) {
-            Ok(started) => {
-                let mk = |s: std::os::unix::net::UnixStream| -> io::Result<UnixStream> {
-                    s.set_nonblocking(true)?;
-                    Ok(UnixStream::from_std(s))
-                };
-                let (stream, config) =
-                    match (mk(started.channel), started.config.map(mk).transpose()) {
-                        (Ok(s), Ok(c)) => (s, c),
-                        (Err(e), _) | (_, Err(e)) => {
-                            warn!("cannot set up the channel of {}: {e}", req.name);
-                            let _ = kill(Pid::from_raw(started.pid), Signal::SIGKILL);
-                            self.core.handle(
-                                now,
-                                Event::Spawned {
-                                    inc: req.inc,
-                                    pid: started.pid,
-                                },
-                            );
-                            return;
-                        }
-                    };
-                let mut ch = Channel {
-                    stream,
-                    config,
-                    pending: Vec::new(),
-                    config_registered: false,
-                    open: true,
-                };
-                if let Err(e) = self.poll.registry().register(
-                    &mut ch.stream,
-                    channel_token(req.inc),
-                    Interest::READABLE,
-                ) {
-                    warn!("cannot watch the channel of {}: {e}", req.name);
-                }
-                self.channels.insert(req.inc, ch);
+        if let Some(f) = self
+            .fork
+            .as_mut()
+            .filter(|f| f.handles(&req.name, &req.key))
+        {
+            // Asynchronous: answered by `drive_forks` (adopted or failed).
+            if let Err(reason) = f.start(self.poll.registry(), now, &req, &plan) {
                 self.core.handle(
                     now,
-                    Event::Spawned {
+                    Event::SpawnFailed {
                         inc: req.inc,
-                        pid: started.pid,
+                        reason,
                     },
                 );
             }
+            return;
+        }
+        match self.launcher.launch(&plan) {
+            Ok(started) => self.attach(now, req.inc, &req.name, started),
             Err(e) => self.core.handle(
                 now,
                 Event::SpawnFailed {
@@ -899,6 +888,81 @@ impl Runtime {
                     reason: e.to_string(),
                 },
             ),
+        }
+    }
+
+    /// Watches the channel of a started process and tells the core (local spawns and fork-server
+    /// adoptions alike).
+    fn attach(&mut self, now: Instant, inc: Inc, name: &str, started: crate::spawn::Started) {
+        let mk = |s: std::os::unix::net::UnixStream| -> io::Result<UnixStream> {
+            s.set_nonblocking(true)?;
+            Ok(UnixStream::from_std(s))
+        };
+        let (stream, config) = match (mk(started.channel), started.config.map(mk).transpose()) {
+            (Ok(s), Ok(c)) => (s, c),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("cannot set up the channel of {name}: {e}");
+                let _ = kill(Pid::from_raw(started.pid), Signal::SIGKILL);
+                self.core.handle(
+                    now,
+                    Event::Spawned {
+                        inc,
+                        pid: started.pid,
+                    },
+                );
+                return;
+            }
+        };
+        let mut ch = Channel {
+            stream,
+            config,
+            pending: Vec::new(),
+            config_registered: false,
+            open: true,
+        };
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut ch.stream, channel_token(inc), Interest::READABLE)
+        {
+            warn!("cannot watch the channel of {name}: {e}");
+        }
+        self.channels.insert(inc, ch);
+        self.core.handle(
+            now,
+            Event::Spawned {
+                inc,
+                pid: started.pid,
+            },
+        );
+    }
+
+    /// Fork-server progress ([`crate::forkserver`]): a readiness event of `ready`'s request, or
+    /// the timers of every request; feeds the answers to the core.
+    fn drive_forks(&mut self, ready: Option<Inc>) {
+        let now = Instant::now();
+        let Some(f) = self.fork.as_mut() else {
+            return;
+        };
+        for done in f.drive(self.poll.registry(), ready, now) {
+            match done {
+                crate::forkserver::Done::Adopted {
+                    inc,
+                    name,
+                    started,
+                    reaped,
+                } => {
+                    let pid = started.pid;
+                    self.core.mark_adopted(inc);
+                    self.attach(now, inc, &name, started);
+                    if let Some(exit) = reaped {
+                        self.core.handle(now, Event::Reaped { pid, exit });
+                    }
+                }
+                crate::forkserver::Done::Failed { inc, reason } => {
+                    self.core.handle(now, Event::SpawnFailed { inc, reason })
+                }
+            }
         }
     }
 

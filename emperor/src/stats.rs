@@ -56,6 +56,8 @@ struct VassalDoc<'a> {
     cursed: i64,
     zerg: u8,
     on_demand: &'a str,
+    /// 1 when the process was adopted from a fork server (uWSGI 2.1's key).
+    adopted: u8,
     uid: u32,
     gid: u32,
     monitor: &'a str,
@@ -146,6 +148,7 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 cursed,
                 zerg: 0,
                 on_demand: "",
+                adopted: u8::from(v.adopted),
                 uid: v.uid,
                 gid: v.gid,
                 monitor: info
@@ -277,6 +280,7 @@ mod tests {
             "cursed",
             "zerg",
             "on_demand",
+            "adopted",
             "uid",
             "gid",
             "monitor",

@@ -1,0 +1,359 @@
+//! Our emperor with a fork server: the `preloaded-base` example of `forkserver-proto` runs as a
+//! vassal listed in `--vassal-fork-base`, every other vassal is adopted from it.
+//!
+//! The example binary is built by the first test that needs it, with the same cargo, profile
+//! and target directory as this test (`cargo build -p forkserver-proto --example
+//! preloaded-base`), so `cargo test -p emperor --test fork_server` works on a clean clone; under
+//! `cargo test --workspace` it is already built and the build is a no-op.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The `preloaded-base` example, built on first use.
+fn preloaded_base() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // <target>/<profile>/deps/fork_server-<hash>
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary under <target>/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let bin = profile_dir.join("examples/preloaded-base");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "forkserver-proto",
+            "--example",
+            "preloaded-base",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build preloaded-base: {e}"));
+        assert!(
+            out.status.success(),
+            "building the preloaded-base example failed ({cmd:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A vassal directory with the base vassal `base.ini`, run through a wrapper that turns
+/// `--ini base.ini` into `preloaded-base --fork-server FS` (any other config would run cold).
+struct Setup {
+    work: tempfile::TempDir,
+    dir: PathBuf,
+    fs: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("vassals");
+        std::fs::create_dir(&dir).unwrap();
+        let fs = work.path().join("fs.sock");
+        let wrapper = work.path().join("wrap.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\ncase \"$*\" in\n  *base.ini*) exec {bin} --fork-server {fs} --ballast-mib 4 --import-ms 20 ;;\nesac\nexec {bin} \"$@\"\n",
+                bin = preloaded_base().display(),
+                fs = fs.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let s = Setup { work, dir, fs };
+        s.write_base();
+        s
+    }
+
+    fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    fn write_base(&self) {
+        std::fs::write(self.dir.join("base.ini"), "[app]\n").unwrap();
+    }
+
+    /// `dir/NAME.ini`, an adopted line-echo vassal on `work/NAME.sock`.
+    fn write_app(&self, name: &str) -> (PathBuf, PathBuf) {
+        let sock = self.work().join(format!("{name}.sock"));
+        let ini = self.dir.join(format!("{name}.ini"));
+        // Write then rename: the emperor never sees a half-written config.
+        let tmp = self.work().join(format!("{name}.tmp"));
+        std::fs::write(
+            &tmp,
+            format!("[app]\nsocket = {}\nheartbeat = 1\n", sock.display()),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &ini).unwrap();
+        (ini, sock)
+    }
+
+    fn emperor(&self, extra: &[&str]) -> (Proc, PathBuf) {
+        let wrapper = self.work().join("wrap.sh");
+        let mut args = vec![
+            "--emperor-wrapper",
+            wrapper.to_str().unwrap(),
+            // Relative: resolved against the emperor's cwd (the work dir).
+            "--emperor-use-fork-server",
+            "fs.sock",
+            "--vassal-fork-base",
+            "base.ini",
+            "--emperor-throttle",
+            "200",
+            "--emperor-curse-tolerance",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        start_emperor(self.work(), &self.dir, &args)
+    }
+}
+
+fn echo(sock: &Path, line: &str) {
+    let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {sock:?}: {e}"));
+    s.set_read_timeout(Some(T)).unwrap();
+    (&s).write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut got = String::new();
+    BufReader::new(&s).read_line(&mut got).unwrap();
+    assert_eq!(got, format!("{line}\n"), "echo through {sock:?}");
+}
+
+fn pid_of(v: &serde_json::Value) -> i32 {
+    v["pid"].as_i64().unwrap_or(-1) as i32
+}
+
+fn ppid(pid: i32) -> i32 {
+    forkserver_proto::parent_of(forkserver_proto::Pid::from_raw(pid))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"))
+        .as_raw()
+}
+
+/// Waits until vassal `id` is loyal with a pid other than `not`; returns its stats entry.
+fn wait_loyal(emp: &mut Proc, st: &Path, id: &str, not: i32) -> serde_json::Value {
+    wait_vassal(emp, st, id, T, "loyal", |v| {
+        v["loyal"] == 1 && pid_of(v) > 0 && pid_of(v) != not
+    })
+}
+
+#[test]
+fn adopted_vassals_are_loyal_echo_reload_and_stop() {
+    let s = Setup::new();
+    let (a1, a1_sock) = s.write_app("a1");
+    let (mut emp, st) = s.emperor(&[]);
+    let emperor_pid = emp.pid() as i32;
+    emp.wait_for_line("vassals start through the fork server at", T);
+    emp.wait_for_line("fork server listening", T);
+
+    let base = wait_loyal(&mut emp, &st, "base.ini", -1);
+    assert_eq!(base["adopted"], 0, "the base is forked: {base:#}");
+    let v = wait_loyal(&mut emp, &st, "a1.ini", -1);
+    assert_eq!(v["adopted"], 1, "{v:#}");
+    let pid = pid_of(&v);
+    emp.wait_for_line(
+        &format!("vassal a1.ini (pid: {pid}) adopted from the fork server"),
+        T,
+    );
+    emp.wait_for_line("vassal a1.ini is now loyal", T);
+    assert_ne!(pid, pid_of(&base));
+    // The kernel reparented the base's grandchild to us, the subreaper.
+    assert_eq!(ppid(pid), emperor_pid);
+    echo(&a1_sock, "hello");
+    // Its heartbeats (every second) reach the emperor's records.
+    wait_vassal(&mut emp, &st, "a1.ini", T, "a heartbeat", |v| {
+        v["last_heartbeat"].as_i64().unwrap_or(0) > 0
+    });
+
+    // Reload: an adopted vassal exits and a fresh adoption takes its place.
+    touch(&a1);
+    emp.wait_for_line("reloading vassal a1.ini (config changed)", T);
+    emp.wait_for_line(
+        &format!("adopted vassal a1.ini (pid: {pid}) exited (exit status 0): starting a new one"),
+        T,
+    );
+    let v = wait_loyal(&mut emp, &st, "a1.ini", pid);
+    assert_eq!(v["adopted"], 1);
+    assert_eq!(v["respawns"], 1);
+    let pid2 = pid_of(&v);
+    assert_eq!(ppid(pid2), emperor_pid);
+    wait_gone(pid, T);
+    echo(&a1_sock, "after reload");
+
+    // A second vassal, adopted while the first runs.
+    let (_a2, a2_sock) = s.write_app("a2");
+    let v = wait_loyal(&mut emp, &st, "a2.ini", -1);
+    assert_eq!(v["adopted"], 1);
+    echo(&a2_sock, "two");
+
+    // Stop: removing the config stops (byte 0) and reaps it.
+    std::fs::remove_file(&a1).unwrap();
+    emp.wait_for_line(
+        &format!("vassal a1.ini (pid: {pid2}) stopped (exit status 0)"),
+        T,
+    );
+    emp.wait_for_line("removed uwsgi instance a1.ini", T);
+    wait_gone(pid2, T);
+    assert!(vassal(&stats(&st), "a1.ini").is_none());
+
+    // Shutdown stops adopted vassals and the base alike.
+    let a2_pid = pid_of(&vassal(&stats(&st), "a2.ini").unwrap());
+    let base_pid = pid_of(&vassal(&stats(&st), "base.ini").unwrap());
+    emp.signal(libc::SIGINT);
+    emp.wait_for_line("The Emperor is buried.", T);
+    assert!(emp.wait_exit(T).success());
+    wait_gone(a2_pid, T);
+    wait_gone(base_pid, T);
+    let out = emp.output();
+    assert!(!out.contains("not a descendant"), "{out}");
+}
+
+#[test]
+fn the_base_dying_is_handled_and_starts_back_off_until_it_returns() {
+    let s = Setup::new();
+    let (_a1, a1_sock) = s.write_app("a1");
+    let (mut emp, st) = s.emperor(&[]);
+    let base = wait_loyal(&mut emp, &st, "base.ini", -1);
+    let a1 = wait_loyal(&mut emp, &st, "a1.ini", -1);
+    let a1_pid = pid_of(&a1);
+
+    // The base is killed: it is respawned like any loyal vassal; the adopted vassal is not
+    // its child (it is ours) and keeps being supervised.
+    let base_pid = pid_of(&base);
+    signal(base_pid, libc::SIGKILL);
+    emp.wait_for_line(
+        &format!("vassal base.ini (pid: {base_pid}) died unexpectedly (signal 9): respawning it"),
+        T,
+    );
+    wait_loyal(&mut emp, &st, "base.ini", base_pid);
+    let v = vassal(&stats(&st), "a1.ini").unwrap();
+    assert_eq!((pid_of(&v), v["loyal"].clone()), (a1_pid, 1.into()));
+    echo(&a1_sock, "still here");
+
+    // The base goes away for good: new starts fail, naming the vassal and the socket, and
+    // back off, while the adopted vassal stays supervised.
+    std::fs::remove_file(s.dir.join("base.ini")).unwrap();
+    emp.wait_for_line("removed uwsgi instance base.ini", T);
+    assert!(!s.fs.exists(), "the stopped base removed its socket");
+    let (_a2, a2_sock) = s.write_app("a2");
+    let line = emp.wait_for_line("cannot start vassal a2.ini", T);
+    assert!(
+        line.contains(&s.fs.display().to_string()) && line.contains("does not exist"),
+        "{line}"
+    );
+    emp.wait_for_line("retrying vassal a2.ini in", T);
+    emp.wait_for_line("(attempt 2)", T);
+    let v = vassal(&stats(&st), "a2.ini").unwrap();
+    assert_eq!((pid_of(&v), v["adopted"].clone()), (-1, 0.into()), "{v:#}");
+    let doc = stats(&st);
+    assert!(
+        doc["blacklist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == "a2.ini"),
+        "{doc:#}"
+    );
+    let v = vassal(&doc, "a1.ini").unwrap();
+    assert_eq!(
+        pid_of(&v),
+        a1_pid,
+        "a failing fork server costs no other vassal"
+    );
+    echo(&a1_sock, "unaffected");
+
+    // The base returns: the next attempt is adopted.
+    s.write_base();
+    wait_loyal(&mut emp, &st, "base.ini", -1);
+    let v = wait_loyal(&mut emp, &st, "a2.ini", -1);
+    assert_eq!(v["adopted"], 1);
+    emp.wait_for_line("vassal a2.ini removed from the blacklist", T);
+    echo(&a2_sock, "back");
+    assert_eq!(pid_of(&vassal(&stats(&st), "a1.ini").unwrap()), a1_pid);
+}
+
+#[test]
+fn a_fork_server_outside_the_emperors_tree_is_refused() {
+    // The stray adopted process is reparented to the nearest subreaper: make that this test
+    // process, so it can be reaped (and seen to exit) here.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let s = Setup::new();
+    std::fs::remove_file(s.dir.join("base.ini")).unwrap();
+    // A fork server started beside the emperor, not by it.
+    let mut cmd = Command::new(preloaded_base());
+    cmd.arg("--fork-server")
+        .arg(&s.fs)
+        .args(["--ballast-mib", "1", "--import-ms", "0"]);
+    let mut outsider = Proc::spawn(cmd);
+    outsider.wait_for_line("fork server listening", T);
+    s.write_app("a1");
+    let (mut emp, st) = s.emperor(&["--emperor-throttle", "500"]);
+    let line = emp.wait_for_line("refusing adopted process", T);
+    let stray: i32 = line
+        .split("refusing adopted process ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let line = emp.wait_for_line("cannot start vassal a1.ini", T);
+    assert!(
+        line.contains("is not a descendant of this Emperor")
+            && line.contains(&s.fs.display().to_string())
+            && line.contains("--vassal-fork-base"),
+        "{line}"
+    );
+    // Its channel was closed: the stray exits (here, its subreaper).
+    let deadline = Instant::now() + T;
+    loop {
+        match nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(stray),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+            Ok(st) => {
+                assert!(
+                    matches!(st, nix::sys::wait::WaitStatus::Exited(_, 1)),
+                    "{st:?}"
+                );
+                break;
+            }
+            Err(e) => panic!("stray {stray} is not ours to reap either: {e}"),
+        }
+        assert!(Instant::now() < deadline, "stray {stray} did not exit");
+        // Poll interval of a deadline-bounded wait for a process we cannot get events for.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The vassal backs off and is tried again; the emperor and its other duties carry on.
+    emp.wait_for_line("retrying vassal a1.ini in", T);
+    emp.wait_for_new_line("refusing adopted process", T);
+    let v = vassal(&stats(&st), "a1.ini").unwrap();
+    assert!(v["attempt"].as_u64().unwrap_or(0) >= 1, "{v:#}");
+    assert_eq!(v["adopted"], 0);
+    outsider.signal(libc::SIGTERM);
+    outsider.wait_exit(T);
+}
