@@ -354,6 +354,8 @@ pub struct Vassal {
     pub unknown_bytes: u64,
     /// The current process was adopted from a fork server (not forked by us).
     pub adopted: bool,
+    /// A reload byte was sent to the current process (an adopted one then exits).
+    reload_sent: bool,
 }
 
 /// Tunables of the lifecycle (all from the uWSGI options of the same names).
@@ -651,6 +653,7 @@ impl Core {
             sos: 0,
             unknown_bytes: 0,
             adopted: false,
+            reload_sent: false,
         };
         self.vassals.insert(id, v);
         self.by_key.insert(e.key, id);
@@ -709,6 +712,7 @@ impl Core {
         v.accepting = false;
         v.loyal = false;
         v.adopted = false;
+        v.reload_sent = false;
         v.heartbeat_deadline = None;
         self.by_inc.insert(inc, id);
         self.actions.push_back(Action::Spawn(SpawnRequest {
@@ -946,10 +950,10 @@ impl Core {
                 } else if shutting || !v.wanted {
                     info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
                     self.remove(id);
-                } else if loyal && v.adopted {
-                    // Adopted vassals cannot re-exec themselves: a reload ends them.
-                    info!(vassal = %name, pid, "adopted vassal {name} (pid: {pid}) exited ({exit}): starting a new one");
-                    v.backoff = Backoff::default();
+                } else if v.adopted && v.reload_sent {
+                    // Adopted vassals cannot re-exec themselves: a reload ends them, and a new
+                    // adoption is the reloaded vassal (loyal or not, no backoff).
+                    info!(vassal = %name, pid, "adopted vassal {name} (pid: {pid}) exited after a reload ({exit}): starting a new one");
                     self.start(now, id);
                 } else if loyal {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died unexpectedly ({exit}): respawning it");
@@ -1008,6 +1012,7 @@ impl Core {
                 msg: EmperorMsg::Reload,
             });
             v.respawns += 1;
+            v.reload_sent = true;
             v.last_run = Some(now);
             v.ready = false;
             v.accepting = false;

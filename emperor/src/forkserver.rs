@@ -534,7 +534,8 @@ impl ForkClient {
                  (its parent is {parent})",
                 self.adoption_timeout.as_millis()
             ))),
-            Topology::InTransit { .. } => {
+            Topology::InTransit { parent } => {
+                debug!(vassal = %p.name, pid, parent, "adopted process not reparented yet");
                 *next_check = now + RECHECK;
                 Ok(None)
             }
@@ -853,6 +854,86 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_still_in_transit_is_re_checked_until_it_is_ours() {
+        // Like uWSGI's fork server: the reply names a grandchild whose parent (our child)
+        // exits a little later; then the kernel reparents it to us, the subreaper.
+        nix::sys::prctl::set_child_subreaper(true).unwrap();
+        let mut mid = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sleep 30 </dev/null >/dev/null 2>&1 & echo $!; exec sleep 0.3",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(mid.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let me = std::process::id() as i32;
+        assert!(matches!(
+            classify(grandchild, me, |x| parent_of(Pid::from_raw(x))
+                .map(|p| p.as_raw())),
+            Topology::InTransit { .. }
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs.sock");
+        let server = scripted(&path, Some(forkserver_proto::encode_reply(grandchild)));
+        let mut poll = mio::Poll::new().unwrap();
+        let mut c = ForkClient::new(path, vec![], me);
+        c.start(
+            poll.registry(),
+            Instant::now(),
+            &request(8, "a.ini", "/v/a.ini"),
+            &plan(),
+        )
+        .unwrap();
+        server.join().unwrap();
+        let done = drive_until_done(&mut poll, &mut c);
+        let _ = mid.wait();
+        let g = Pid::from_raw(grandchild);
+        let _ = nix::sys::signal::kill(g, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(g, None);
+        match &done[..] {
+            [Done::Adopted { started, .. }] => assert_eq!(started.pid, grandchild),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pid_outside_our_tree_is_refused_naming_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs.sock");
+        // pid 1 is nobody's descendant (and is never signalled: refusing only closes the
+        // channel).
+        let server = scripted(&path, Some(forkserver_proto::encode_reply(1)));
+        let mut poll = mio::Poll::new().unwrap();
+        let mut c = ForkClient::new(path.clone(), vec![], std::process::id() as i32);
+        c.start(
+            poll.registry(),
+            Instant::now(),
+            &request(9, "a.ini", "/v/a.ini"),
+            &plan(),
+        )
+        .unwrap();
+        server.join().unwrap();
+        match &drive_until_done(&mut poll, &mut c)[..] {
+            [Done::Failed { reason, .. }] => {
+                assert!(
+                    reason.contains("is not a descendant of this Emperor"),
+                    "{reason}"
+                );
+                assert!(reason.contains(&path.display().to_string()), "{reason}");
+                assert!(reason.contains("--vassal-fork-base"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_closed_connection_or_bad_reply_fails_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fs.sock");
@@ -1052,44 +1133,87 @@ mod tests {
             assert!(drain(&mut core).contains(&Action::Exit));
         }
 
-        #[test]
-        fn a_reloaded_adopted_vassal_is_adopted_again_at_once() {
-            let now = Instant::now();
+        /// An adopted `a.ini` running as pid 42 (loyal when `loyal`).
+        fn adopted(now: Instant, loyal: bool) -> (Core, Inc) {
             let (mut core, inc) = starting(now);
             core.mark_adopted(inc);
             core.handle(now, Event::Spawned { inc, pid: 42 });
-            core.handle(now, Event::Message { inc, byte: 17 });
+            core.handle(now, Event::Message { inc, byte: 1 });
+            if loyal {
+                core.handle(now, Event::Message { inc, byte: 17 });
+            }
             assert!(core.vassal("/v/a.ini").unwrap().adopted);
             drain(&mut core);
-            let later = now + Duration::from_secs(1);
+            (core, inc)
+        }
+
+        fn spawned_again(a: &[Action], old: Inc) -> bool {
+            a.iter()
+                .any(|a| matches!(a, Action::Spawn(r) if r.inc != old))
+        }
+
+        #[test]
+        fn a_reloaded_adopted_vassal_is_adopted_again_at_once() {
+            // Loyal or not (uWSGI workers are loyal only after a first request).
+            for loyal in [true, false] {
+                let now = Instant::now();
+                let (mut core, inc) = adopted(now, loyal);
+                let later = now + Duration::from_secs(1);
+                core.handle(
+                    later,
+                    Event::Scanned {
+                        monitor: 0,
+                        entries: vec![entry(2)],
+                    },
+                );
+                assert!(drain(&mut core).contains(&Action::Send {
+                    inc,
+                    msg: EmperorMsg::Reload
+                }));
+                // It cannot re-exec: it exits 0 and a new adoption starts without backoff.
+                core.handle(later, Event::ChannelClosed { inc });
+                core.handle(
+                    later,
+                    Event::Reaped {
+                        pid: 42,
+                        exit: ExitKind::Code(0),
+                    },
+                );
+                let a = drain(&mut core);
+                assert!(spawned_again(&a, inc), "loyal={loyal}: {a:?}");
+                let v = core.vassal("/v/a.ini").unwrap();
+                assert_eq!((v.adopted, v.backoff.attempt), (false, 0));
+            }
+        }
+
+        #[test]
+        fn an_adopted_vassal_dying_on_its_own_follows_the_usual_rules() {
+            let now = Instant::now();
+            // Loyal: respawned at once.
+            let (mut core, _) = adopted(now, true);
             core.handle(
-                later,
-                Event::Scanned {
-                    monitor: 0,
-                    entries: vec![entry(2)],
+                now,
+                Event::Reaped {
+                    pid: 42,
+                    exit: ExitKind::Signal(9),
                 },
             );
-            assert!(drain(&mut core).contains(&Action::Send {
-                inc,
-                msg: EmperorMsg::Reload
-            }));
-            // It cannot re-exec: it exits 0 and a new adoption starts without backoff.
-            core.handle(later, Event::ChannelClosed { inc });
+            assert!(drain(&mut core)
+                .iter()
+                .any(|a| matches!(a, Action::Spawn(_))));
+            // Not loyal yet: backs off.
+            let (mut core, _) = adopted(now, false);
             core.handle(
-                later,
+                now,
                 Event::Reaped {
                     pid: 42,
                     exit: ExitKind::Code(0),
                 },
             );
-            let a = drain(&mut core);
-            assert!(
-                a.iter()
-                    .any(|a| matches!(a, Action::Spawn(r) if r.inc != inc)),
-                "{a:?}"
-            );
-            let v = core.vassal("/v/a.ini").unwrap();
-            assert_eq!((v.adopted, v.backoff.attempt), (false, 0));
+            assert!(!drain(&mut core)
+                .iter()
+                .any(|a| matches!(a, Action::Spawn(_))));
+            assert_eq!(core.vassal("/v/a.ini").unwrap().backoff.attempt, 1);
         }
     }
 }

@@ -69,6 +69,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_base_env("")
+    }
+
+    /// `env` is shell run before the base starts (e.g. `export VAR=1; `).
+    fn with_base_env(env: &str) -> Setup {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path().join("vassals");
         std::fs::create_dir(&dir).unwrap();
@@ -77,7 +82,7 @@ impl Setup {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\ncase \"$*\" in\n  *base.ini*) exec {bin} --fork-server {fs} --ballast-mib 4 --import-ms 20 ;;\nesac\nexec {bin} \"$@\"\n",
+                "#!/bin/sh\ncase \"$*\" in\n  *base.ini*) {env}exec {bin} --fork-server {fs} --ballast-mib 4 --import-ms 20 ;;\nesac\nexec {bin} \"$@\"\n",
                 bin = preloaded_base().display(),
                 fs = fs.display()
             ),
@@ -194,7 +199,10 @@ fn adopted_vassals_are_loyal_echo_reload_and_stop() {
     touch(&a1);
     emp.wait_for_line("reloading vassal a1.ini (config changed)", T);
     emp.wait_for_line(
-        &format!("adopted vassal a1.ini (pid: {pid}) exited (exit status 0): starting a new one"),
+        &format!(
+            "adopted vassal a1.ini (pid: {pid}) exited after a reload (exit status 0): starting \
+             a new one"
+        ),
         T,
     );
     let v = wait_loyal(&mut emp, &st, "a1.ini", pid);
@@ -356,4 +364,102 @@ fn a_fork_server_outside_the_emperors_tree_is_refused() {
     assert_eq!(v["adopted"], 0);
     outsider.signal(libc::SIGTERM);
     outsider.wait_exit(T);
+}
+
+#[test]
+fn a_base_replying_before_reparenting_is_waited_for() {
+    // Like uWSGI's fork server: the reply can arrive while the vassal's parent is still the
+    // base's intermediate child; the emperor re-checks until the vassal is reparented to it.
+    let s = Setup::with_base_env("export PRELOADED_BASE_REPLY_EARLY=1; ");
+    let names = ["e1", "e2", "e3"];
+    let socks: Vec<PathBuf> = names.iter().map(|n| s.write_app(n).1).collect();
+    let (mut emp, st) = s.emperor(&[]);
+    for (n, sock) in names.iter().zip(&socks) {
+        let v = wait_loyal(&mut emp, &st, &format!("{n}.ini"), -1);
+        assert_eq!(v["adopted"], 1);
+        assert_eq!(ppid(pid_of(&v)), emp.pid() as i32);
+        echo(sock, n);
+    }
+    let out = emp.output();
+    assert!(!out.contains("refusing adopted process"), "{out}");
+}
+
+/// uWSGI 2.1-dev, hand-built (see `forkserver-proto/tests/interop_uwsgi21.rs`).
+fn uwsgi21() -> PathBuf {
+    let p = PathBuf::from(std::env::var_os("UWSGI_21").expect(
+        "set UWSGI_21 to a uWSGI 2.1-dev binary (unbit/uwsgi at 6cbb2177, \
+         `python3 uwsgiconfig.py --build core`)",
+    ));
+    assert!(p.is_file(), "UWSGI_21={} does not exist", p.display());
+    p
+}
+
+#[test]
+#[ignore = "needs uWSGI 2.1-dev in UWSGI_21 (see forkserver-proto/tests/interop_uwsgi21.rs)"]
+fn real_uwsgi_21_fork_server_as_the_base_vassal() {
+    let uwsgi = uwsgi21();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let fs = work.path().join("fs.sock");
+    let app_sock = work.path().join("app.sock");
+    std::fs::write(
+        dir.join("fs.ini"),
+        format!("[uwsgi]\nfork-server = {}\n", fs.display()),
+    )
+    .unwrap();
+    let app = dir.join("app.ini");
+    std::fs::write(
+        &app,
+        format!(
+            "[uwsgi]\nmaster = true\nsocket = {}\nneed-app = false\nheartbeat = 1\n",
+            app_sock.display()
+        ),
+    )
+    .unwrap();
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            uwsgi.to_str().unwrap(),
+            "--emperor-use-fork-server",
+            fs.to_str().unwrap(),
+            "--vassal-fork-base",
+            "fs.ini",
+            "--emperor-throttle",
+            "200",
+        ],
+    );
+    // uWSGI workers are loyal only after a first request: wait for accepting.
+    let v = wait_vassal(&mut emp, &st, "app.ini", T, "accepting", |v| {
+        v["accepting"] == 1 && pid_of(v) > 0
+    });
+    assert_eq!(v["adopted"], 1);
+    let pid = pid_of(&v);
+    assert_eq!(ppid(pid), emp.pid() as i32);
+    assert_eq!(vassal(&stats(&st), "fs.ini").unwrap()["adopted"], 0);
+    UnixStream::connect(&app_sock).expect("the adopted uWSGI listens");
+    wait_vassal(&mut emp, &st, "app.ini", T, "a heartbeat", |v| {
+        v["last_heartbeat"].as_i64().unwrap_or(0) > 0
+    });
+    // Reload: uWSGI's adopted vassal exits ("GAME OVER"), a new one is adopted at once.
+    touch(&app);
+    emp.wait_for_line(
+        &format!("adopted vassal app.ini (pid: {pid}) exited after a reload"),
+        T,
+    );
+    let v = wait_vassal(&mut emp, &st, "app.ini", T, "re-adopted", |v| {
+        v["accepting"] == 1 && pid_of(v) > 0 && pid_of(v) != pid
+    });
+    assert_eq!(v["adopted"], 1);
+    let pid2 = pid_of(&v);
+    std::fs::remove_file(&app).unwrap();
+    emp.wait_for_line(&format!("vassal app.ini (pid: {pid2}) stopped"), T);
+    wait_gone(pid2, T);
+    emp.signal(libc::SIGINT);
+    emp.wait_for_line("The Emperor is buried.", T);
+    assert!(emp.wait_exit(T).success());
+    let out = emp.output();
+    assert!(!out.contains("refusing adopted process"), "{out}");
 }
