@@ -1,0 +1,126 @@
+//! Channel message handling cost per byte with 10 and with 10,000 vassals registered.
+//!
+//! The vassals are running records of the emperor's core (spawned through the core's own
+//! actions, pids made up). Each iteration picks another vassal (a large odd stride, so with
+//! 10,000 records the lookups miss the cache as they would in a busy emperor) and handles:
+//!
+//! * `heartbeat`, `accepting`, `loyal`: one byte of that kind through `Core::handle` (what the
+//!   runtime does per byte read), plus draining the action queue;
+//! * `read_64B`: the runtime's channel path for a burst: one non-blocking `read` of 64 heartbeat
+//!   bytes from a socketpair into the loop's buffer, then `Core::handle` per byte. Reported per
+//!   byte (throughput in elements).
+//!
+//! Flat numbers from 10 to 10,000 mean the cost per byte does not depend on how many vassals
+//! the emperor governs. (`emperor/benches/core_events.rs` measures the same core path at 100 and
+//! 10,000, plus a file update.) No tracing subscriber is installed, so the log lines of
+//! `accepting`/`loyal` cost only their disabled-callsite check here.
+//!
+//! `cargo bench -p uwsgi-emperor-suite --bench channel`
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use emperor::core::{Action, Core, CoreConfig, Entry, Event, FileStamp, Inc};
+
+const SIZES: [usize; 2] = [10, 10_000];
+const BURST: usize = 64;
+
+fn setup(n: usize) -> (Core, Vec<Inc>, Instant) {
+    let mut core = Core::new(CoreConfig {
+        required_heartbeat: Duration::from_secs(3600),
+        ..CoreConfig::default()
+    });
+    let now = Instant::now();
+    let entries: Vec<Entry> = (0..n)
+        .map(|i| Entry {
+            key: format!("/vassals/app{i}.ini"),
+            name: format!("app{i}.ini"),
+            stamp: FileStamp::default(),
+            content: None,
+            uid: 0,
+            gid: 0,
+        })
+        .collect();
+    core.handle(
+        now,
+        Event::Scanned {
+            monitor: 0,
+            entries,
+        },
+    );
+    let spawns: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    let mut incs = Vec::with_capacity(n);
+    for (i, a) in spawns.into_iter().enumerate() {
+        if let Action::Spawn(r) = a {
+            core.handle(
+                now,
+                Event::Spawned {
+                    inc: r.inc,
+                    pid: 1000 + i as i32,
+                },
+            );
+            incs.push(r.inc);
+        }
+    }
+    while core.poll_action().is_some() {}
+    assert_eq!(incs.len(), n);
+    (core, incs, now)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("channel");
+    for n in SIZES {
+        let (mut core, incs, now) = setup(n);
+        let mut i = 0usize;
+        g.throughput(Throughput::Elements(1));
+        for (what, byte) in [("heartbeat", 26u8), ("accepting", 5), ("loyal", 17)] {
+            g.bench_with_input(BenchmarkId::new(what, n), &n, |b, _| {
+                b.iter(|| {
+                    i = (i + 7919) % incs.len();
+                    core.handle(
+                        now,
+                        Event::Message {
+                            inc: incs[i],
+                            byte: black_box(byte),
+                        },
+                    );
+                    while let Some(a) = core.poll_action() {
+                        black_box(a);
+                    }
+                })
+            });
+        }
+        let (mut vassal_end, mut emperor_end) = UnixStream::pair().unwrap();
+        emperor_end.set_nonblocking(true).unwrap();
+        let burst = [26u8; BURST];
+        let mut buf = [0u8; 512];
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("read_64B", n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    vassal_end.write_all(&burst).unwrap();
+                    i = (i + 7919) % incs.len();
+                    incs[i]
+                },
+                |inc| {
+                    let got = emperor_end.read(&mut buf).unwrap();
+                    for &byte in &buf[..got] {
+                        core.handle(now, Event::Message { inc, byte });
+                    }
+                    while let Some(a) = core.poll_action() {
+                        black_box(a);
+                    }
+                    got
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
