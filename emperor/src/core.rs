@@ -160,6 +160,8 @@ pub enum Event {
     },
     /// A process-wide request.
     Control(Control),
+    /// On-demand socket activation (see [`OnDemandEvent`]).
+    OnDemand(OnDemandEvent),
 }
 
 /// Everything the runtime needs to start one vassal.
@@ -212,6 +214,8 @@ pub enum Action {
     Rescan,
     /// Every vassal is reaped after a shutdown: exit 0.
     Exit,
+    /// Set up, re-arm or close an on-demand listener (see [`OnDemandAction`]).
+    OnDemand(OnDemandAction),
 }
 
 /// Where a vassal is in its life.
@@ -249,6 +253,11 @@ pub enum State {
     },
     /// Exited with 26: not respawned until its config changes.
     Exiled,
+    /// On demand: no process; the emperor holds its listener and starts it on the first
+    /// connection.
+    OnDemand,
+    /// Waiting for a `spawn` command (wait-for-command, or stopped by a command).
+    Suspended,
 }
 
 impl State {
@@ -260,6 +269,8 @@ impl State {
             State::Running { .. } => "running",
             State::Stopping { .. } => "stopping",
             State::Exiled => "exiled",
+            State::OnDemand => "on-demand",
+            State::Suspended => "suspended",
         }
     }
 
@@ -356,6 +367,13 @@ pub struct Vassal {
     pub adopted: bool,
     /// A reload byte was sent to the current process (an adopted one then exits).
     reload_sent: bool,
+    /// The on-demand socket (uWSGI's `socket_name`), once bound.
+    pub on_demand: Option<String>,
+    /// Broodlord: `Some(n)` for the zerg record `NAME:zerg:n`.
+    pub zerg: Option<u32>,
+    /// Waiting for a `spawn` command (stats `suspended`).
+    pub suspended: bool,
+    od: activation::OdPhase,
 }
 
 /// Tunables of the lifecycle (all from the uWSGI options of the same names).
@@ -421,6 +439,7 @@ pub struct Core {
     rng: u64,
     shutdown: Option<Instant>,
     exit_sent: bool,
+    ext: activation::Ext,
 }
 
 impl Core {
@@ -440,6 +459,7 @@ impl Core {
             rng: cfg.seed | 1,
             shutdown: None,
             exit_sent: false,
+            ext: activation::Ext::default(),
         }
     }
 
@@ -503,6 +523,7 @@ impl Core {
             Event::ChannelClosed { inc } => self.on_channel_closed(now, inc),
             Event::Reaped { pid, exit } => self.on_reaped(now, pid, exit),
             Event::Control(c) => self.on_control(now, c),
+            Event::OnDemand(e) => self.on_demand_event(now, e),
         }
         self.check_done();
     }
@@ -620,6 +641,14 @@ impl Core {
     }
 
     fn add(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> VassalId {
+        let id = self.insert_record(now, monitor, e);
+        self.on_added(id);
+        self.start(now, id);
+        id
+    }
+
+    /// Creates the record of a new vassal (no process yet).
+    fn insert_record(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> VassalId {
         let id = VassalId(self.next_id);
         self.next_id += 1;
         info!(vassal = %e.name, "new vassal {} detected", e.name);
@@ -654,11 +683,14 @@ impl Core {
             unknown_bytes: 0,
             adopted: false,
             reload_sent: false,
+            on_demand: None,
+            zerg: None,
+            suspended: false,
+            od: activation::OdPhase::default(),
         };
         self.vassals.insert(id, v);
         self.by_key.insert(e.key, id);
         self.by_monitor.entry(monitor).or_default().insert(id);
-        self.start(now, id);
         id
     }
 
@@ -690,11 +722,18 @@ impl Core {
             }
             // Restarted with the new config once reaped (it is wanted).
             State::Starting { .. } | State::Stopping { .. } => {}
+            // Only recorded: the next activation (or spawn command) uses the new config.
+            State::OnDemand | State::Suspended => {
+                info!(vassal = %v.name, "updated configuration for {} instance {}", v.state.name(), v.name)
+            }
         }
     }
 
     fn start(&mut self, now: Instant, id: VassalId) {
         if self.shutdown.is_some() {
+            return;
+        }
+        if self.park(now, id) {
             return;
         }
         let inc = Inc(self.next_inc);
@@ -719,7 +758,7 @@ impl Core {
             inc,
             vassal: id,
             key: v.key.clone(),
-            name: v.name.clone(),
+            name: v.spawn_name(),
             monitor: v.monitor,
             content: v.content.clone(),
         }));
@@ -776,7 +815,7 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if shutting || !v.wanted {
+        if shutting || !v.wanted || v.zerg.is_some() {
             self.remove(id);
             return;
         }
@@ -874,14 +913,8 @@ impl Core {
                 }
                 None => debug!(vassal = %name, "vassal {name} asked for a config it does not have"),
             },
-            VassalMsg::StopMe => {
-                info!(vassal = %name, "vassal {name} asked to be stopped");
-                self.stop(now, id);
-            }
-            VassalMsg::Sos => {
-                v.sos += 1;
-                warn!(vassal = %name, "vassal {name} asks for reinforcements (broodlord is not enabled): ignored");
-            }
+            VassalMsg::StopMe => self.stop_me(now, id),
+            VassalMsg::Sos => self.on_sos(now, id),
             VassalMsg::Unknown(b) => {
                 v.unknown_bytes += 1;
                 warn!(vassal = %name, byte = b, "vassal {name} sent unknown byte {b}: ignored");
@@ -924,6 +957,10 @@ impl Core {
         };
         v.last_exit = Some(exit);
         v.heartbeat_deadline = None;
+        if v.zerg.is_some() {
+            // A zerg whose process ended is gone for good.
+            v.wanted = false;
+        }
         let state = v.state;
         if let Some(inc) = state.inc() {
             self.by_inc.remove(&inc);
@@ -944,7 +981,7 @@ impl Core {
             }
             State::Running { .. } | State::Stopping { .. } => {
                 let loyal = v.loyal;
-                if exit == ExitKind::Code(EXILE_CODE) && !shutting {
+                if exit == ExitKind::Code(EXILE_CODE) && !shutting && v.wanted {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
                     v.state = State::Exiled;
                 } else if shutting || !v.wanted {
@@ -964,11 +1001,16 @@ impl Core {
                     self.failed(now, id, false);
                 }
             }
-            State::Waiting { .. } | State::Starting { .. } | State::Exiled => {}
+            State::Waiting { .. }
+            | State::Starting { .. }
+            | State::Exiled
+            | State::OnDemand
+            | State::Suspended => {}
         }
     }
 
     fn stop(&mut self, now: Instant, id: VassalId) {
+        self.stop_zergs(now, id);
         let msg = if self.cfg.graceful_shutdown {
             EmperorMsg::GracefulStop
         } else {
@@ -995,7 +1037,9 @@ impl Core {
             State::Stopping {
                 ref mut requested, ..
             } => *requested = true,
-            State::Waiting { .. } | State::Exiled => self.remove(id),
+            State::Waiting { .. } | State::Exiled | State::OnDemand | State::Suspended => {
+                self.remove(id)
+            }
             // The runtime answers a spawn before anything else happens.
             State::Starting { .. } => {}
         }
@@ -1024,6 +1068,7 @@ impl Core {
     fn remove(&mut self, id: VassalId) {
         if let Some(v) = self.vassals.remove(&id) {
             info!(vassal = %v.name, "removed uwsgi instance {}", v.name);
+            self.forget(&v);
             self.by_key.remove(&v.key);
             if let Some(s) = self.by_monitor.get_mut(&v.monitor) {
                 s.remove(&id);
@@ -1197,5 +1242,11 @@ impl Core {
     }
 }
 
+mod activation;
+mod broodlord;
+pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent, VassalCommand};
+
+#[cfg(test)]
+mod ext_tests;
 #[cfg(test)]
 mod tests;

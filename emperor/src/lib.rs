@@ -15,11 +15,16 @@
 //!   when started by another emperor, speaks the vassal side of the channel to it).
 //! * [`forkserver`]: starting vassals through a fork server (adoption from a preloaded base),
 //!   without blocking the loop, and checking the adopted process really became our child.
+//! * [`ondemand`], [`command`], [`ctl`]: on-demand listeners, the command socket and the
+//!   `emperor ctl` front (the lifecycle rules for them, and broodlord, are in [`core`]).
 //! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
 
+pub mod command;
 pub mod core;
+pub mod ctl;
 pub mod forkserver;
 pub mod monitor;
+pub mod ondemand;
 pub mod options;
 pub mod runtime;
 pub mod spawn;

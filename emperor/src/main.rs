@@ -7,6 +7,9 @@ use emperor::runtime::Runtime;
 
 fn main() {
     ensure_std_fds();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        std::process::exit(emperor::ctl::main(std::env::args_os().skip(1)));
+    }
     let opts = match Options::parse_from_args(std::env::args_os()) {
         Ok(o) => o,
         Err(OptionsError::Clap(e)) => e.exit(),

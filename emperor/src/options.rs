@@ -23,7 +23,9 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     after_help = "Every option can also be given as a key of the [uwsgi] section of an --ini file \
                   (uWSGI's own names), so an existing emperor.ini works unchanged.\n\
                   Signals: INT/TERM/QUIT stop every vassal and exit, HUP reloads every vassal, \
-                  USR1 logs one status line per vassal, URG clears every backoff, WINCH rescans."
+                  USR1 logs one status line per vassal, URG clears every backoff, WINCH rescans.\n\
+                  Control: `emperor ctl --stats ADDR --command-socket PATH status|reload|stop|spawn|reset` \
+                  (see `emperor ctl --help`)."
 )]
 pub struct Options {
     /// Monitors: a directory, a glob pattern, dir://PATH or glob://PATTERN. [default: none]
@@ -137,6 +139,49 @@ pub struct Options {
     /// Seconds a shutdown waits for vassals before SIGKILL (0 means 30, as in uWSGI).
     #[arg(long = "reload-mercy", value_name = "SECS", default_value_t = 30)]
     pub reload_mercy: u64,
+
+    /// On demand: the socket of vassal NAME is named in the file NAME+EXT (first line); the
+    /// emperor binds it (unix path, or host:port / [v6]:port for TCP) and starts the vassal, with
+    /// the listener as fd 0, at the first connection; byte 22 (idle) brings it back. [default: off]
+    #[arg(
+        long = "emperor-on-demand-extension",
+        visible_alias = "emperor-on-demand-ext",
+        value_name = "EXT"
+    )]
+    pub on_demand_extension: Option<String>,
+
+    /// On demand: the socket of vassal NAME.EXT is DIR/NAME.socket. [default: off]
+    #[arg(
+        long = "emperor-on-demand-directory",
+        visible_alias = "emperor-on-demand-dir",
+        value_name = "DIR"
+    )]
+    pub on_demand_directory: Option<PathBuf>,
+
+    /// On demand: the socket of vassal NAME is the first line printed by `sh -c 'CMD "NAME"'`
+    /// (run without blocking the emperor). [default: off]
+    #[arg(long = "emperor-on-demand-exec", value_name = "CMD")]
+    pub on_demand_exec: Option<String>,
+
+    /// Broodlord: byte 30 (SOS) from a vassal starts a zerg (`--ini NAME:zerg`, the [zerg]
+    /// section), at most N at once; 0 disables it.
+    #[arg(long = "emperor-broodlord", value_name = "N", default_value_t = 0)]
+    pub broodlord: u32,
+
+    /// Command socket: a unix datagram socket PATH (or host:port for UDP) taking uWSGI-style
+    /// packets with the vars cmd (spawn, respawn, stop, reset, log), vassal and msg; see
+    /// `emperor ctl --help`. [default: off]
+    #[arg(long = "emperor-command-socket", value_name = "PATH")]
+    pub command_socket: Option<String>,
+
+    /// New vassals start suspended, until a `spawn` command. [default: off]
+    #[arg(long = "emperor-wait-for-command")]
+    pub wait_for_command: bool,
+
+    /// A vassal name that starts at once despite --emperor-wait-for-command (repeatable).
+    /// [default: none]
+    #[arg(long = "emperor-wait-for-command-ignore", value_name = "NAME")]
+    pub wait_for_command_ignore: Vec<String>,
 
     /// Serve stats JSON on ADDR: a unix socket path, or host:port for TCP [default: off].
     #[arg(

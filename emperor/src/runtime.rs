@@ -152,6 +152,8 @@ pub struct Runtime {
     reap_needed: bool,
     parent: Option<UnixStream>,
     watch_failed: HashSet<PathBuf>,
+    ondemand: crate::ondemand::OnDemand,
+    command: Option<crate::command::CommandSocket>,
     fork: Option<crate::forkserver::ForkClient>,
 }
 
@@ -217,6 +219,13 @@ impl Runtime {
             }
             None => None,
         };
+        let command = match &opts.command_socket {
+            Some(addr) => Some(
+                crate::command::CommandSocket::bind(addr, &cwd, poll.registry())
+                    .map_err(RunError)?,
+            ),
+            None => None,
+        };
         // Relative wrapper and template paths mean what they mean under uWSGI: relative to
         // the vassal's working directory (its monitor directory for dir monitors).
         let argv = ArgvConfig {
@@ -249,7 +258,11 @@ impl Runtime {
         };
         Ok(Runtime {
             poll,
-            core: Core::new(cfg),
+            core: {
+                let mut core = Core::new(cfg);
+                core.set_activation(crate::ondemand::activation_config(opts));
+                core
+            },
             scanners,
             inotify,
             watch_monitors: HashMap::new(),
@@ -277,6 +290,8 @@ impl Runtime {
             reap_needed: false,
             parent: None,
             watch_failed: HashSet::new(),
+            ondemand: crate::ondemand::OnDemand::new(opts),
+            command,
             fork,
         }
         .with_parent_emperor())
@@ -356,6 +371,15 @@ impl Runtime {
                             self.flush_config(inc);
                         }
                     }
+                    crate::command::TOKEN => {
+                        if let Some(c) = self.command.as_mut() {
+                            c.drain(&mut self.core);
+                        }
+                    }
+                    tok if crate::ondemand::owns(tok) => {
+                        let evs = self.ondemand.on_ready(tok, self.poll.registry());
+                        self.on_demand_events(evs);
+                    }
                     tok => self.on_client(tok),
                 }
             }
@@ -367,6 +391,8 @@ impl Runtime {
             }
             let now = Instant::now();
             self.core.handle_timeout(now);
+            let evs = self.ondemand.expire(now, self.poll.registry());
+            self.on_demand_events(evs);
             self.expire_clients(now);
             if now >= self.next_rescan {
                 self.dirty.extend(0..self.scanners.len());
@@ -797,6 +823,16 @@ impl Runtime {
                     }
                 }
                 Action::Exit => return Some(0),
+                Action::OnDemand(a) => {
+                    let cwd = match &a {
+                        crate::core::OnDemandAction::Resolve { monitor, .. } => {
+                            self.scanners[*monitor].vassal_cwd(&self.cwd).to_path_buf()
+                        }
+                        _ => self.cwd.clone(),
+                    };
+                    let evs = self.ondemand.perform(a, &cwd, self.poll.registry());
+                    self.on_demand_events(evs);
+                }
             }
         }
         None
@@ -857,10 +893,19 @@ impl Runtime {
         let plan = Plan {
             programs,
             argv,
-            env: self.env.clone(),
+            env: {
+                let mut env = self.env.clone();
+                // Broodlord: a zerg learns its number (uWSGI's UWSGI_BROODLORD_NUM).
+                if let Some(n) = self.core.vassal(&req.key).and_then(|v| v.zerg) {
+                    env.push(("UWSGI_BROODLORD_NUM".into(), n.to_string().into()));
+                }
+                env
+            },
             cwd,
             with_config: req.content.is_some(),
-            stdin: None,
+            stdin: self
+                .ondemand
+                .take_for_spawn(req.vassal, self.poll.registry()),
         };
         if let Some(f) = self
             .fork
@@ -1112,7 +1157,18 @@ impl Runtime {
         }
     }
 
+    fn on_demand_events(&mut self, evs: Vec<crate::core::OnDemandEvent>) {
+        let now = Instant::now();
+        for e in evs {
+            self.core.handle(now, Event::OnDemand(e));
+        }
+    }
+
     fn cleanup(&mut self) {
+        self.ondemand.cleanup();
+        if let Some(c) = &self.command {
+            c.cleanup();
+        }
         if let Some(Listener::Unix(_, path)) = &self.listener {
             let _ = std::fs::remove_file(path);
         }

@@ -75,7 +75,9 @@ pub fn build_argv(
     for kv in &cfg.set {
         a.extend(["--set".to_string(), kv.clone()]);
     }
-    let flag = config_flag(name, &cfg.extra_ext).unwrap_or("--inherit");
+    // A zerg (`app.ini:zerg`, broodlord) takes the flag of its base config.
+    let base = name.strip_suffix(":zerg").unwrap_or(name);
+    let flag = config_flag(base, &cfg.extra_ext).unwrap_or("--inherit");
     a.push(flag.to_string());
     if cfg.magic_exec && executable {
         a.push(format!("exec://{name}"));

@@ -56,6 +56,8 @@ struct VassalDoc<'a> {
     cursed: i64,
     zerg: u8,
     on_demand: &'a str,
+    /// 1 while waiting for a spawn command (uWSGI 2.1's key).
+    suspended: u8,
     /// 1 when the process was adopted from a fork server (uWSGI 2.1's key).
     adopted: u8,
     uid: u32,
@@ -146,8 +148,9 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 first_run: clock.unix(v.first_run),
                 last_run: clock.unix(v.last_run),
                 cursed,
-                zerg: 0,
-                on_demand: "",
+                zerg: u8::from(v.zerg.is_some()),
+                on_demand: v.on_demand.as_deref().unwrap_or(""),
+                suspended: u8::from(v.suspended),
                 adopted: u8::from(v.adopted),
                 uid: v.uid,
                 gid: v.gid,
@@ -280,6 +283,7 @@ mod tests {
             "cursed",
             "zerg",
             "on_demand",
+            "suspended",
             "adopted",
             "uid",
             "gid",
