@@ -432,7 +432,16 @@ impl ForkClient {
                     self.pending.insert(inc, p);
                 }
                 Ok(Some((pid, reaped))) => {
-                    info!(vassal = %p.name, pid, "vassal {} (pid: {pid}) adopted from the fork server at {}", p.name, self.path.display());
+                    let took_us = now.saturating_duration_since(p.since).as_micros() as u64;
+                    info!(
+                        vassal = %p.name,
+                        pid,
+                        took_us,
+                        "vassal {} (pid: {pid}) adopted from the fork server at {} in {:.2} ms",
+                        p.name,
+                        self.path.display(),
+                        took_us as f64 / 1000.0
+                    );
                     done.push(Done::Adopted {
                         inc,
                         name: p.name,
