@@ -18,6 +18,7 @@ use serde_json::Value;
 #[derive(Parser, Debug)]
 #[command(
     name = "emperor ctl",
+    bin_name = "emperor ctl",
     after_help = "Addresses: a unix socket path, or host:port (TCP for stats, UDP for commands). \
                   They can also come from EMPEROR_STATS and EMPEROR_COMMAND_SOCKET.\n\
                   Commands are one-way datagrams: the emperor logs what it did. With --stats, \

@@ -551,3 +551,44 @@ mod tests {
         assert!(bind("no.such.host.invalid:80", Path::new("/")).is_err());
     }
 }
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    #[test]
+    fn options_and_ini_keys_reach_the_core_settings() {
+        let o = Options::parse_from_args([
+            "emperor",
+            "/v",
+            "--emperor-on-demand-ext",
+            ".sock",
+            "--emperor-broodlord",
+            "3",
+            "--emperor-wait-for-command",
+            "--emperor-wait-for-command-ignore",
+            "a.ini",
+            "--emperor-command-socket",
+            "/run/cmd.sock",
+        ])
+        .unwrap();
+        let a = activation_config(&o);
+        assert!(a.on_demand && a.wait_for_command);
+        assert_eq!(a.broodlord, 3);
+        assert!(a.wait_for_command_ignore.contains("a.ini"));
+        assert_eq!(o.command_socket.as_deref(), Some("/run/cmd.sock"));
+        let d = tempfile::tempdir().unwrap();
+        let ini = d.path().join("e.ini");
+        std::fs::write(
+            &ini,
+            "[uwsgi]\nemperor = /v\nemperor-on-demand-dir = /run/od\nemperor-broodlord = 2\n",
+        )
+        .unwrap();
+        let o = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), ini.as_os_str()])
+            .unwrap();
+        assert_eq!(o.on_demand_directory, Some(PathBuf::from("/run/od")));
+        assert_eq!(activation_config(&o).broodlord, 2);
+        let o = Options::parse_from_args(["emperor", "/v"]).unwrap();
+        assert_eq!(activation_config(&o), ActivationConfig::default());
+    }
+}

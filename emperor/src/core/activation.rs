@@ -379,6 +379,11 @@ impl Core {
                         format!("stopping vassal {vname}: it stays suspended until a spawn command")
                     }
                     State::Suspended => format!("vassal {vname} is already suspended"),
+                    State::Starting { .. } => {
+                        // Its start is being answered (fork server): never lose that process.
+                        v.suspended = false;
+                        return Err(format!("vassal {vname} is starting: stop it once it runs"));
+                    }
                     _ => {
                         v.state = State::Suspended;
                         format!("vassal {vname} suspended until a spawn command")

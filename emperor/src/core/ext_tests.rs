@@ -473,3 +473,28 @@ fn broodlord_off_only_counts_and_a_zerg_asking_to_stop_is_not_restarted() {
     assert_eq!(h.core.zerg_count(), 0);
     assert_eq!(h.core.len(), 1);
 }
+
+#[test]
+fn stop_command_during_an_asynchronous_start_keeps_the_process_tracked() {
+    let mut h = H::new(ActivationConfig::default());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let req = spawns(&a)[0].clone();
+    let (r, a) = h.cmd(VassalCommand::Stop, "app.ini");
+    assert!(r.unwrap_err().contains("is starting"));
+    assert!(a.is_empty());
+    h.ev(Event::Spawned {
+        inc: req.inc,
+        pid: 42,
+    });
+    let v = h.v("/v/app.ini");
+    assert_eq!(
+        (v.state, v.suspended),
+        (
+            State::Running {
+                inc: req.inc,
+                pid: 42
+            },
+            false
+        )
+    );
+}
