@@ -440,6 +440,7 @@ pub struct Core {
     shutdown: Option<Instant>,
     exit_sent: bool,
     ext: activation::Ext,
+    tyrant: tyrant::TyrantState,
 }
 
 impl Core {
@@ -460,6 +461,7 @@ impl Core {
             shutdown: None,
             exit_sent: false,
             ext: activation::Ext::default(),
+            tyrant: tyrant::TyrantState::default(),
         }
     }
 
@@ -582,6 +584,7 @@ impl Core {
     }
 
     fn on_scan(&mut self, now: Instant, monitor: MonitorId, entries: Vec<Entry>) {
+        self.tyrant_scanned(monitor, &entries);
         let mut seen: HashSet<VassalId> = HashSet::with_capacity(entries.len());
         for e in entries {
             match self.by_key.get(&e.key).copied() {
@@ -590,7 +593,7 @@ impl Core {
                     self.on_present(now, id, e);
                 }
                 None => {
-                    if self.shutdown.is_some() {
+                    if self.shutdown.is_some() || self.tyrant_refuses(monitor, &e) {
                         continue;
                     }
                     let id = self.add(now, monitor, e);
@@ -619,7 +622,7 @@ impl Core {
         match (self.by_key.get(key).copied(), entry) {
             (Some(id), Some(e)) => self.on_present(now, id, e),
             (None, Some(e)) => {
-                if self.shutdown.is_none() {
+                if self.shutdown.is_none() && !self.tyrant_refuses(monitor, &e) {
                     self.add(now, monitor, e);
                 }
             }
@@ -636,7 +639,7 @@ impl Core {
                 v.wanted = false;
                 self.stop(now, id);
             }
-            (None, None) => {}
+            (None, None) => self.tyrant_gone(key),
         }
     }
 
@@ -699,6 +702,12 @@ impl Core {
             return;
         };
         v.wanted = true;
+        if self.tyrant_owner_changed(now, id, &e) {
+            return;
+        }
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
         if v.stamp == e.stamp && v.content == e.content {
             return;
         }
@@ -733,7 +742,7 @@ impl Core {
         if self.shutdown.is_some() {
             return;
         }
-        if self.park(now, id) {
+        if self.park(now, id) || self.tyrant_blocks_start(id) {
             return;
         }
         let inc = Inc(self.next_inc);
@@ -1244,6 +1253,7 @@ impl Core {
 
 mod activation;
 mod broodlord;
+mod tyrant;
 pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent, VassalCommand};
 
 #[cfg(test)]

@@ -127,6 +127,7 @@ pub struct Scanner {
     reported: HashMap<String, String>,
     listing_error: Option<String>,
     watch: Vec<PathBuf>,
+    owner_nofollow: bool,
 }
 
 impl Scanner {
@@ -140,7 +141,14 @@ impl Scanner {
             reported: HashMap::new(),
             listing_error: None,
             watch: Vec::new(),
+            owner_nofollow: false,
         }
+    }
+
+    /// Take a config's owner (tyrant mode) from a symlink itself, not its target
+    /// (`--emperor-tyrant-nofollow`).
+    pub fn set_owner_nofollow(&mut self, on: bool) {
+        self.owner_nofollow = on;
     }
 
     /// True for a dir monitor (whose inotify events name single files).
@@ -365,6 +373,12 @@ impl Scanner {
         if self.reported.remove(name).is_some() {
             info!(monitor = %self.spec.arg, "{name} is now a valid vassal config");
         }
+        let owner = match self.owner_nofollow {
+            true => std::fs::symlink_metadata(path)
+                .map(|l| (l.uid(), l.gid()))
+                .unwrap_or((meta.uid(), meta.gid())),
+            false => (meta.uid(), meta.gid()),
+        };
         let key = std::path::absolute(path)
             .unwrap_or_else(|_| path.to_path_buf())
             .display()
@@ -374,8 +388,8 @@ impl Scanner {
             name: name.to_string(),
             stamp,
             content: None,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            uid: owner.0,
+            gid: owner.1,
         })
     }
 

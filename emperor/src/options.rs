@@ -92,7 +92,9 @@ pub struct Options {
     )]
     pub extra_extension: Vec<String>,
 
-    /// argv[0] of every vassal [default: `uwsgi` from PATH].
+    /// argv[0] of every vassal [default: `uwsgi` from PATH]. An .ini vassal with a [vassal-shim]
+    /// section runs `vassal-shim --ini NAME` instead (the binary beside the emperor's, else on
+    /// PATH).
     #[arg(long = "emperor-wrapper", value_name = "BINARY")]
     pub wrapper: Option<String>,
 
@@ -131,6 +133,61 @@ pub struct Options {
         value_name = "KEY=VALUE"
     )]
     pub vassals_set: Vec<String>,
+
+    /// Tyrant mode: each vassal runs as the owner (uid and gid) of its config file, with no
+    /// supplementary groups; a file owned by root (uid 0 or gid 0) is refused, and a change of
+    /// owner stops the vassal (it starts again as the new owner). Needs root. [default: off]
+    #[arg(long = "emperor-tyrant")]
+    pub tyrant: bool,
+
+    /// Tyrant mode: take the owner of a symlinked config from the link itself (lstat), not from
+    /// its target. [default: off]
+    #[arg(long = "emperor-tyrant-nofollow")]
+    pub tyrant_nofollow: bool,
+
+    /// Tyrant mode: give the vassal the supplementary groups of the owner's user (initgroups)
+    /// instead of none. [default: off]
+    #[arg(long = "emperor-tyrant-initgroups")]
+    pub tyrant_initgroups: bool,
+
+    /// Run `CMD NAME` (no shell) before each vassal start, with UWSGI_VASSALS_DIR set; the start
+    /// waits for it to exit (its status is only logged), the emperor does not. Output is logged.
+    /// [default: none]
+    #[arg(long = "vassals-start-hook", value_name = "CMD")]
+    pub vassals_start_hook: Option<String>,
+
+    /// Run `CMD NAME` (no shell) once each vassal process is gone (reaped), with
+    /// UWSGI_VASSALS_DIR set, also at shutdown (after every vassal got its stop byte); the
+    /// emperor waits up to --reload-mercy for stop hooks before it exits. [default: none]
+    #[arg(long = "vassals-stop-hook", value_name = "CMD")]
+    pub vassals_stop_hook: Option<String>,
+
+    /// Run `/bin/sh -c CMD` in the vassal process (as its user, in its namespaces) before it
+    /// execs uWSGI (repeatable, in order); a non-zero status aborts that start (logged, retried
+    /// with backoff). [default: none]
+    #[arg(long = "exec-as-vassal", value_name = "CMD")]
+    pub exec_as_vassal: Vec<String>,
+
+    /// Run `/bin/sh -c CMD` in the emperor, without waiting, after each vassal start, with
+    /// UWSGI_VASSAL_CONFIG (name), UWSGI_VASSAL_PID, UWSGI_VASSAL_UID and UWSGI_VASSAL_GID set
+    /// (repeatable). [default: none]
+    #[arg(long = "exec-as-emperor", value_name = "CMD")]
+    pub exec_as_emperor: Vec<String>,
+
+    /// Keep only these capabilities in each vassal's bounding set (comma list of names such as
+    /// net_bind_service or cap_chown, or numbers); every other one is dropped, CAP_SETPCAP
+    /// too unless listed. [default: off]
+    #[arg(
+        long = "emperor-cap",
+        visible_aliases = ["vassals-cap", "vassal-cap"],
+        value_name = "CAPS"
+    )]
+    pub emperor_cap: Option<String>,
+
+    /// Start each vassal in new namespaces (comma list): fs|ns|mount|mnt, net, ipc, pid, uts,
+    /// cgroup, plus sysvsem and io. A new mount namespace is made private. [default: off]
+    #[arg(long = "emperor-use-clone", value_name = "FLAGS")]
+    pub emperor_use_clone: Option<String>,
 
     /// Stop vassals with byte 2 (graceful) instead of 0. [default: off]
     #[arg(long = "emperor-graceful-shutdown")]

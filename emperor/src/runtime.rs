@@ -152,6 +152,11 @@ pub struct Runtime {
     reap_needed: bool,
     parent: Option<UnixStream>,
     watch_failed: HashSet<PathBuf>,
+    hooks: crate::hooks::Hooks,
+    isolation: crate::isolation::Isolation,
+    tyrant_initgroups: bool,
+    exiting: Option<(i32, Instant)>,
+    reload_mercy: Duration,
     ondemand: crate::ondemand::OnDemand,
     command: Option<crate::command::CommandSocket>,
     fork: Option<crate::forkserver::ForkClient>,
@@ -240,6 +245,16 @@ impl Runtime {
             inherit: opts.vassals_inherit.clone(),
             include: opts.vassals_include.clone(),
         };
+        let isolation = crate::isolation::Isolation::new(
+            opts.emperor_use_clone.as_deref(),
+            opts.emperor_cap.as_deref(),
+        )
+        .map_err(RunError)?;
+        if opts.tyrant_nofollow {
+            for s in &mut scanners {
+                s.set_owner_nofollow(true);
+            }
+        }
         let pid = std::process::id();
         if let Some(p) = &opts.pidfile {
             std::fs::write(p, format!("{pid}\n"))
@@ -261,6 +276,7 @@ impl Runtime {
             core: {
                 let mut core = Core::new(cfg);
                 core.set_activation(crate::ondemand::activation_config(opts));
+                core.set_tyrant(opts.tyrant);
                 core
             },
             scanners,
@@ -290,6 +306,16 @@ impl Runtime {
             reap_needed: false,
             parent: None,
             watch_failed: HashSet::new(),
+            hooks: crate::hooks::Hooks::new(crate::hooks::HookConfig {
+                start: opts.vassals_start_hook.clone(),
+                stop: opts.vassals_stop_hook.clone(),
+                exec_as_vassal: opts.exec_as_vassal.clone(),
+                exec_as_emperor: opts.exec_as_emperor.clone(),
+            }),
+            isolation,
+            tyrant_initgroups: opts.tyrant_initgroups,
+            exiting: None,
+            reload_mercy: Duration::from_secs(opts.reload_mercy),
             ondemand: crate::ondemand::OnDemand::new(opts),
             command,
             fork,
@@ -331,7 +357,21 @@ impl Runtime {
         let mut events = Events::with_capacity(256);
         let code = loop {
             if let Some(code) = self.perform() {
-                break code;
+                // Stop hooks still running are waited for (up to reload-mercy).
+                self.exiting
+                    .get_or_insert((code, Instant::now() + self.reload_mercy));
+            }
+            if self.core.shutting_down() {
+                self.hooks.cancel_starts();
+            }
+            if let Some((code, until)) = self.exiting {
+                if !self.hooks.busy() {
+                    break code;
+                }
+                if Instant::now() >= until {
+                    warn!("hooks still running after reload-mercy: exiting without them");
+                    break code;
+                }
             }
             let now = Instant::now();
             let mut wake = self.next_rescan;
@@ -342,6 +382,9 @@ impl Runtime {
                 wake = wake.min(t);
             }
             if let Some(t) = self.clients.values().map(|c| c.deadline).min() {
+                wake = wake.min(t);
+            }
+            if let Some((_, t)) = self.exiting {
                 wake = wake.min(t);
             }
             if let Some(t) = self.fork.as_ref().and_then(|f| f.next_deadline()) {
@@ -362,6 +405,9 @@ impl Runtime {
                     PARENT => self.on_parent(),
                     tok if crate::forkserver::inc_of(tok).is_some() => {
                         self.drive_forks(crate::forkserver::inc_of(tok))
+                    }
+                    tok if crate::hooks::Hooks::owns(tok) => {
+                        self.hooks.on_readable(self.poll.registry(), tok)
                     }
                     Token(t) if t >= CHANNEL_BASE => {
                         let inc = Inc(((t - CHANNEL_BASE) / 2) as u64);
@@ -698,6 +744,14 @@ impl Runtime {
             if let Some(f) = self.fork.as_mut() {
                 f.note_reaped(pid.as_raw(), exit, Instant::now());
             }
+            match self.hooks.on_reaped(pid.as_raw(), exit) {
+                crate::hooks::Reaped::NotOurs => {}
+                crate::hooks::Reaped::Done => continue,
+                crate::hooks::Reaped::Spawn(req) => {
+                    self.spawn_after_hook(req);
+                    continue;
+                }
+            }
             self.core.handle(
                 Instant::now(),
                 Event::Reaped {
@@ -807,6 +861,7 @@ impl Runtime {
                     }
                 }
                 Action::Release { inc } => {
+                    self.hooks.released(self.poll.registry(), inc);
                     if let Some(mut ch) = self.channels.remove(&inc) {
                         if ch.open {
                             let _ = self.poll.registry().deregister(&mut ch.stream);
@@ -838,12 +893,68 @@ impl Runtime {
         None
     }
 
+    /// Starts a vassal, after its `--vassals-start-hook` when there is one.
     fn spawn(&mut self, req: SpawnRequest) {
+        let dir = crate::hooks::vassals_dir(self.scanners[req.monitor].vassal_cwd(&self.cwd));
+        if let Some(req) = self
+            .hooks
+            .before_start(self.poll.registry(), req, Path::new(&dir))
+        {
+            self.spawn_now(req);
+        }
+    }
+
+    /// The start hook of `req` exited: start it, unless that is no longer wanted.
+    fn spawn_after_hook(&mut self, req: SpawnRequest) {
+        let now = Instant::now();
+        let reason = match self.core.vassal_by_inc(req.inc) {
+            None => return,
+            Some(_) if self.core.shutting_down() => "the emperor is shutting down",
+            Some(v) if !v.wanted => "its config is gone",
+            Some(_) => return self.spawn_now(req),
+        };
+        let reason = format!("not started after its start hook: {reason}");
+        self.core.handle(
+            now,
+            Event::SpawnFailed {
+                inc: req.inc,
+                reason,
+            },
+        );
+    }
+
+    fn spawn_now(&mut self, req: SpawnRequest) {
         let now = Instant::now();
         let cwd = self.scanners[req.monitor]
             .vassal_cwd(&self.cwd)
             .to_path_buf();
         let path = self.path_var.as_deref();
+        let shim = crate::shim::plan_for(&req.name, &req.key, req.content.is_some(), path, &cwd);
+        if let Some(Err(reason)) = &shim {
+            let reason = reason.clone();
+            self.core.handle(
+                now,
+                Event::SpawnFailed {
+                    inc: req.inc,
+                    reason,
+                },
+            );
+            return;
+        }
+        let creds = match crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
+        };
+        let setup = self.isolation.setup(creds);
         let binary = self.argv.binary();
         let main = resolve(binary, path, &cwd);
         let mut programs: Vec<PathBuf> = self
@@ -859,7 +970,7 @@ impl Runtime {
                 .iter()
                 .filter_map(|p| resolve(p, path, &cwd)),
         );
-        if main.is_none() && programs.is_empty() {
+        if main.is_none() && programs.is_empty() && shim.is_none() {
             let reason = crate::spawn::SpawnError::NotFound {
                 program: binary.to_string(),
             }
@@ -890,6 +1001,16 @@ impl Runtime {
             executable,
             req.content.is_some(),
         );
+        let (programs, argv) = match shim {
+            Some(Ok((shim, argv))) => (vec![shim], argv),
+            _ => (programs, argv),
+        };
+        let (programs, argv) = crate::hooks::wrap_exec_as_vassal(
+            &self.hooks.config().exec_as_vassal,
+            &req.name,
+            programs,
+            argv,
+        );
         let plan = Plan {
             programs,
             argv,
@@ -907,6 +1028,23 @@ impl Runtime {
                 .ondemand
                 .take_for_spawn(req.vassal, self.poll.registry()),
         };
+        let forked = self
+            .fork
+            .as_ref()
+            .is_some_and(|f| f.handles(&req.name, &req.key));
+        if forked && !setup.is_empty() {
+            let reason = "the fork server cannot apply --emperor-tyrant, --emperor-cap or \
+                          --emperor-use-clone: list this vassal in --vassal-fork-base or drop them"
+                .to_string();
+            self.core.handle(
+                now,
+                Event::SpawnFailed {
+                    inc: req.inc,
+                    reason,
+                },
+            );
+            return;
+        }
         if let Some(f) = self
             .fork
             .as_mut()
@@ -924,8 +1062,26 @@ impl Runtime {
             }
             return;
         }
-        match self.launcher.launch(&plan) {
-            Ok(started) => self.attach(now, req.inc, &req.name, started),
+        match self.launcher.launch_isolated(&plan, &setup) {
+            Ok(started) => {
+                let pid = started.pid;
+                self.attach(now, req.inc, &req.name, started);
+                let (uid, gid) = setup
+                    .creds
+                    .as_ref()
+                    .map(|c| (c.uid, c.gid))
+                    .unwrap_or((self.info.uid, self.info.gid));
+                let dir = crate::hooks::vassals_dir(&plan.cwd);
+                self.hooks.after_start(
+                    self.poll.registry(),
+                    req.inc,
+                    &req.name,
+                    Path::new(&dir),
+                    pid,
+                    uid,
+                    gid,
+                );
+            }
             Err(e) => self.core.handle(
                 now,
                 Event::SpawnFailed {

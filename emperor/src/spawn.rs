@@ -173,11 +173,36 @@ pub struct Plan {
 pub trait Launcher: std::fmt::Debug {
     /// Starts `plan`.
     fn launch(&mut self, plan: &Plan) -> Result<Started, SpawnError>;
+
+    /// Starts `plan` with per-vassal isolation (namespaces, capabilities, tyrant credentials);
+    /// a launcher that cannot apply a non-empty `setup` refuses instead of ignoring it.
+    fn launch_isolated(
+        &mut self,
+        plan: &Plan,
+        setup: &crate::isolation::ChildSetup,
+    ) -> Result<Started, SpawnError> {
+        if setup.is_empty() {
+            self.launch(plan)
+        } else {
+            Err(SpawnError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this launcher cannot apply --emperor-tyrant, --emperor-cap or --emperor-use-clone; start the emperor without the fork server to use them",
+            )))
+        }
+    }
 }
 
 impl Launcher for Spawner {
     fn launch(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
         self.spawn(plan)
+    }
+
+    fn launch_isolated(
+        &mut self,
+        plan: &Plan,
+        setup: &crate::isolation::ChildSetup,
+    ) -> Result<Started, SpawnError> {
+        self.spawn_with(plan, setup)
     }
 }
 
@@ -286,6 +311,15 @@ impl Spawner {
 
     /// Starts `plan`; on success the child runs (exec succeeded).
     pub fn spawn(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
+        self.spawn_with(plan, &crate::isolation::ChildSetup::default())
+    }
+
+    /// Starts `plan`, applying `setup` in the child before exec (see [`crate::isolation`]).
+    pub fn spawn_with(
+        &mut self,
+        plan: &Plan,
+        setup: &crate::isolation::ChildSetup,
+    ) -> Result<Started, SpawnError> {
         if plan.programs.is_empty() {
             return Err(SpawnError::NotFound {
                 program: plan.argv.first().cloned().unwrap_or_default(),
@@ -350,6 +384,7 @@ impl Spawner {
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
         let parent = std::process::id() as libc::pid_t;
+        let new_pid = setup.clone_flags & libc::CLONE_NEWPID != 0;
         let old_ref = &old;
         let child = Box::new(|| -> isize {
             // Runs in the child, sharing the parent's memory, until execve: raw syscalls only,
@@ -361,8 +396,15 @@ impl Spawner {
                     libc::signal(s, libc::SIG_DFL);
                 }
                 libc::pthread_sigmask(libc::SIG_SETMASK, old_ref, std::ptr::null_mut());
+                // Before PDEATHSIG: a credential change clears it.
+                if let Err((stage, e)) = crate::isolation::apply_in_child(setup) {
+                    err_no.store(e, Ordering::SeqCst);
+                    err_stage.store(stage, Ordering::SeqCst);
+                    libc::_exit(127);
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                if libc::getppid() != parent {
+                // In a new pid namespace the parent is outside it: getppid() is 0.
+                if libc::getppid() != parent && !new_pid {
                     libc::_exit(1);
                 }
                 libc::dup2(devnull, 0);
@@ -399,7 +441,9 @@ impl Spawner {
             nix::sched::clone(
                 child,
                 &mut self.stack,
-                nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK,
+                nix::sched::CloneFlags::CLONE_VM
+                    | nix::sched::CloneFlags::CLONE_VFORK
+                    | nix::sched::CloneFlags::from_bits_retain(setup.clone_flags),
                 Some(libc::SIGCHLD),
             )
         };
@@ -407,13 +451,30 @@ impl Spawner {
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         }
-        let pid = res.map_err(|e| SpawnError::Io(io::Error::from_raw_os_error(e as i32)))?;
+        let pid = res.map_err(|e| {
+            let err = io::Error::from_raw_os_error(e as i32);
+            if setup.clone_flags != 0 {
+                SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    crate::isolation::describe_clone_failure(&err, setup),
+                ))
+            } else {
+                SpawnError::Io(err)
+            }
+        })?;
         drop(child_chan);
         let stage = err_stage.load(Ordering::SeqCst);
         if stage != 0 {
             // The child has exited: reap it now so the loop never sees it.
             let _ = nix::sys::wait::waitpid(pid, None);
-            let err = io::Error::from_raw_os_error(err_no.load(Ordering::SeqCst));
+            let errno = err_no.load(Ordering::SeqCst);
+            let err = io::Error::from_raw_os_error(errno);
+            if crate::isolation::is_setup_stage(stage) {
+                return Err(SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    crate::isolation::describe(stage, errno, setup),
+                )));
+            }
             return Err(if stage == STAGE_CHDIR {
                 SpawnError::Chdir {
                     dir: plan.cwd.clone(),

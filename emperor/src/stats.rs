@@ -190,7 +190,7 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
         gid: info.gid,
         cwd: &info.cwd,
         emperor: &info.monitors,
-        emperor_tyrant: 0,
+        emperor_tyrant: u8::from(core.tyrant()),
         throttle_level: blacklist
             .iter()
             .map(|b| b.throttle_level)

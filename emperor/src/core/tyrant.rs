@@ -1,0 +1,266 @@
+//! Tyrant mode in the lifecycle: a root-owned config gets no vassal (logged once per owner,
+//! picked up by itself once chowned), and a change of owner stops the running vassal, which
+//! then starts again as the new owner (or is refused if that is root).
+
+use super::*;
+use crate::tyrant::{is_root_owned, refusal};
+use tracing::error;
+
+/// Tyrant-mode state of the core.
+#[derive(Debug, Default)]
+pub(super) struct TyrantState {
+    on: bool,
+    /// Refused configs: key → (monitor, uid, gid) they were refused with.
+    refused: HashMap<String, (MonitorId, u32, u32)>,
+}
+
+impl Core {
+    /// Turns tyrant mode on (`--emperor-tyrant`).
+    pub fn set_tyrant(&mut self, on: bool) {
+        self.tyrant.on = on;
+    }
+
+    /// True in tyrant mode.
+    pub fn tyrant(&self) -> bool {
+        self.tyrant.on
+    }
+
+    /// Configs refused because root owns them (keys).
+    pub fn tyrant_refused(&self) -> impl Iterator<Item = &str> {
+        self.tyrant.refused.keys().map(String::as_str)
+    }
+
+    /// True when `e` must not get a record (root-owned, tyrant mode); logs once per owner.
+    pub(super) fn tyrant_refuses(&mut self, monitor: MonitorId, e: &Entry) -> bool {
+        if !self.tyrant.on {
+            return false;
+        }
+        if !is_root_owned(e.uid, e.gid) {
+            if self.tyrant.refused.remove(&e.key).is_some() {
+                info!(vassal = %e.name, "{} is no longer owned by root ({}:{}): starting it", e.key, e.uid, e.gid);
+            }
+            return false;
+        }
+        let before = self
+            .tyrant
+            .refused
+            .insert(e.key.clone(), (monitor, e.uid, e.gid));
+        if before.map(|(_, u, g)| (u, g)) != Some((e.uid, e.gid)) {
+            error!(vassal = %e.name, "{}", refusal(&e.name, &e.key, e.uid, e.gid));
+        }
+        true
+    }
+
+    /// A full scan of `monitor`: refused configs it no longer lists are forgotten (a new
+    /// root-owned file of the same name is reported again).
+    pub(super) fn tyrant_scanned(&mut self, monitor: MonitorId, entries: &[Entry]) {
+        if self.tyrant.refused.is_empty() {
+            return;
+        }
+        let listed: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        self.tyrant
+            .refused
+            .retain(|k, (m, _, _)| *m != monitor || listed.contains(k.as_str()));
+    }
+
+    /// One config is gone.
+    pub(super) fn tyrant_gone(&mut self, key: &str) {
+        self.tyrant.refused.remove(key);
+    }
+
+    /// In tyrant mode, a new owner of a known config stops its process (it restarts as the new
+    /// owner once reaped). Returns true when the owner changed (the entry is then recorded).
+    pub(super) fn tyrant_owner_changed(&mut self, now: Instant, id: VassalId, e: &Entry) -> bool {
+        if !self.tyrant.on {
+            return false;
+        }
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return false;
+        };
+        if (v.uid, v.gid) == (e.uid, e.gid) {
+            return false;
+        }
+        let (old_uid, old_gid) = (v.uid, v.gid);
+        v.uid = e.uid;
+        v.gid = e.gid;
+        v.stamp = e.stamp;
+        v.content = e.content.clone();
+        let name = v.name.clone();
+        if v.state.pid().is_some() {
+            info!(
+                vassal = %name,
+                "owner of vassal {name} changed from {old_uid}:{old_gid} to {}:{}: stopping it (it starts again as the new owner)",
+                e.uid, e.gid
+            );
+            self.stop(now, id);
+        } else {
+            info!(vassal = %name, "owner of vassal {name} changed from {old_uid}:{old_gid} to {}:{}", e.uid, e.gid);
+        }
+        true
+    }
+
+    /// Called before every start: in tyrant mode a root-owned vassal is refused and its record
+    /// dropped. True when the start must not happen.
+    pub(super) fn tyrant_blocks_start(&mut self, id: VassalId) -> bool {
+        if !self.tyrant.on {
+            return false;
+        }
+        let Some(v) = self.vassals.get(&id) else {
+            return false;
+        };
+        if !is_root_owned(v.uid, v.gid) {
+            return false;
+        }
+        error!(vassal = %v.name, "{}", refusal(&v.name, &v.key, v.uid, v.gid));
+        self.tyrant
+            .refused
+            .insert(v.key.clone(), (v.monitor, v.uid, v.gid));
+        self.remove(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, n: i128, uid: u32, gid: u32) -> Entry {
+        Entry {
+            key: format!("/v/{name}"),
+            name: name.to_string(),
+            stamp: FileStamp {
+                mtime_ns: n,
+                size: 1,
+                ino: 1,
+            },
+            content: None,
+            uid,
+            gid,
+        }
+    }
+
+    fn actions(c: &mut Core) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    fn scan(c: &mut Core, now: Instant, entries: Vec<Entry>) -> Vec<Action> {
+        c.handle(
+            now,
+            Event::Scanned {
+                monitor: 0,
+                entries,
+            },
+        );
+        actions(c)
+    }
+
+    fn spawned(c: &mut Core, now: Instant, a: &[Action], pid: i32) -> Inc {
+        let inc = a
+            .iter()
+            .find_map(|a| match a {
+                Action::Spawn(r) => Some(r.inc),
+                _ => None,
+            })
+            .expect("a spawn");
+        c.handle(now, Event::Spawned { inc, pid });
+        actions(c);
+        inc
+    }
+
+    fn tyrant_core() -> Core {
+        let mut c = Core::new(CoreConfig::default());
+        c.set_tyrant(true);
+        c
+    }
+
+    #[test]
+    fn root_owned_files_are_refused_until_chowned() {
+        let mut c = tyrant_core();
+        let now = Instant::now();
+        for (uid, gid) in [(0, 0), (1000, 0), (0, 1000)] {
+            assert!(scan(&mut c, now, vec![entry("app.ini", 1, uid, gid)]).is_empty());
+            assert!(c.is_empty());
+        }
+        assert_eq!(c.tyrant_refused().collect::<Vec<_>>(), vec!["/v/app.ini"]);
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
+        assert!(matches!(a.as_slice(), [Action::Spawn(_)]), "{a:?}");
+        assert_eq!(c.tyrant_refused().count(), 0);
+        // Without tyrant mode, root-owned files run (as the emperor's user).
+        let mut plain = Core::new(CoreConfig::default());
+        assert_eq!(
+            scan(&mut plain, now, vec![entry("app.ini", 1, 0, 0)]).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_owner_change_stops_the_vassal_and_it_restarts_as_the_new_owner() {
+        let mut c = tyrant_core();
+        let now = Instant::now();
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
+        let inc = spawned(&mut c, now, &a, 10);
+        // Same stamp (chown changes only the ctime), new owner.
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1001, 1001)]);
+        assert_eq!(
+            a,
+            vec![Action::Send {
+                inc,
+                msg: EmperorMsg::Stop
+            }]
+        );
+        c.handle(
+            now,
+            Event::Reaped {
+                pid: 10,
+                exit: ExitKind::Code(0),
+            },
+        );
+        let a = actions(&mut c);
+        assert!(a.contains(&Action::Release { inc }));
+        assert!(a.iter().any(|a| matches!(a, Action::Spawn(_))), "{a:?}");
+        let v = c.vassal("/v/app.ini").unwrap();
+        assert_eq!((v.uid, v.gid), (1001, 1001));
+        // An unchanged rescan does nothing.
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1001, 1001)]);
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn chown_to_root_stops_the_vassal_and_refuses_it() {
+        let mut c = tyrant_core();
+        let now = Instant::now();
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
+        let inc = spawned(&mut c, now, &a, 10);
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 0, 0)]);
+        assert_eq!(
+            a,
+            vec![Action::Send {
+                inc,
+                msg: EmperorMsg::Stop
+            }]
+        );
+        c.handle(
+            now,
+            Event::Reaped {
+                pid: 10,
+                exit: ExitKind::Code(0),
+            },
+        );
+        let a = actions(&mut c);
+        assert_eq!(a, vec![Action::Release { inc }]);
+        assert!(c.is_empty());
+        assert!(scan(&mut c, now, vec![entry("app.ini", 1, 0, 0)]).is_empty());
+        // The file goes: forgotten.
+        scan(&mut c, now, vec![]);
+        assert_eq!(c.tyrant_refused().count(), 0);
+    }
+
+    #[test]
+    fn without_tyrant_an_owner_change_is_only_recorded() {
+        let mut c = Core::new(CoreConfig::default());
+        let now = Instant::now();
+        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
+        spawned(&mut c, now, &a, 10);
+        assert!(scan(&mut c, now, vec![entry("app.ini", 1, 1001, 1001)]).is_empty());
+    }
+}
