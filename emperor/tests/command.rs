@@ -222,3 +222,50 @@ fn command_socket_and_ctl_drive_real_uwsgi_vassals() {
     let out = ctl(&["status"]);
     assert!(text(&out.stderr).contains("pass --stats ADDR"));
 }
+
+#[test]
+fn udp_command_socket_with_ctl() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    // A fake vassal: ready, accepting, loyal, then waits for the stop byte.
+    let fake = work.path().join("fake.sh");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\nprintf '\\x01\\x05\\x11' >&\"$UWSGI_EMPEROR_FD\"\nhead -c 1 <&\"$UWSGI_EMPEROR_FD\" >/dev/null\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("a.ini"), "[uwsgi]\n").unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-wrapper",
+            fake.to_str().unwrap(),
+            "--emperor-command-socket",
+            &addr,
+        ],
+    );
+    emp.wait_for_line(&format!("command socket enabled on {addr}"), T);
+    wait_vassal(&mut emp, &st, "a.ini", T, "loyal", |v| v["loyal"] == 1);
+    let out = ctl(&["--command-socket", &addr, "log", "over UDP"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    emp.wait_for_line("over UDP", T);
+    let out = ctl(&["--command-socket", &addr, "stop", "a.ini"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_vassal(&mut emp, &st, "a.ini", T, "suspended", |v| {
+        v["state"] == "suspended" && v["pid"] == -1
+    });
+    let out = ctl(&["--command-socket", &addr, "spawn", "a.ini"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_vassal(&mut emp, &st, "a.ini", T, "running again", |v| {
+        v["loyal"] == 1 && v["restarts"] == 1
+    });
+}
