@@ -463,3 +463,28 @@ fn real_uwsgi_21_fork_server_as_the_base_vassal() {
     let out = emp.output();
     assert!(!out.contains("refusing adopted process"), "{out}");
 }
+
+#[test]
+fn an_adopted_vassal_silent_on_heartbeats_is_killed_and_adopted_again() {
+    let s = Setup::new();
+    let (_a1, a1_sock) = s.write_app("a1");
+    let (mut emp, st) = s.emperor(&["--emperor-required-heartbeat", "2"]);
+    wait_vassal(&mut emp, &st, "a1.ini", T, "heartbeating", |v| {
+        v["loyal"] == 1 && v["last_heartbeat"].as_i64().unwrap_or(0) > 0
+    });
+    let pid = pid_of(&vassal(&stats(&st), "a1.ini").unwrap());
+    // Frozen: no more heartbeats (every 1 s); the watchdog kills it after 2 s of silence.
+    signal(pid, libc::SIGSTOP);
+    emp.wait_for_line(
+        "vassal a1.ini sent no heartbeat in the last 2 seconds, brutally respawning it",
+        T,
+    );
+    emp.wait_for_line(
+        &format!("vassal a1.ini (pid: {pid}) died unexpectedly (signal 9): respawning it"),
+        T,
+    );
+    let v = wait_loyal(&mut emp, &st, "a1.ini", pid);
+    assert_eq!(v["adopted"], 1);
+    wait_gone(pid, T);
+    echo(&a1_sock, "thawed");
+}
