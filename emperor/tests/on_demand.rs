@@ -165,13 +165,16 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
     };
     let p4 = free("127.0.0.1:0").unwrap();
     let p6 = free("[::1]:0");
-    // The lookup is deliberately slow: the emperor keeps serving stats meanwhile.
+    // The lookup of v4.ini blocks until the test creates `go` (at most ~30 s): meanwhile the
+    // emperor keeps serving stats, so the command does not block its loop.
+    let go = work.path().join("go");
     let lookup = work.path().join("lookup.sh");
     script(
         &lookup,
         &format!(
-            "#!/bin/sh\nsleep 0.2\ncase \"$1\" in\n  v4.ini) echo 127.0.0.1:{p4} ;;\n  v6.ini) echo '[::1]:{}' ;;\nesac\n",
-            p6.unwrap_or(1)
+            "#!/bin/sh\ncase \"$1\" in\n  v4.ini) i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n    echo 127.0.0.1:{p4} ;;\n  v6.ini) echo '[::1]:{}' ;;\nesac\n",
+            p6.unwrap_or(1),
+            go = go.display()
         ),
     );
     std::fs::write(dir.join("v4.ini"), "[uwsgi]\n").unwrap();
@@ -190,6 +193,18 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
         ],
     );
     let addr4 = format!("127.0.0.1:{p4}");
+    let v = wait_vassal(&mut emp, &st, "v4.ini", T, "looking up", |v| {
+        v["state"] == "on-demand"
+    });
+    assert_eq!(v["on_demand"], "", "still looking up");
+    if p6.is_some() {
+        // Another vassal's lookup finishes while v4.ini's is still running.
+        wait_vassal(&mut emp, &st, "v6.ini", T, "bound", |v| {
+            v["on_demand"] != ""
+        });
+    }
+    assert_eq!(vassal(&stats(&st), "v4.ini").unwrap()["on_demand"], "");
+    std::fs::write(&go, "").unwrap();
     wait_vassal(&mut emp, &st, "v4.ini", T, "bound", |v| {
         v["on_demand"] == addr4.as_str()
     });
@@ -204,6 +219,30 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
         emp.wait_for_line("vassal v6.ini back to \"on demand\" mode", T);
     } else {
         eprintln!("no IPv6 loopback here: IPv6 part skipped");
+    }
+    // Every lookup child was reaped by the emperor's loop: no zombie is left.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let zombies: Vec<i32> = children(emp.pid() as i32)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .map(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                    })
+                    .unwrap_or(false)
+            })
+            .collect();
+        if zombies.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unreaped children {zombies:?}"
+        );
+        // Poll interval of a deadline-bounded wait.
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // The command printed nothing for plain.ini: an ordinary vassal (the fake has no
     // listener, so it dies and is retried).
