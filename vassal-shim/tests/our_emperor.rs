@@ -77,3 +77,26 @@ fn sd_notify_app_works_unchanged() {
     e.proc
         .wait_for_line("removed uwsgi instance notify.ini", SOON);
 }
+
+#[test]
+fn socket_activation_with_on_demand_socket() {
+    let mut e = scenarios::on_demand_socket_activation(ours);
+    e.proc.wait_for_line("socket activation", SOON);
+    e.proc.wait_for_line("sending stop-me (22)", SOON);
+    e.proc
+        .wait_for_line("\"on demand\" instance lazy.ini detected", SOON);
+    e.proc
+        .wait_for_line("bringing back instance lazy.ini to on-demand mode", SOON);
+    wait_count(
+        &mut e.proc,
+        "connection on the socket of \"on demand\" vassal lazy.ini",
+        2,
+    );
+}
+
+#[test]
+fn sos_starts_a_broodlord_zerg() {
+    let mut e = scenarios::broodlord_zerg(ours, "brood.ini:zerg:1");
+    e.proc
+        .wait_for_line("vassal brood.ini:zerg:1 is now loyal", SOON);
+}

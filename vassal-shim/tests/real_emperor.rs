@@ -129,7 +129,7 @@ fn pushed_config_reaches_the_program_newest_every_time() {
 
 #[test]
 fn sos_from_the_program_starts_a_broodlord_zerg() {
-    let mut e = scenarios::broodlord_zerg(uwsgi);
+    let mut e = scenarios::broodlord_zerg(uwsgi, "brood.ini:zerg");
     e.proc
         .wait_for_line("vassal brood.ini:zerg is now loyal", SOON);
 }

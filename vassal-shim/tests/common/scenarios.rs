@@ -240,8 +240,9 @@ pub fn on_demand_socket_activation(start: Starter) -> Emperor {
 }
 
 /// The program's SOS notification reaches a broodlord emperor, which starts a zerg: the same
-/// file as `brood.ini:zerg`, for which the shim runs section `[vassal-shim:zerg]`.
-pub fn broodlord_zerg(start: Starter) -> Emperor {
+/// file as `brood.ini:zerg`, for which the shim runs section `[vassal-shim:zerg]`. `zerg_id`
+/// is the zerg's id in the emperor's stats (uWSGI: `brood.ini:zerg`; ours numbers them).
+pub fn broodlord_zerg(start: Starter, zerg_id: &str) -> Emperor {
     let mut e = start(&opts(&["--emperor-broodlord", "1"]));
     let port = free_port();
     let zport = free_port();
@@ -257,7 +258,7 @@ pub fn broodlord_zerg(start: Starter) -> Emperor {
     e.proc.wait_for_line("sending sos (30)", SOON);
     e.proc
         .wait_for_line(&format!("listening on port {zport}"), SOON);
-    let z = e.wait_vassal("brood.ini:zerg", "a loyal zerg", |v| flag(v, "loyal"));
+    let z = e.wait_vassal(zerg_id, "a loyal zerg", |v| flag(v, "loyal"));
     assert_eq!(z["zerg"], 1, "{z}");
     assert!(http_get(zport, "/").unwrap().starts_with("hello"));
     e
