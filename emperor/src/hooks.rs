@@ -443,6 +443,99 @@ mod tests {
         assert_eq!(l.released(Inc(1)), None);
     }
 
+    /// uWSGI's §9.9 bug, against the real core with a fake clock: a shutdown sends every
+    /// vassal its stop byte, and the ledger yields exactly one stop hook per started process,
+    /// whatever releases it (reaped after the stop byte, after SIGKILL at mercy, twice).
+    #[test]
+    fn shutdown_sends_every_stop_byte_and_one_stop_hook_per_process() {
+        use crate::core::{Action, Control, Core, CoreConfig, Entry, Event, ExitKind, FileStamp};
+        use std::time::{Duration, Instant};
+        use uwsgi_proto::EmperorMsg;
+        let mut core = Core::new(CoreConfig::default());
+        let mut ledger = Ledger::default();
+        let now = Instant::now();
+        let entries: Vec<Entry> = (0..5)
+            .map(|i| Entry {
+                key: format!("/v/{i}.ini"),
+                name: format!("{i}.ini"),
+                stamp: FileStamp::default(),
+                content: None,
+                uid: 1000,
+                gid: 1000,
+            })
+            .collect();
+        core.handle(
+            now,
+            Event::Scanned {
+                monitor: 0,
+                entries,
+            },
+        );
+        let spawns: Vec<_> = std::iter::from_fn(|| core.poll_action())
+            .filter_map(|a| match a {
+                Action::Spawn(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spawns.len(), 5);
+        for (i, r) in spawns.iter().enumerate() {
+            core.handle(
+                now,
+                Event::Spawned {
+                    inc: r.inc,
+                    pid: 100 + i as i32,
+                },
+            );
+            ledger.started(r.inc, &r.name, Path::new("/v"));
+        }
+        std::iter::from_fn(|| core.poll_action()).for_each(drop);
+        core.handle(now, Event::Control(Control::Shutdown));
+        let stops: Vec<_> = std::iter::from_fn(|| core.poll_action())
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        msg: EmperorMsg::Stop,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(stops.len(), 5, "every vassal gets its stop byte");
+        let mut hooks = Vec::new();
+        // Four exit on the stop byte; the fifth ignores it and is killed at reload-mercy.
+        for pid in 100..104 {
+            core.handle(
+                now,
+                Event::Reaped {
+                    pid,
+                    exit: ExitKind::Code(0),
+                },
+            );
+        }
+        let later = now + Duration::from_secs(31);
+        core.handle_timeout(later);
+        core.handle(
+            later,
+            Event::Reaped {
+                pid: 104,
+                exit: ExitKind::Signal(9),
+            },
+        );
+        let actions: Vec<_> = std::iter::from_fn(|| core.poll_action()).collect();
+        assert!(actions.contains(&Action::Exit));
+        for a in &actions {
+            if let Action::Release { inc } = a {
+                // The core's release, and a second one: still one hook.
+                hooks.extend(ledger.released(*inc));
+                hooks.extend(ledger.released(*inc));
+            }
+        }
+        let mut names: Vec<String> = hooks.into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        assert_eq!(names, ["0.ini", "1.ini", "2.ini", "3.ini", "4.ini"]);
+    }
+
     fn run(cmds: &[&str]) -> std::process::Output {
         let cmds: Vec<String> = cmds.iter().map(|s| s.to_string()).collect();
         let (progs, argv) = wrap_exec_as_vassal(
