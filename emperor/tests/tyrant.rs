@@ -290,3 +290,35 @@ fn a_real_uwsgi_vassal_runs_as_the_owner_and_exec_as_vassal_runs_as_that_user_to
     emp.wait_for_line("The Emperor is buried.", T);
     wait_gone(pid, T);
 }
+
+#[test]
+fn an_unprivileged_emperor_reports_that_tyrant_mode_needs_root() {
+    let a = User::new("n", false);
+    let (work, dir, script) = setup();
+    // The unprivileged emperor needs to create its stats socket in the work dir.
+    chown(work.path(), 65534, 65534);
+    let app = dir.join("app.ini");
+    std::fs::write(&app, "[uwsgi]\n").unwrap();
+    chown(&app, a.uid, a.gid);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_emperor"));
+    let (mut emp, _st) = start_emperor_with(
+        cmd,
+        work.path(),
+        &dir,
+        &[
+            "--emperor-tyrant",
+            "--emperor-wrapper",
+            script.to_str().unwrap(),
+        ],
+    );
+    let line = emp.wait_for_line("cannot start vassal app.ini", T);
+    assert!(
+        line.contains(&format!(
+            "tyrant mode cannot switch to uid {} gid {} (setresgid: Operation not permitted",
+            a.uid, a.gid
+        )) && line.contains("must run as root"),
+        "{line}"
+    );
+}
