@@ -116,6 +116,14 @@ pub fn classify(pid: i32, me: i32, parent_of: impl Fn(i32) -> io::Result<i32>) -
     Topology::InTransit { parent }
 }
 
+/// The uid and gid a process runs as (the owner of `/proc/<pid>`): an adopted vassal has the
+/// base's, not the emperor's.
+pub fn owner_of(pid: i32) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}")).ok()?;
+    Some((m.uid(), m.gid()))
+}
+
 /// The argv sent to the fork server: `plan_argv` with the config name made absolute (the
 /// adopted vassal runs in the base's cwd, not in its monitor's directory). A pushed config
 /// (`emperor://NAME`) and an already absolute name are left alone.
@@ -150,6 +158,8 @@ pub enum Done {
         started: Started,
         /// Already reaped by the runtime (it died before the reply was read): how it ended.
         reaped: Option<ExitKind>,
+        /// The working directory the vassal would have had if forked (for hooks).
+        cwd: PathBuf,
     },
     /// No vassal (or a refused one): the start failed.
     Failed {
@@ -181,6 +191,7 @@ enum Stage {
 #[derive(Debug)]
 struct Pending {
     name: String,
+    cwd: PathBuf,
     argv: Vec<String>,
     channel: UnixStream,
     config: Option<UnixStream>,
@@ -321,6 +332,7 @@ impl ForkClient {
         };
         let mut p = Pending {
             name: req.name.clone(),
+            cwd: plan.cwd.clone(),
             argv,
             channel,
             config,
@@ -451,6 +463,7 @@ impl ForkClient {
                             config: p.config,
                         },
                         reaped,
+                        cwd: p.cwd,
                     });
                 }
                 Err(reason) => {
@@ -615,6 +628,19 @@ mod tests {
         assert_eq!(adoption_argv(&pushed, "p.ini", "/v/p.ini"), pushed);
         let glob = a(&["u", "--ini", "/g/x.ini"]);
         assert_eq!(adoption_argv(&glob, "/g/x.ini", "/g/x.ini"), glob);
+    }
+
+    #[test]
+    fn owner_of_a_process_is_its_uid_and_gid() {
+        let me = std::process::id() as i32;
+        assert_eq!(
+            owner_of(me),
+            Some((
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw()
+            ))
+        );
+        assert_eq!(owner_of(i32::MAX), None);
     }
 
     #[test]
@@ -853,8 +879,10 @@ mod tests {
                 name,
                 started,
                 reaped: None,
+                cwd,
             }] => {
                 assert_eq!((*inc, name.as_str()), (Inc(3), "a.ini"));
+                assert_eq!(cwd, Path::new("/v"));
                 assert_eq!(started.pid, child.id() as i32);
             }
             other => panic!("{other:?}"),

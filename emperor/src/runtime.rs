@@ -1152,10 +1152,24 @@ impl Runtime {
                     name,
                     started,
                     reaped,
+                    cwd,
                 } => {
                     let pid = started.pid;
                     self.core.mark_adopted(inc);
                     self.attach(now, inc, &name, started);
+                    // As after a fork: --exec-as-emperor and the stop hook's ledger.
+                    let (uid, gid) =
+                        crate::forkserver::owner_of(pid).unwrap_or((self.info.uid, self.info.gid));
+                    let dir = crate::hooks::vassals_dir(&cwd);
+                    self.hooks.after_start(
+                        self.poll.registry(),
+                        inc,
+                        &name,
+                        Path::new(&dir),
+                        pid,
+                        uid,
+                        gid,
+                    );
                     if let Some(exit) = reaped {
                         self.core.handle(now, Event::Reaped { pid, exit });
                     }

@@ -171,7 +171,10 @@ fn wait_loyal(emp: &mut Proc, st: &Path, id: &str, not: i32) -> serde_json::Valu
 fn adopted_vassals_are_loyal_echo_reload_and_stop() {
     let s = Setup::new();
     let (a1, a1_sock) = s.write_app("a1");
-    let (mut emp, st) = s.emperor(&[]);
+    let (mut emp, st) = s.emperor(&[
+        "--exec-as-emperor",
+        "echo adopted-hook pid=$UWSGI_VASSAL_PID uid=$UWSGI_VASSAL_UID",
+    ]);
     let emperor_pid = emp.pid() as i32;
     emp.wait_for_line("vassals start through the fork server at", T);
     emp.wait_for_line("fork server listening", T);
@@ -190,6 +193,11 @@ fn adopted_vassals_are_loyal_echo_reload_and_stop() {
     // The kernel reparented the base's grandchild to us, the subreaper.
     assert_eq!(ppid(pid), emperor_pid);
     echo(&a1_sock, "hello");
+    // The emperor-side hooks run for an adopted vassal as after a fork.
+    emp.wait_for_line(
+        &format!("adopted-hook pid={pid} uid={}", nix::unistd::geteuid()),
+        T,
+    );
     // Its heartbeats (every second) reach the emperor's records.
     wait_vassal(&mut emp, &st, "a1.ini", T, "a heartbeat", |v| {
         v["last_heartbeat"].as_i64().unwrap_or(0) > 0
