@@ -82,6 +82,7 @@ fn real_uwsgi_vassal_is_started_by_its_first_request_and_comes_back_after_idle()
         0o666
     );
     emp.wait_for_line("\"on demand\" instance od1.ini detected", T);
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&sock).unwrap());
 
     // The first request starts the vassal, which serves it from the pending connection.
     let (status, body) = hello(&sock);
@@ -96,7 +97,18 @@ fn real_uwsgi_vassal_is_started_by_its_first_request_and_comes_back_after_idle()
         v["state"] == "on-demand" && v["pid"] == -1
     });
     assert_eq!(v["restarts"], 0);
-    assert!(sock.exists(), "the listener survives the vassal");
+    // The same listener (not a new bind) survives the vassal.
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino);
+
+    // A config change while inactive is only recorded: no process starts.
+    touch(&dir.join("od1.ini"));
+    emp.wait_for_line("updated configuration for on-demand instance od1.ini", T);
+    let v = vassal(&stats(&st), "od1.ini").unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_i64()),
+        (Some("on-demand"), Some(-1))
+    );
 
     // The next request spawns it again (a new process).
     let (status, body) = hello(&sock);
