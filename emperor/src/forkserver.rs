@@ -25,6 +25,56 @@
 //! A vassal can die before its reply is read; its pid is then already reaped. While requests
 //! are in flight the runtime reports every reaped pid ([`ForkClient::note_reaped`]), so such a
 //! vassal is still recognised as ours and its exit is passed on.
+//!
+//! # Driving it outside the emperor (benchmarks)
+//!
+//! [`ForkClient`] needs only a mio registry, so a benchmark can time "request → adopted child"
+//! exactly as the emperor performs it (the emperor also logs it per vassal as `took_us`):
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use emperor::core::{Inc, SpawnRequest, VassalId};
+//! use emperor::forkserver::{inc_of, Done, ForkClient};
+//! use emperor::spawn::Plan;
+//!
+//! let mut poll = mio::Poll::new()?;
+//! let mut client = ForkClient::new("/run/fs.sock".into(), vec![], std::process::id() as i32);
+//! let req = SpawnRequest {
+//!     inc: Inc(1),
+//!     vassal: VassalId(1),
+//!     key: "/v/app.ini".into(),
+//!     name: "app.ini".into(),
+//!     monitor: 0,
+//!     content: None,
+//! };
+//! let plan = Plan {
+//!     programs: vec![],
+//!     argv: vec!["preloaded-base".into(), "--ini".into(), "app.ini".into()],
+//!     env: vec![],
+//!     cwd: "/v".into(),
+//!     with_config: false,
+//!     stdin: None,
+//! };
+//! let t0 = Instant::now();
+//! client.start(poll.registry(), t0, &req, &plan)?;
+//! let mut events = mio::Events::with_capacity(8);
+//! let started = 'outer: loop {
+//!     let wait = client.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+//!     poll.poll(&mut events, wait)?;
+//!     let mut done = client.drive(poll.registry(), None, Instant::now());
+//!     for ev in events.iter() {
+//!         done.extend(client.drive(poll.registry(), inc_of(ev.token()), Instant::now()));
+//!     }
+//!     for d in done {
+//!         match d {
+//!             Done::Adopted { started, .. } => break 'outer started,
+//!             Done::Failed { reason, .. } => return Err(reason.into()),
+//!         }
+//!     }
+//! };
+//! println!("pid {} adopted in {:?}", started.pid, t0.elapsed());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::HashMap;
 use std::io;
