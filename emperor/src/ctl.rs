@@ -186,15 +186,19 @@ fn read_doc<S: Read + Write>(
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     set_timeout(&s, Some(Duration::from_secs(1)))?;
-    match s.read(&mut buf) {
-        Ok(n) => raw.extend_from_slice(&buf[..n]),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::TimedOut =>
-        {
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    loop {
+        match s.read(&mut buf) {
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
+        break;
     }
     set_timeout(&s, Some(Duration::from_secs(10)))?;
     s.read_to_end(&mut raw)?;
@@ -349,6 +353,37 @@ mod tests {
         assert!(lines[2].contains("2000 ms, attempt 2, retry in 1500 ms"));
         assert!(lines[2].ends_with("exit 1"));
         assert!(table(&serde_json::json!({"vassals": []})).contains("(no vassals)"));
+    }
+
+    #[test]
+    fn stats_are_read_from_plain_and_http_sockets() {
+        let d = tempfile::tempdir().unwrap();
+        let plain = d.path().join("plain.sock");
+        let http = d.path().join("http.sock");
+        let lp = std::os::unix::net::UnixListener::bind(&plain).unwrap();
+        let lh = std::os::unix::net::UnixListener::bind(&http).unwrap();
+        let t1 = std::thread::spawn(move || {
+            let (mut c, _) = lp.accept().unwrap();
+            c.write_all(b"{\"vassals\": []}\n").unwrap();
+        });
+        let t2 = std::thread::spawn(move || {
+            // Like --stats-http: nothing is sent before the request arrives.
+            let (mut c, _) = lh.accept().unwrap();
+            let mut req = [0u8; 64];
+            let n = c.read(&mut req).unwrap();
+            assert!(req[..n].starts_with(b"GET / HTTP/1.0"));
+            c.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"vassals\": [{\"id\": \"a.ini\"}]}")
+                .unwrap();
+        });
+        let doc = parse_stats("p", &fetch_stats(plain.to_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(doc["vassals"], serde_json::json!([]));
+        let doc = parse_stats("h", &fetch_stats(http.to_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(doc["vassals"][0]["id"], "a.ini");
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert!(parse_stats("x", "not json")
+            .unwrap_err()
+            .contains("--emperor-stats"));
     }
 
     #[test]

@@ -498,3 +498,28 @@ fn stop_command_during_an_asynchronous_start_keeps_the_process_tracked() {
         )
     );
 }
+
+#[test]
+fn spawn_command_activates_an_on_demand_vassal_and_wait_for_command_comes_first() {
+    let mut h = H::new(on_demand());
+    let id = armed(&mut h);
+    let (r, a) = h.cmd(VassalCommand::Spawn, "app.ini");
+    assert!(r.unwrap().contains("on demand"));
+    let s = spawns(&a);
+    assert_eq!((s.len(), s[0].vassal), (1, id));
+
+    let mut h = H::new(ActivationConfig {
+        on_demand: true,
+        wait_for_command: true,
+        ..Default::default()
+    });
+    // Suspended first: no socket lookup until a spawn command.
+    assert!(h.scan(vec![entry("w.ini", 1)]).is_empty());
+    assert_eq!(h.v("/v/w.ini").state, State::Suspended);
+    let (_, a) = h.cmd(VassalCommand::Spawn, "w.ini");
+    assert!(
+        matches!(a[..], [Action::OnDemand(OnDemandAction::Resolve { .. })]),
+        "{a:?}"
+    );
+    assert_eq!(h.v("/v/w.ini").state, State::OnDemand);
+}
