@@ -116,7 +116,8 @@ fn byte_30_from_real_uwsgi_starts_numbered_zergs_up_to_the_limit() {
     assert!(vassal(&stats(&st), "app.ini:zerg:1").is_none());
     sos(&fifo);
     let z1b = wait_vassal(&mut emp, &st, "app.ini:zerg:1", T, "zerg 1 again", |v| {
-        v["pid"].as_i64().unwrap_or(-1) > 0
+        // Accepting: it has read its config, which is removed next.
+        v["accepting"] == 1
     });
     assert_ne!(z1b["pid"].as_i64().unwrap(), pid1);
 
