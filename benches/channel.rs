@@ -10,6 +10,8 @@
 //!   bytes from a socketpair into the loop's buffer, then `Core::handle` per byte. Reported per
 //!   byte (throughput in elements).
 //!
+//! * `heartbeat_10_active` (10,000 only): all records registered, bytes from 10 of them.
+//!
 //! Flat numbers from 10 to 10,000 mean the cost per byte does not depend on how many vassals
 //! the emperor governs. (`emperor/benches/core_events.rs` measures the same core path at 100 and
 //! 10,000, plus a file update.) No tracing subscriber is installed, so the log lines of
@@ -22,7 +24,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use emperor::core::{Action, Core, CoreConfig, Entry, Event, FileStamp, Inc};
 
 const SIZES: [usize; 2] = [10, 10_000];
@@ -93,19 +95,41 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        if n > 10 {
+            // Diagnostic: the same n records registered, but the bytes come from only 10 of
+            // them (a cache-hot working set). Equal to `heartbeat/10` means the growth above is
+            // cache misses on the records, not work that depends on how many are registered.
+            let mut k = 0usize;
+            g.bench_with_input(BenchmarkId::new("heartbeat_10_active", n), &n, |b, _| {
+                b.iter(|| {
+                    k = (k + 7) % 10;
+                    core.handle(
+                        now,
+                        Event::Message {
+                            inc: incs[k * (n / 10)],
+                            byte: black_box(26),
+                        },
+                    );
+                    while let Some(a) = core.poll_action() {
+                        black_box(a);
+                    }
+                })
+            });
+        }
         let (mut vassal_end, mut emperor_end) = UnixStream::pair().unwrap();
         emperor_end.set_nonblocking(true).unwrap();
         let burst = [26u8; BURST];
         let mut buf = [0u8; 512];
         g.throughput(Throughput::Elements(BURST as u64));
         g.bench_with_input(BenchmarkId::new("read_64B", n), &n, |b, _| {
-            b.iter_batched(
-                || {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // Untimed: the vassal writes its burst.
                     vassal_end.write_all(&burst).unwrap();
                     i = (i + 7919) % incs.len();
-                    incs[i]
-                },
-                |inc| {
+                    let inc = incs[i];
+                    let t0 = Instant::now();
                     let got = emperor_end.read(&mut buf).unwrap();
                     for &byte in &buf[..got] {
                         core.handle(now, Event::Message { inc, byte });
@@ -113,10 +137,11 @@ fn bench(c: &mut Criterion) {
                     while let Some(a) = core.poll_action() {
                         black_box(a);
                     }
-                    got
-                },
-                BatchSize::SmallInput,
-            )
+                    total += t0.elapsed();
+                    assert_eq!(got, BURST);
+                }
+                total
+            })
         });
     }
     g.finish();
