@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::core::{Entry, FileStamp};
 
@@ -128,6 +128,67 @@ pub struct Scanner {
     listing_error: Option<String>,
     watch: Vec<PathBuf>,
     owner_nofollow: bool,
+    dir_stamp: Option<DirStamp>,
+    inotify_complete: Option<bool>,
+    full_scans: u64,
+    file_stats: u64,
+}
+
+/// What changes in a directory's own inode when an entry is added, removed or renamed (and
+/// when the directory is replaced): the periodic safety pass compares it with the last full scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirStamp {
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+fn dir_stamp(dir: &Path) -> io::Result<(DirStamp, std::fs::Metadata)> {
+    let m = std::fs::metadata(dir)?;
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    Ok((
+        DirStamp {
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        },
+        m,
+    ))
+}
+
+/// Filesystems whose changes made elsewhere (another client, another node, a FUSE daemon's
+/// backing store) produce no inotify event here: network, cluster and FUSE filesystems.
+/// `f_type` values from `statfs(2)` / linux/magic.h.
+const INOTIFY_BLIND_FS: [(i64, &str); 18] = [
+    (0x6969, "nfs"),
+    (0x517b, "smb"),
+    (0xff53_4d42, "cifs"),
+    (0xfe53_4d42, "smb2"),
+    (0x6573_5546, "fuse"),
+    (0x0102_1997, "9p"),
+    (0x00c3_6400, "ceph"),
+    (0x5346_414f, "afs"),
+    (0x6b41_4653, "kafs"),
+    (0x7375_7245, "coda"),
+    (0x564c, "ncp"),
+    (0x7461_636f, "ocfs2"),
+    (0x0116_1970, "gfs2"),
+    (0x0052_636d, "orangefs"),
+    (0x0bd0_0bd0, "lustre"),
+    (0x4750_4653, "gpfs"),
+    (0x1373, "devfs"),
+    (0x2468_4c59, "beegfs"),
+];
+
+/// Whether inotify on a directory of a filesystem with this `statfs` `f_type` sees every
+/// change (local filesystems), and the filesystem's name when it does not.
+pub fn inotify_sees_all(f_type: i64) -> Result<(), &'static str> {
+    match INOTIFY_BLIND_FS.iter().find(|(t, _)| *t == f_type) {
+        Some((_, name)) => Err(name),
+        None => Ok(()),
+    }
 }
 
 impl Scanner {
@@ -142,6 +203,89 @@ impl Scanner {
             listing_error: None,
             watch: Vec::new(),
             owner_nofollow: false,
+            dir_stamp: None,
+            inotify_complete: None,
+            full_scans: 0,
+            file_stats: 0,
+        }
+    }
+
+    /// Full scans done so far (tests and diagnostics).
+    pub fn full_scans(&self) -> u64 {
+        self.full_scans
+    }
+
+    /// Per-file `stat`s done so far, by scans and single-file checks (tests and diagnostics).
+    pub fn file_stats(&self) -> u64 {
+        self.file_stats
+    }
+
+    /// The periodic safety pass: does this monitor need a full rescan? `watched` says whether
+    /// its directory has a live inotify watch. A dir monitor whose directory is watched, on a
+    /// filesystem where inotify sees every change, costs one `stat` of the directory: a full
+    /// rescan only when its stamp differs from the one taken at the latest full scan. Glob
+    /// monitors, unwatched directories and network/cluster/FUSE filesystems always rescan.
+    pub fn needs_rescan(&mut self, watched: bool) -> bool {
+        let MonitorKind::Dir(dir) = &self.spec.kind else {
+            return true;
+        };
+        if !watched || self.inotify_complete != Some(true) {
+            return true;
+        }
+        let Some(last) = self.dir_stamp else {
+            debug!(monitor = %self.spec.arg, "safety pass: full rescan of {} (its stamp at the last full scan was too recent to trust)", dir.display());
+            return true;
+        };
+        match dir_stamp(dir) {
+            Ok((now, _)) if now == last => {
+                trace!(monitor = %self.spec.arg, "safety pass: {} unchanged, no rescan", dir.display());
+                false
+            }
+            _ => {
+                debug!(monitor = %self.spec.arg, "safety pass: full rescan of {} (it changed since the last full scan)", dir.display());
+                true
+            }
+        }
+    }
+
+    /// Records the directory's stamp and filesystem kind at the start of a full scan (so a
+    /// change during the listing shows in the next safety pass).
+    fn note_dir(&mut self, dir: &Path) {
+        let Ok((stamp, _)) = dir_stamp(dir) else {
+            self.dir_stamp = None;
+            return;
+        };
+        // Directory timestamps come from a coarse clock (one tick is a few ms): a change in the
+        // same tick as this stat would leave the stamp equal. A stamp that recent is not trusted
+        // (the next pass rescans once more, and records an older one).
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let recent = |t: i128| now_ns - t < 1_000_000_000;
+        self.dir_stamp = (!recent(stamp.mtime_ns) && !recent(stamp.ctime_ns)).then_some(stamp);
+        let kind = match nix::sys::statfs::statfs(dir) {
+            Ok(fs) => {
+                let f_type: i64 = fs.filesystem_type().0 as _;
+                inotify_sees_all(f_type)
+            }
+            Err(_) => Err("unknown"),
+        };
+        let complete = kind.is_ok();
+        if self.inotify_complete != Some(complete) {
+            match kind {
+                Ok(()) => info!(
+                    monitor = %self.spec.arg,
+                    "monitor {}: local filesystem, inotify sees every change: the periodic safety pass only stats the directory",
+                    dir.display()
+                ),
+                Err(fs) => info!(
+                    monitor = %self.spec.arg,
+                    "monitor {}: {fs} filesystem, inotify may miss changes made elsewhere: full rescan every --emperor-freq",
+                    dir.display()
+                ),
+            }
+            self.inotify_complete = Some(complete);
         }
     }
 
@@ -223,6 +367,8 @@ impl Scanner {
 
     fn scan_dir(&mut self, dir: &Path, seen: &mut Vec<String>) -> Option<Vec<Entry>> {
         self.watch = vec![dir.to_path_buf()];
+        self.full_scans += 1;
+        self.note_dir(dir);
         let rd = match std::fs::read_dir(dir) {
             Ok(rd) => {
                 if self.listing_error.take().is_some() {
@@ -322,6 +468,7 @@ impl Scanner {
             }
             return None;
         }
+        self.file_stats += 1;
         let meta = if self.nofollow {
             std::fs::symlink_metadata(path)
         } else {
@@ -526,6 +673,94 @@ mod tests {
         std::fs::remove_file(d.path().join("b.txt")).unwrap();
         assert!(s.check_name("b.txt").unwrap().1.is_none());
         assert!(!s.reported.contains_key("b.txt"));
+    }
+
+    #[test]
+    fn filesystems_inotify_does_not_fully_cover() {
+        assert_eq!(inotify_sees_all(0xef53), Ok(())); // ext4
+        assert_eq!(inotify_sees_all(0x0102_1994), Ok(())); // tmpfs
+        assert_eq!(inotify_sees_all(0x5846_5342), Ok(())); // xfs
+        assert_eq!(inotify_sees_all(0x6969), Err("nfs"));
+        assert_eq!(inotify_sees_all(0xff53_4d42), Err("cifs"));
+        assert_eq!(inotify_sees_all(0x6573_5546), Err("fuse"));
+        assert_eq!(inotify_sees_all(0x0102_1997), Err("9p"));
+        assert_eq!(inotify_sees_all(0x00c3_6400), Err("ceph"));
+    }
+
+    /// Runs safety passes (full scans when asked for) until one says no rescan is needed: the
+    /// stamp of a directory changed less than a second ago is not trusted yet.
+    fn settle(s: &mut Scanner) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.needs_rescan(true) {
+            s.scan();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stamp never settled"
+            );
+            // Poll interval of a deadline-bounded wait.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn the_safety_pass_of_a_watched_local_dir_stats_only_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            std::fs::write(d.path().join(format!("app{i}.ini")), "[uwsgi]\n").unwrap();
+        }
+        let spec = parse_monitor(d.path().to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        assert_eq!(s.scan().entries.unwrap().len(), 50);
+        let f_type: i64 = nix::sys::statfs::statfs(d.path())
+            .unwrap()
+            .filesystem_type()
+            .0 as _;
+        if inotify_sees_all(f_type).is_err() {
+            // A temp dir on a network filesystem: every pass is a full rescan.
+            assert!(s.needs_rescan(true));
+            return;
+        }
+        // Without a live watch (or for a glob monitor) every pass is a full rescan.
+        assert!(s.needs_rescan(false));
+        settle(&mut s);
+        let (scans, stats) = (s.full_scans(), s.file_stats());
+        for _ in 0..20 {
+            assert!(!s.needs_rescan(true));
+        }
+        assert_eq!((s.full_scans(), s.file_stats()), (scans, stats));
+        // An in-place rewrite does not touch the directory: inotify's IN_CLOSE_WRITE reports
+        // it, the safety pass does not.
+        std::fs::write(d.path().join("app1.ini"), "[uwsgi]\n# edited\n").unwrap();
+        assert!(!s.needs_rescan(true));
+        assert_eq!(s.file_stats(), stats);
+    }
+
+    #[test]
+    fn the_safety_pass_rescans_when_the_directory_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let v = d.path().join("v");
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("a.ini"), "[uwsgi]\n").unwrap();
+        std::fs::write(d.path().join("b.ini"), "[uwsgi]\n").unwrap();
+        let spec = parse_monitor(v.to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        s.scan();
+        settle(&mut s);
+        // A hard link gives inotify an IN_CREATE but never the IN_CLOSE_WRITE the runtime
+        // waits for: the directory's stamp changed, so the safety pass rescans.
+        std::fs::hard_link(d.path().join("b.ini"), v.join("b.ini")).unwrap();
+        assert!(s.needs_rescan(true));
+        assert_eq!(names(&s.scan()), vec!["a.ini", "b.ini"]);
+        // The directory replaced by another one (new inode): rescan.
+        settle(&mut s);
+        std::fs::rename(&v, d.path().join("old")).unwrap();
+        std::fs::create_dir(&v).unwrap();
+        assert!(s.needs_rescan(true));
+        assert_eq!(s.scan().entries, Some(vec![]));
+        // Gone: rescan (it holds no configs).
+        settle(&mut s);
+        std::fs::remove_dir(&v).unwrap();
+        assert!(s.needs_rescan(true));
     }
 
     #[test]

@@ -39,8 +39,9 @@ const CLIENT_BASE: usize = 1 << 20;
 const CLIENT_SPAN: usize = 1 << 30;
 const CHANNEL_BASE: usize = 1 << 40;
 
-/// Quiet time after an inotify event before the directory is rescanned (coalesces an editor's
-/// burst of events into one scan).
+/// Quiet time after an inotify event saying a file went away (`IN_DELETE`, `IN_MOVED_FROM`) or
+/// a whole directory changed, before it is examined (coalesces an editor's rename-away + write
+/// into one reload). Events saying a file is there and complete are examined at once.
 const SETTLE: Duration = Duration::from_millis(100);
 /// A stats client that has not been served within this is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -441,9 +442,11 @@ impl Runtime {
             self.on_demand_events(evs);
             self.expire_clients(now);
             if now >= self.next_rescan {
-                self.dirty.extend(0..self.scanners.len());
+                self.safety_pass();
                 self.next_rescan = now + self.freq;
-                self.settle_at = Some(now);
+                if !self.dirty.is_empty() {
+                    self.settle_at = Some(now);
+                }
             }
             if self.settle_at.is_some_and(|t| t <= now) {
                 self.settle_at = None;
@@ -453,6 +456,21 @@ impl Runtime {
         };
         self.cleanup();
         code
+    }
+
+    /// The periodic safety net: marks for a full rescan every monitor inotify may not fully
+    /// cover. A dir monitor with a live watch on a local filesystem costs one `stat` of its
+    /// directory (see [`Scanner::needs_rescan`]); the others are rescanned.
+    fn safety_pass(&mut self) {
+        for m in 0..self.scanners.len() {
+            let watched = self.scanners[m]
+                .watch_dirs()
+                .first()
+                .is_some_and(|d| self.watched_dirs.contains_key(d));
+            if self.scanners[m].needs_rescan(watched) {
+                self.dirty.insert(m);
+            }
+        }
     }
 
     fn rescan_all(&mut self) {
@@ -487,6 +505,11 @@ impl Runtime {
             self.scan(m);
         }
         let names = std::mem::take(&mut self.dirty_names);
+        self.check_names(names);
+    }
+
+    /// Re-examines single files of dir monitors (one `Event::Updated` each).
+    fn check_names(&mut self, names: HashMap<usize, HashSet<OsString>>) {
         for (m, names) in names {
             for n in names {
                 let Some(name) = n.to_str() else {
@@ -552,6 +575,7 @@ impl Runtime {
 
     fn on_inotify(&mut self) {
         let mut buf = [0u8; 8192];
+        let mut now_names: HashMap<usize, HashSet<OsString>> = HashMap::new();
         loop {
             let events = match self.inotify.read_events(&mut buf) {
                 Ok(ev) => ev,
@@ -584,10 +608,19 @@ impl Runtime {
                                     // follows, so a half-written config is never started.
                                     continue;
                                 }
-                                self.dirty_names
-                                    .entry(m)
-                                    .or_default()
-                                    .insert(name.to_os_string());
+                                // A disappearance waits for the settle: an editor that
+                                // renames the old file away before writing the new one gets a
+                                // reload, not a stop and a start. Anything saying the file is
+                                // there and complete is examined at the end of this read.
+                                let later = ev.mask.intersects(
+                                    inotify::EventMask::DELETE | inotify::EventMask::MOVED_FROM,
+                                );
+                                let set = if later {
+                                    &mut self.dirty_names
+                                } else {
+                                    &mut now_names
+                                };
+                                set.entry(m).or_default().insert(name.to_os_string());
                             }
                             _ => {
                                 self.dirty.insert(m);
@@ -617,6 +650,7 @@ impl Runtime {
                 break;
             }
         }
+        self.check_names(now_names);
         if (!self.dirty.is_empty() || !self.dirty_names.is_empty()) && self.settle_at.is_none() {
             self.settle_at = Some(Instant::now() + SETTLE);
         }
