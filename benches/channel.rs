@@ -11,10 +11,12 @@
 //!   byte (throughput in elements).
 //!
 //! * `heartbeat_10_active` (10,000 only): all records registered, bytes from 10 of them.
+//! * `updated_reload`: not a byte but what one inotify event naming a changed config costs the
+//!   core: `Event::Updated` with a new stamp (key and name `String`s cloned as the runtime's
+//!   `Scanner::check_name` builds them) → a reload byte queued.
 //!
 //! Flat numbers from 10 to 10,000 mean the cost per byte does not depend on how many vassals
-//! the emperor governs. (`emperor/benches/core_events.rs` measures the same core path at 100 and
-//! 10,000, plus a file update.) No tracing subscriber is installed, so the log lines of
+//! the emperor governs. No tracing subscriber is installed, so the log lines of
 //! `accepting`/`loyal` cost only their disabled-callsite check here.
 //!
 //! `cargo bench -p uwsgi-emperor-suite --bench channel`
@@ -116,6 +118,39 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        let keys: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("/vassals/app{i}.ini"), format!("app{i}.ini")))
+            .collect();
+        let mut t = 0i128;
+        g.bench_with_input(BenchmarkId::new("updated_reload", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                t += 1;
+                let (key, name) = &keys[i];
+                core.handle(
+                    now,
+                    Event::Updated {
+                        monitor: 0,
+                        key: key.clone(),
+                        entry: Some(Entry {
+                            key: key.clone(),
+                            name: name.clone(),
+                            stamp: FileStamp {
+                                mtime_ns: t,
+                                size: 1,
+                                ino: 1,
+                            },
+                            content: None,
+                            uid: 0,
+                            gid: 0,
+                        }),
+                    },
+                );
+                while let Some(a) = core.poll_action() {
+                    black_box(a);
+                }
+            })
+        });
         let (mut vassal_end, mut emperor_end) = UnixStream::pair().unwrap();
         emperor_end.set_nonblocking(true).unwrap();
         let burst = [26u8; BURST];
