@@ -4,7 +4,10 @@
 //! (mtime_ns, size, inode) stamp. Files it skips (bad name, stat error such as a symlink loop,
 //! not a regular file, unreadable) are logged once — again only if the reason changes or the file
 //! goes away and comes back. The runtime calls [`Scanner::scan`] when inotify reports a change in
-//! one of [`Scanner::watch_dirs`] and every `--emperor-freq` seconds as a safety net.
+//! one of [`Scanner::watch_dirs`] (single files of a dir monitor go through
+//! [`Scanner::check_name`]), and every `--emperor-freq` seconds asks [`Scanner::needs_rescan`]
+//! whether the safety net needs a full scan: for a watched directory on a local filesystem only
+//! when the directory's own stamp changed since the last full scan.
 
 use std::collections::HashMap;
 use std::io;

@@ -42,7 +42,8 @@ pub struct Options {
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
 
-    /// Safety rescan period in seconds (changes are otherwise seen at once through inotify).
+    /// Safety pass period in seconds (changes are otherwise seen at once through inotify; a
+    /// watched local directory is rescanned only if it changed).
     #[arg(long = "emperor-freq", value_name = "SECS", default_value_t = 3)]
     pub freq: u64,
 
