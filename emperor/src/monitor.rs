@@ -410,6 +410,14 @@ impl Scanner {
     }
 
     fn scan_glob(&mut self, pattern: &str, seen: &mut Vec<String>) -> Vec<Entry> {
+        self.full_scans += 1;
+        if self.inotify_complete.is_none() {
+            info!(
+                monitor = %self.spec.arg,
+                "monitor {pattern}: glob, inotify sees only the directories of its matches: full rescan every --emperor-freq"
+            );
+            self.inotify_complete = Some(false);
+        }
         let mut watch = vec![literal_prefix_dir(pattern)];
         let mut out = Vec::new();
         let paths = match glob::glob(pattern) {
