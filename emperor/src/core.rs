@@ -306,6 +306,104 @@ pub struct Backoff {
     pub last: Option<Instant>,
 }
 
+/// What a vassal's channel bytes said (its current incarnation, or its last one when it has
+/// no process): [`Core::channel`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelState {
+    /// Byte 1 seen for this incarnation.
+    pub ready: bool,
+    /// Byte 5 seen since the latest start/reload.
+    pub accepting: bool,
+    /// Byte 17 seen for this incarnation.
+    pub loyal: bool,
+    /// Latest byte 1.
+    pub last_ready: Option<Instant>,
+    /// Latest byte 5.
+    pub last_accepting: Option<Instant>,
+    /// Latest byte 17.
+    pub last_loyal: Option<Instant>,
+    /// Latest byte 26.
+    pub last_heartbeat: Option<Instant>,
+    /// SIGKILL if no heartbeat before this (armed by the first heartbeat).
+    pub heartbeat_deadline: Option<Instant>,
+}
+
+/// "No time" in a [`Hot`] timestamp.
+const NO_TIME: i64 = i64::MIN;
+
+/// The part of a vassal record a heartbeat reads and writes (24 bytes; the full [`Vassal`] is
+/// ~400): kept in a dense table indexed by [`Vassal::slot`], so that with 10,000 vassals the
+/// bytes stay in cache. Times are nanoseconds from the core's epoch ([`NO_TIME`] for none).
+#[derive(Clone, Copy, Debug)]
+struct Hot {
+    last_heartbeat: i64,
+    heartbeat_deadline: i64,
+    /// `state` is `Running` (kept by [`set_state`]).
+    running: bool,
+    /// A `Timer::Heartbeat` is queued.
+    heartbeat_timer: bool,
+}
+
+impl Hot {
+    const NEW: Hot = Hot {
+        last_heartbeat: NO_TIME,
+        heartbeat_deadline: NO_TIME,
+        running: false,
+        heartbeat_timer: false,
+    };
+}
+
+/// What bytes 1, 5 and 17 read and write (32 bytes, a second dense table indexed by
+/// [`Vassal::slot`]).
+#[derive(Clone, Copy, Debug)]
+struct Marks {
+    last_ready: i64,
+    last_accepting: i64,
+    last_loyal: i64,
+    ready: bool,
+    accepting: bool,
+    loyal: bool,
+}
+
+impl Marks {
+    const NEW: Marks = Marks {
+        last_ready: NO_TIME,
+        last_accepting: NO_TIME,
+        last_loyal: NO_TIME,
+        ready: false,
+        accepting: false,
+        loyal: false,
+    };
+}
+
+/// `t` as signed nanoseconds from `epoch` (exact within ±292 years).
+fn enc_time(epoch: Instant, t: Instant) -> i64 {
+    match t.checked_duration_since(epoch) {
+        Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        None => {
+            let back = epoch.duration_since(t).as_nanos();
+            -i64::try_from(back).unwrap_or(i64::MAX)
+        }
+    }
+}
+
+/// The inverse of [`enc_time`]; [`NO_TIME`] is `None`.
+fn dec_time(epoch: Instant, n: i64) -> Option<Instant> {
+    if n == NO_TIME {
+        None
+    } else if n >= 0 {
+        epoch.checked_add(Duration::from_nanos(n as u64))
+    } else {
+        epoch.checked_sub(Duration::from_nanos(n.unsigned_abs()))
+    }
+}
+
+/// Sets a vassal's state and keeps its hot `running` flag in step.
+fn set_state(hot: &mut [Hot], v: &mut Vassal, state: State) {
+    v.state = state;
+    hot[v.slot as usize].running = matches!(state, State::Running { .. });
+}
+
 /// One vassal record.
 #[derive(Clone, Debug)]
 pub struct Vassal {
@@ -335,23 +433,9 @@ pub struct Vassal {
     pub first_run: Option<Instant>,
     /// Latest start or reload.
     pub last_run: Option<Instant>,
-    /// Byte 1 seen for this incarnation.
-    pub ready: bool,
-    /// Byte 5 seen since the latest start/reload.
-    pub accepting: bool,
-    /// Byte 17 seen for this incarnation.
-    pub loyal: bool,
-    /// Latest byte 1.
-    pub last_ready: Option<Instant>,
-    /// Latest byte 5.
-    pub last_accepting: Option<Instant>,
-    /// Latest byte 17.
-    pub last_loyal: Option<Instant>,
-    /// Latest byte 26.
-    pub last_heartbeat: Option<Instant>,
-    /// SIGKILL if no heartbeat before this (armed by the first heartbeat).
-    pub heartbeat_deadline: Option<Instant>,
-    heartbeat_timer: bool,
+    /// Its slot in the core's hot tables (what channel bytes read and write, see
+    /// [`Core::channel`]).
+    slot: u32,
     /// Reloads requested (uWSGI's `respawns`).
     pub respawns: u64,
     /// Processes started after the first one.
@@ -463,7 +547,17 @@ pub struct Core {
     cfg: CoreConfig,
     vassals: IdMap<VassalId, Vassal>,
     by_key: HashMap<String, VassalId>,
-    by_inc: IdMap<Inc, VassalId>,
+    /// Incarnation → hot slot (the slot's `id` is the record).
+    by_inc: IdMap<Inc, u32>,
+    hot: Vec<Hot>,
+    marks: Vec<Marks>,
+    /// Slot → record id.
+    slot_ids: Vec<VassalId>,
+    free_slots: Vec<u32>,
+    /// `cfg.required_heartbeat` in nanoseconds.
+    required_ns: i64,
+    /// Origin of the hot table's times: the first `now` a record was created with.
+    epoch: Option<Instant>,
     by_pid: IdMap<i32, VassalId>,
     by_monitor: HashMap<MonitorId, HashSet<VassalId>>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -485,6 +579,12 @@ impl Core {
             vassals: IdMap::default(),
             by_key: HashMap::new(),
             by_inc: IdMap::default(),
+            hot: Vec::new(),
+            marks: Vec::new(),
+            slot_ids: Vec::new(),
+            free_slots: Vec::new(),
+            required_ns: i64::try_from(cfg.required_heartbeat.as_nanos()).unwrap_or(i64::MAX),
+            epoch: None,
             by_pid: IdMap::default(),
             by_monitor: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -516,7 +616,41 @@ impl Core {
 
     /// A vassal by incarnation.
     pub fn vassal_by_inc(&self, inc: Inc) -> Option<&Vassal> {
-        self.by_inc.get(&inc).and_then(|id| self.vassals.get(id))
+        self.by_inc
+            .get(&inc)
+            .and_then(|&slot| self.vassals.get(&self.slot_ids[slot as usize]))
+    }
+
+    /// What the channel bytes of `v` said (a record of this core).
+    pub fn channel(&self, v: &Vassal) -> ChannelState {
+        let slot = v.slot as usize;
+        let (Some(h), Some(m), Some(epoch)) =
+            (self.hot.get(slot), self.marks.get(slot), self.epoch)
+        else {
+            return ChannelState::default();
+        };
+        ChannelState {
+            ready: m.ready,
+            accepting: m.accepting,
+            loyal: m.loyal,
+            last_ready: dec_time(epoch, m.last_ready),
+            last_accepting: dec_time(epoch, m.last_accepting),
+            last_loyal: dec_time(epoch, m.last_loyal),
+            last_heartbeat: dec_time(epoch, h.last_heartbeat),
+            heartbeat_deadline: dec_time(epoch, h.heartbeat_deadline),
+        }
+    }
+
+    /// The id of the record whose incarnation is `inc`.
+    fn id_by_inc(&self, inc: Inc) -> Option<VassalId> {
+        self.by_inc
+            .get(&inc)
+            .map(|&slot| self.slot_ids[slot as usize])
+    }
+
+    /// The name of a record, for log lines ("" if gone).
+    fn name_of(&self, id: VassalId) -> &str {
+        self.vassals.get(&id).map_or("", |v| v.name.as_str())
     }
 
     /// Number of records.
@@ -689,6 +823,21 @@ impl Core {
         let id = VassalId(self.next_id);
         self.next_id += 1;
         info!(vassal = %e.name, "new vassal {} detected", e.name);
+        self.epoch.get_or_insert(now);
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.hot[slot as usize] = Hot::NEW;
+                self.marks[slot as usize] = Marks::NEW;
+                self.slot_ids[slot as usize] = id;
+                slot
+            }
+            None => {
+                self.hot.push(Hot::NEW);
+                self.marks.push(Marks::NEW);
+                self.slot_ids.push(id);
+                u32::try_from(self.hot.len() - 1).expect("fewer than 2^32 vassals")
+            }
+        };
         let v = Vassal {
             id,
             key: e.key.clone(),
@@ -703,15 +852,7 @@ impl Core {
             born: now,
             first_run: None,
             last_run: None,
-            ready: false,
-            accepting: false,
-            loyal: false,
-            last_ready: None,
-            last_accepting: None,
-            last_loyal: None,
-            last_heartbeat: None,
-            heartbeat_deadline: None,
-            heartbeat_timer: false,
+            slot,
             respawns: 0,
             restarts: 0,
             last_exit: None,
@@ -789,14 +930,15 @@ impl Core {
         }
         v.first_run.get_or_insert(now);
         v.last_run = Some(now);
-        v.state = State::Starting { inc };
-        v.ready = false;
-        v.accepting = false;
-        v.loyal = false;
+        set_state(&mut self.hot, v, State::Starting { inc });
+        let m = &mut self.marks[v.slot as usize];
+        m.ready = false;
+        m.accepting = false;
+        m.loyal = false;
+        self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
         v.adopted = false;
         v.reload_sent = false;
-        v.heartbeat_deadline = None;
-        self.by_inc.insert(inc, id);
+        self.by_inc.insert(inc, v.slot);
         self.actions.push_back(Action::Spawn(SpawnRequest {
             inc,
             vassal: id,
@@ -808,7 +950,7 @@ impl Core {
     }
 
     fn on_spawned(&mut self, now: Instant, inc: Inc, pid: i32) {
-        let Some(&id) = self.by_inc.get(&inc) else {
+        let Some(id) = self.id_by_inc(inc) else {
             return;
         };
         let Some(v) = self.vassals.get_mut(&id) else {
@@ -817,7 +959,7 @@ impl Core {
         if v.state != (State::Starting { inc }) {
             return;
         }
-        v.state = State::Running { inc, pid };
+        set_state(&mut self.hot, v, State::Running { inc, pid });
         self.by_pid.insert(pid, id);
         info!(vassal = %v.name, pid, "started vassal {} (pid: {pid})", v.name);
         if let Some(content) = v.content.clone() {
@@ -832,19 +974,18 @@ impl Core {
 
     /// Marks the process of `inc` as adopted from a fork server (stats `adopted`).
     pub fn mark_adopted(&mut self, inc: Inc) {
-        if let Some(v) = self
-            .by_inc
-            .get(&inc)
-            .and_then(|id| self.vassals.get_mut(id))
-        {
-            v.adopted = true;
+        if let Some(id) = self.id_by_inc(inc) {
+            if let Some(v) = self.vassals.get_mut(&id) {
+                v.adopted = true;
+            }
         }
     }
 
     fn on_spawn_failed(&mut self, now: Instant, inc: Inc, reason: &str) {
-        let Some(id) = self.by_inc.remove(&inc) else {
+        let Some(slot) = self.by_inc.remove(&inc) else {
             return;
         };
+        let id = self.slot_ids[slot as usize];
         self.actions.push_back(Action::Release { inc });
         if let Some(v) = self.vassals.get(&id) {
             warn!(vassal = %v.name, "cannot start vassal {}: {reason}", v.name);
@@ -884,7 +1025,7 @@ impl Core {
         let delay = Duration::from_millis(((delay_ms as f64) * jitter).round() as u64);
         let at = now + delay;
         if let Some(v) = self.vassals.get_mut(&id) {
-            v.state = State::Waiting { at };
+            set_state(&mut self.hot, v, State::Waiting { at });
         }
         if self.cfg.no_blacklist {
             info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());
@@ -907,48 +1048,77 @@ impl Core {
     }
 
     fn on_message(&mut self, now: Instant, inc: Inc, byte: u8) {
-        let Some(&id) = self.by_inc.get(&inc) else {
+        // The hot path (every worker, every few seconds): heartbeat, accepting and a repeated
+        // loyal byte touch only the record's slot in the hot tables (no allocation, and the
+        // record itself only when a log line is enabled).
+        let Some(&slot) = self.by_inc.get(&inc) else {
             return;
         };
-        let required = self.cfg.required_heartbeat;
+        let Some(epoch) = self.epoch else {
+            return;
+        };
+        let t = enc_time(epoch, now);
+        let msg = VassalMsg::from_byte(byte);
+        match msg {
+            VassalMsg::Heartbeat => {
+                let h = &mut self.hot[slot as usize];
+                h.last_heartbeat = t;
+                if h.running {
+                    // The same as encoding `now + required` (no overflow in ±292 years).
+                    h.heartbeat_deadline = t.saturating_add(self.required_ns);
+                    if !h.heartbeat_timer {
+                        h.heartbeat_timer = true;
+                        let id = self.slot_ids[slot as usize];
+                        self.timer(now + self.cfg.required_heartbeat, Timer::Heartbeat(id));
+                    }
+                }
+                return;
+            }
+            VassalMsg::Ready => {
+                let m = &mut self.marks[slot as usize];
+                m.ready = true;
+                m.last_ready = t;
+                let id = self.slot_ids[slot as usize];
+                info!(vassal = %self.name_of(id), "vassal {} has been spawned", self.name_of(id));
+                return;
+            }
+            VassalMsg::Accepting => {
+                let m = &mut self.marks[slot as usize];
+                m.accepting = true;
+                m.last_accepting = t;
+                let id = self.slot_ids[slot as usize];
+                info!(vassal = %self.name_of(id), "vassal {} is ready to accept requests", self.name_of(id));
+                return;
+            }
+            VassalMsg::Loyal => {
+                let m = &mut self.marks[slot as usize];
+                let first = !m.loyal;
+                m.loyal = true;
+                m.last_loyal = t;
+                let id = self.slot_ids[slot as usize];
+                // Only the first loyal byte of an incarnation can find a backoff to clear: a
+                // backoff is set only by a start that failed, after which the next start clears
+                // `loyal`.
+                if first {
+                    if let Some(v) = self.vassals.get_mut(&id) {
+                        if v.backoff.attempt > 0 {
+                            info!(vassal = %v.name, "vassal {} removed from the blacklist", v.name);
+                        }
+                        v.backoff = Backoff::default();
+                    }
+                }
+                info!(vassal = %self.name_of(id), "vassal {} is now loyal", self.name_of(id));
+                return;
+            }
+            _ => {}
+        }
+        // The rest are rare, but still borrow the name for their log lines: no allocation.
+        let id = self.slot_ids[slot as usize];
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        let msg = VassalMsg::from_byte(byte);
-        if msg == VassalMsg::Heartbeat {
-            // The hot path (every worker, every few seconds): no allocation, no log.
-            v.last_heartbeat = Some(now);
-            if matches!(v.state, State::Running { .. }) {
-                v.heartbeat_deadline = Some(now + required);
-                if !v.heartbeat_timer {
-                    v.heartbeat_timer = true;
-                    self.timer(now + required, Timer::Heartbeat(id));
-                }
-            }
-            return;
-        }
-        // The rest are rare, but still borrow the name for their log lines: no allocation.
         match msg {
-            VassalMsg::Ready => {
-                v.ready = true;
-                v.last_ready = Some(now);
-                info!(vassal = %v.name, "vassal {} has been spawned", v.name);
-            }
-            VassalMsg::Accepting => {
-                v.accepting = true;
-                v.last_accepting = Some(now);
-                info!(vassal = %v.name, "vassal {} is ready to accept requests", v.name);
-            }
-            VassalMsg::Loyal => {
-                v.loyal = true;
-                v.last_loyal = Some(now);
-                if v.backoff.attempt > 0 {
-                    info!(vassal = %v.name, "vassal {} removed from the blacklist", v.name);
-                }
-                v.backoff = Backoff::default();
-                info!(vassal = %v.name, "vassal {} is now loyal", v.name);
-            }
-            VassalMsg::Heartbeat => {}
+            VassalMsg::Ready | VassalMsg::Accepting | VassalMsg::Loyal | VassalMsg::Heartbeat => {}
             VassalMsg::ConfigRequest => match &v.content {
                 Some(content) => {
                     debug!(vassal = %v.name, "vassal {} asked for its config", v.name);
@@ -969,7 +1139,7 @@ impl Core {
     }
 
     fn on_channel_closed(&mut self, now: Instant, inc: Inc) {
-        let Some(&id) = self.by_inc.get(&inc) else {
+        let Some(id) = self.id_by_inc(inc) else {
             return;
         };
         let tolerance = self.cfg.curse_tolerance;
@@ -979,14 +1149,18 @@ impl Core {
         if let State::Running { inc: i, pid } = v.state {
             if i == inc {
                 info!(vassal = %v.name, pid, "vassal {} closed its channel: cursing it", v.name);
-                v.state = State::Stopping {
-                    inc,
-                    pid,
-                    since: now,
-                    kill_at: now + tolerance,
-                    requested: false,
-                };
-                v.heartbeat_deadline = None;
+                set_state(
+                    &mut self.hot,
+                    v,
+                    State::Stopping {
+                        inc,
+                        pid,
+                        since: now,
+                        kill_at: now + tolerance,
+                        requested: false,
+                    },
+                );
+                self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
                 self.timer(now + tolerance, Timer::Curse(id));
             }
         }
@@ -1002,7 +1176,7 @@ impl Core {
             return;
         };
         v.last_exit = Some(exit);
-        v.heartbeat_deadline = None;
+        self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
         if v.zerg.is_some() {
             // A zerg whose process ended is gone for good.
             v.wanted = false;
@@ -1021,15 +1195,15 @@ impl Core {
                 if shutting || !v.wanted {
                     self.remove(id);
                 } else {
-                    v.state = State::Waiting { at: now };
+                    set_state(&mut self.hot, v, State::Waiting { at: now });
                     self.start(now, id);
                 }
             }
             State::Running { .. } | State::Stopping { .. } => {
-                let loyal = v.loyal;
+                let loyal = self.marks[v.slot as usize].loyal;
                 if exit == ExitKind::Code(EXILE_CODE) && !shutting && v.wanted {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
-                    v.state = State::Exiled;
+                    set_state(&mut self.hot, v, State::Exiled);
                 } else if shutting || !v.wanted {
                     info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
                     self.remove(id);
@@ -1070,14 +1244,18 @@ impl Core {
             State::Running { inc, pid } => {
                 info!(vassal = %v.name, pid, "stopping vassal {} (pid: {pid})", v.name);
                 self.actions.push_back(Action::Send { inc, msg });
-                v.state = State::Stopping {
-                    inc,
-                    pid,
-                    since: now,
-                    kill_at: now + tolerance,
-                    requested: true,
-                };
-                v.heartbeat_deadline = None;
+                set_state(
+                    &mut self.hot,
+                    v,
+                    State::Stopping {
+                        inc,
+                        pid,
+                        since: now,
+                        kill_at: now + tolerance,
+                        requested: true,
+                    },
+                );
+                self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
                 self.timer(now + tolerance, Timer::Curse(id));
             }
             State::Stopping {
@@ -1104,10 +1282,11 @@ impl Core {
             v.respawns += 1;
             v.reload_sent = true;
             v.last_run = Some(now);
-            v.ready = false;
-            v.accepting = false;
+            let m = &mut self.marks[v.slot as usize];
+            m.ready = false;
+            m.accepting = false;
             // Re-armed by the next heartbeat: a reload legitimately pauses them.
-            v.heartbeat_deadline = None;
+            self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
         }
     }
 
@@ -1125,6 +1304,12 @@ impl Core {
             if let Some(pid) = v.state.pid() {
                 self.by_pid.remove(&pid);
             }
+            // Queued heartbeat timers find the record gone (ids are never reused).
+            let slot = v.slot as usize;
+            self.hot[slot] = Hot::NEW;
+            self.marks[slot] = Marks::NEW;
+            self.slot_ids[slot] = VassalId(0);
+            self.free_slots.push(v.slot);
         }
     }
 
@@ -1159,15 +1344,16 @@ impl Core {
                 vs.sort_by(|a, b| a.name.cmp(&b.name));
                 info!("the Emperor is governing {} vassals", vs.len());
                 for v in vs {
+                    let ch = self.channel(v);
                     info!(
                         vassal = %v.name,
                         "vassal {} state={} pid={} loyal={} ready={} accepting={} respawns={} restarts={} backoff_attempt={} throttle_ms={}",
                         v.name,
                         v.state.name(),
                         v.state.pid().unwrap_or(-1),
-                        v.loyal,
-                        v.ready,
-                        v.accepting,
+                        ch.loyal,
+                        ch.ready,
+                        ch.accepting,
                         v.respawns,
                         v.restarts,
                         v.backoff.attempt,
@@ -1234,8 +1420,13 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        v.heartbeat_timer = false;
-        let (State::Running { pid, .. }, Some(deadline)) = (v.state, v.heartbeat_deadline) else {
+        let (Some(h), Some(epoch)) = (self.hot.get_mut(v.slot as usize), self.epoch) else {
+            return;
+        };
+        h.heartbeat_timer = false;
+        let (State::Running { pid, .. }, Some(deadline)) =
+            (v.state, dec_time(epoch, h.heartbeat_deadline))
+        else {
             return;
         };
         if deadline <= now {
@@ -1246,10 +1437,10 @@ impl Core {
                 v.name,
                 required.as_secs()
             );
-            v.heartbeat_deadline = None;
+            h.heartbeat_deadline = NO_TIME;
             self.actions.push_back(Action::Kill { pid });
         } else {
-            v.heartbeat_timer = true;
+            h.heartbeat_timer = true;
             self.timer(deadline, Timer::Heartbeat(id));
         }
     }

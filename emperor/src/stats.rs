@@ -123,6 +123,7 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
     let vassals = vs
         .iter()
         .map(|v| {
+            let ch = core.channel(v);
             let cursed = match v.state {
                 State::Stopping { since, .. } => clock.unix(Some(since)),
                 _ => 0,
@@ -138,13 +139,13 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 pid: v.state.pid().map(i64::from).unwrap_or(-1),
                 born: clock.unix(Some(v.born)),
                 last_mod: v.stamp.mtime_secs(),
-                last_heartbeat: clock.unix(v.last_heartbeat),
-                loyal: u8::from(v.loyal),
-                ready: u8::from(v.ready),
-                accepting: u8::from(v.accepting),
-                last_loyal: clock.unix(v.last_loyal),
-                last_ready: clock.unix(v.last_ready),
-                last_accepting: clock.unix(v.last_accepting),
+                last_heartbeat: clock.unix(ch.last_heartbeat),
+                loyal: u8::from(ch.loyal),
+                ready: u8::from(ch.ready),
+                accepting: u8::from(ch.accepting),
+                last_loyal: clock.unix(ch.last_loyal),
+                last_ready: clock.unix(ch.last_ready),
+                last_accepting: clock.unix(ch.last_accepting),
                 first_run: clock.unix(v.first_run),
                 last_run: clock.unix(v.last_run),
                 cursed,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Action, Backoff, Core, MonitorId, State, Vassal, VassalId};
+use super::{set_state, Action, Backoff, Core, MonitorId, State, Vassal, VassalId};
 
 /// Where a vassal stands with respect to on-demand activation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -179,7 +179,7 @@ impl Core {
             if v.state != State::Suspended {
                 info!(vassal = %v.name, "vassal {} is suspended: waiting for a spawn command", v.name);
             }
-            v.state = State::Suspended;
+            set_state(&mut self.hot, v, State::Suspended);
             return true;
         }
         if !on_demand || v.zerg.is_some() {
@@ -192,12 +192,12 @@ impl Core {
                 false
             }
             OdPhase::Resolving => {
-                v.state = State::OnDemand;
+                set_state(&mut self.hot, v, State::OnDemand);
                 true
             }
             OdPhase::Unresolved => {
                 v.od = OdPhase::Resolving;
-                v.state = State::OnDemand;
+                set_state(&mut self.hot, v, State::OnDemand);
                 self.actions
                     .push_back(Action::OnDemand(OnDemandAction::Resolve {
                         vassal: id,
@@ -210,9 +210,10 @@ impl Core {
             OdPhase::Bound => {
                 let sock = v.on_demand.as_deref().unwrap_or("");
                 info!(vassal = %v.name, "vassal {} back to \"on demand\" mode (socket {sock})", v.name);
-                v.state = State::OnDemand;
-                v.ready = false;
-                v.accepting = false;
+                set_state(&mut self.hot, v, State::OnDemand);
+                let m = &mut self.marks[v.slot as usize];
+                m.ready = false;
+                m.accepting = false;
                 self.actions
                     .push_back(Action::OnDemand(OnDemandAction::Arm { vassal: id }));
                 true
@@ -385,7 +386,7 @@ impl Core {
                         return Err(format!("vassal {vname} is starting: stop it once it runs"));
                     }
                     _ => {
-                        v.state = State::Suspended;
+                        set_state(&mut self.hot, v, State::Suspended);
                         format!("vassal {vname} suspended until a spawn command")
                     }
                 }

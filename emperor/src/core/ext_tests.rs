@@ -171,7 +171,11 @@ fn on_demand_vassal_starts_on_connection_and_byte_22_rearms_it() {
     );
     let v = h.v("/v/app.ini");
     assert_eq!(
-        (v.state, v.ready, v.accepting),
+        (
+            v.state,
+            h.core.channel(v).ready,
+            h.core.channel(v).accepting
+        ),
         (State::OnDemand, false, false)
     );
     // The next connection starts it again.

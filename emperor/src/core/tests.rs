@@ -114,7 +114,7 @@ fn new_file_is_spawned_and_bytes_update_flags() {
     for b in [1u8, 5, 17] {
         h.ev(Event::Message { inc, byte: b });
     }
-    let v = h.core.vassal("/v/app.ini").unwrap();
+    let v = h.core.channel(h.core.vassal("/v/app.ini").unwrap());
     assert!(v.ready && v.accepting && v.loyal);
 }
 
@@ -134,7 +134,7 @@ fn modified_file_reloads_with_byte_1_and_keeps_the_pid() {
     );
     let v = h.core.vassal("/v/app.ini").unwrap();
     assert_eq!(v.respawns, 1);
-    assert!(!v.accepting);
+    assert!(!h.core.channel(v).accepting);
     assert_eq!(v.state, State::Running { inc, pid });
     // An unchanged rescan does nothing.
     assert!(h.scan(vec![entry("app.ini", 2)]).is_empty());
