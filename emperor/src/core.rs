@@ -398,10 +398,15 @@ fn dec_time(epoch: Instant, n: i64) -> Option<Instant> {
     }
 }
 
-/// Sets a vassal's state and keeps its hot `running` flag in step.
+/// Sets a vassal's state and keeps its hot `running` flag in step; leaving `Running` disarms
+/// the heartbeat watchdog (the next generation re-arms it with its first heartbeat).
 fn set_state(hot: &mut [Hot], v: &mut Vassal, state: State) {
     v.state = state;
-    hot[v.slot as usize].running = matches!(state, State::Running { .. });
+    let h = &mut hot[v.slot as usize];
+    h.running = matches!(state, State::Running { .. });
+    if !h.running {
+        h.heartbeat_deadline = NO_TIME;
+    }
 }
 
 /// One vassal record.
@@ -935,7 +940,6 @@ impl Core {
         m.ready = false;
         m.accepting = false;
         m.loyal = false;
-        self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
         v.adopted = false;
         v.reload_sent = false;
         self.by_inc.insert(inc, v.slot);
@@ -1142,26 +1146,13 @@ impl Core {
         let Some(id) = self.id_by_inc(inc) else {
             return;
         };
-        let tolerance = self.cfg.curse_tolerance;
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
         if let State::Running { inc: i, pid } = v.state {
             if i == inc {
                 info!(vassal = %v.name, pid, "vassal {} closed its channel: cursing it", v.name);
-                set_state(
-                    &mut self.hot,
-                    v,
-                    State::Stopping {
-                        inc,
-                        pid,
-                        since: now,
-                        kill_at: now + tolerance,
-                        requested: false,
-                    },
-                );
-                self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
-                self.timer(now + tolerance, Timer::Curse(id));
+                self.enter_stopping(now, id, inc, pid, false);
             }
         }
     }
@@ -1236,7 +1227,6 @@ impl Core {
         } else {
             EmperorMsg::Stop
         };
-        let tolerance = self.cfg.curse_tolerance;
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
@@ -1244,19 +1234,7 @@ impl Core {
             State::Running { inc, pid } => {
                 info!(vassal = %v.name, pid, "stopping vassal {} (pid: {pid})", v.name);
                 self.actions.push_back(Action::Send { inc, msg });
-                set_state(
-                    &mut self.hot,
-                    v,
-                    State::Stopping {
-                        inc,
-                        pid,
-                        since: now,
-                        kill_at: now + tolerance,
-                        requested: true,
-                    },
-                );
-                self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
-                self.timer(now + tolerance, Timer::Curse(id));
+                self.enter_stopping(now, id, inc, pid, true);
             }
             State::Stopping {
                 ref mut requested, ..
@@ -1386,6 +1364,27 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A running vassal was asked to stop (`requested`) or cursed: SIGKILL after the curse
+    /// tolerance unless it is reaped first.
+    fn enter_stopping(&mut self, now: Instant, id: VassalId, inc: Inc, pid: i32, requested: bool) {
+        let tolerance = self.cfg.curse_tolerance;
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
+        set_state(
+            &mut self.hot,
+            v,
+            State::Stopping {
+                inc,
+                pid,
+                since: now,
+                kill_at: now + tolerance,
+                requested,
+            },
+        );
+        self.timer(now + tolerance, Timer::Curse(id));
     }
 
     fn timer_curse(&mut self, now: Instant, id: VassalId) {
