@@ -943,13 +943,15 @@ mod tests {
     #[test]
     fn a_pid_still_in_transit_is_re_checked_until_it_is_ours() {
         // Like uWSGI's fork server: the reply names a grandchild whose parent (our child)
-        // exits a little later; then the kernel reparents it to us, the subreaper.
+        // exits later (here: when we close its stdin); then the kernel reparents it to us,
+        // the subreaper.
         nix::sys::prctl::set_child_subreaper(true).unwrap();
         let mut mid = std::process::Command::new("sh")
             .args([
                 "-c",
-                "sleep 30 </dev/null >/dev/null 2>&1 & echo $!; exec sleep 0.3",
+                "sleep 30 </dev/null >/dev/null 2>&1 & echo $!; exec cat >/dev/null",
             ])
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -979,6 +981,8 @@ mod tests {
         )
         .unwrap();
         server.join().unwrap();
+        // The middle process exits now: the grandchild moves to us while the client re-checks.
+        drop(mid.stdin.take());
         let done = drive_until_done(&mut poll, &mut c);
         let _ = mid.wait();
         let g = Pid::from_raw(grandchild);

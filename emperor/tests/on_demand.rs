@@ -176,7 +176,10 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
             .map(|l| l.local_addr().unwrap().port())
     };
     let p4 = free("127.0.0.1:0").unwrap();
-    let p6 = free("[::1]:0");
+    // IPv6 is part of what this test proves: no silent skip when the loopback lacks it.
+    let p6 = free("[::1]:0").expect(
+        "this test needs the IPv6 loopback [::1] (enable it: sysctl net.ipv6.conf.lo.disable_ipv6=0)",
+    );
     // The lookup of v4.ini blocks until the test creates `go` (at most ~30 s): meanwhile the
     // emperor keeps serving stats, so the command does not block its loop.
     let go = work.path().join("go");
@@ -185,14 +188,12 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
         &lookup,
         &format!(
             "#!/bin/sh\ncase \"$1\" in\n  v4.ini) i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n    echo 127.0.0.1:{p4} ;;\n  v6.ini) echo '[::1]:{}' ;;\nesac\n",
-            p6.unwrap_or(1),
+            p6,
             go = go.display()
         ),
     );
     std::fs::write(dir.join("v4.ini"), "[uwsgi]\n").unwrap();
-    if p6.is_some() {
-        std::fs::write(dir.join("v6.ini"), "[uwsgi]\n").unwrap();
-    }
+    std::fs::write(dir.join("v6.ini"), "[uwsgi]\n").unwrap();
     std::fs::write(dir.join("plain.ini"), "[uwsgi]\n").unwrap();
     let (mut emp, st) = start_emperor(
         work.path(),
@@ -209,12 +210,10 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
         v["state"] == "on-demand"
     });
     assert_eq!(v["on_demand"], "", "still looking up");
-    if p6.is_some() {
-        // Another vassal's lookup finishes while v4.ini's is still running.
-        wait_vassal(&mut emp, &st, "v6.ini", T, "bound", |v| {
-            v["on_demand"] != ""
-        });
-    }
+    // Another vassal's lookup finishes while v4.ini's is still running.
+    wait_vassal(&mut emp, &st, "v6.ini", T, "bound", |v| {
+        v["on_demand"] != ""
+    });
     assert_eq!(vassal(&stats(&st), "v4.ini").unwrap()["on_demand"], "");
     std::fs::write(&go, "").unwrap();
     wait_vassal(&mut emp, &st, "v4.ini", T, "bound", |v| {
@@ -222,16 +221,12 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
     });
     assert_eq!(ask(&addr4), "ok\n");
     emp.wait_for_line("vassal v4.ini back to \"on demand\" mode", T);
-    if let Some(p6) = p6 {
-        let addr6 = format!("[::1]:{p6}");
-        wait_vassal(&mut emp, &st, "v6.ini", T, "bound", |v| {
-            v["on_demand"] == addr6.as_str()
-        });
-        assert_eq!(ask(&addr6), "ok\n");
-        emp.wait_for_line("vassal v6.ini back to \"on demand\" mode", T);
-    } else {
-        eprintln!("no IPv6 loopback here: IPv6 part skipped");
-    }
+    let addr6 = format!("[::1]:{p6}");
+    wait_vassal(&mut emp, &st, "v6.ini", T, "bound", |v| {
+        v["on_demand"] == addr6.as_str()
+    });
+    assert_eq!(ask(&addr6), "ok\n");
+    emp.wait_for_line("vassal v6.ini back to \"on demand\" mode", T);
     // Every lookup child was reaped by the emperor's loop: no zombie is left.
     let deadline = std::time::Instant::now() + T;
     loop {
