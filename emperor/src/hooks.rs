@@ -148,20 +148,22 @@ impl Hooks {
         self.runs.values().any(|r| !r.exited)
     }
 
-    /// Runs the start hook for `req`; the spawn follows when it exits (see [`Reaped::Spawn`]).
+    /// Runs the start hook for `req` (`cwd`: the vassal's working dir, resolved into
+    /// `UWSGI_VASSALS_DIR` only when a hook runs); the spawn follows when it exits (see
+    /// [`Reaped::Spawn`]).
     /// Without a start hook, or when it cannot be started (logged), `req` comes back to be
     /// spawned now.
     pub fn before_start(
         &mut self,
         registry: &Registry,
         req: SpawnRequest,
-        dir: &Path,
+        cwd: &Path,
     ) -> Option<SpawnRequest> {
         let Some(cmd) = self.cfg.start.clone() else {
             return Some(req);
         };
         let mut c = Command::new(&cmd);
-        c.arg(&req.name).env("UWSGI_VASSALS_DIR", dir);
+        c.arg(&req.name).env("UWSGI_VASSALS_DIR", vassals_dir(cwd));
         let name = req.name.clone();
         match self.launch(registry, HookKind::Start, &name, c) {
             Some(pid) => {
@@ -181,13 +183,13 @@ impl Hooks {
         registry: &Registry,
         inc: Inc,
         name: &str,
-        dir: &Path,
+        cwd: &Path,
         pid: i32,
         uid: u32,
         gid: u32,
     ) {
         if self.cfg.stop.is_some() {
-            self.ledger.started(inc, name, dir);
+            self.ledger.started(inc, name, Path::new(&vassals_dir(cwd)));
         }
         for cmd in self.cfg.exec_as_emperor.clone() {
             let mut c = Command::new("/bin/sh");

@@ -929,11 +929,8 @@ impl Runtime {
 
     /// Starts a vassal, after its `--vassals-start-hook` when there is one.
     fn spawn(&mut self, req: SpawnRequest) {
-        let dir = crate::hooks::vassals_dir(self.scanners[req.monitor].vassal_cwd(&self.cwd));
-        if let Some(req) = self
-            .hooks
-            .before_start(self.poll.registry(), req, Path::new(&dir))
-        {
+        let cwd = self.scanners[req.monitor].vassal_cwd(&self.cwd);
+        if let Some(req) = self.hooks.before_start(self.poll.registry(), req, cwd) {
             self.spawn_now(req);
         }
     }
@@ -1105,12 +1102,11 @@ impl Runtime {
                     .as_ref()
                     .map(|c| (c.uid, c.gid))
                     .unwrap_or((self.info.uid, self.info.gid));
-                let dir = crate::hooks::vassals_dir(&plan.cwd);
                 self.hooks.after_start(
                     self.poll.registry(),
                     req.inc,
                     &req.name,
-                    Path::new(&dir),
+                    &plan.cwd,
                     pid,
                     uid,
                     gid,
@@ -1194,16 +1190,8 @@ impl Runtime {
                     // As after a fork: --exec-as-emperor and the stop hook's ledger.
                     let (uid, gid) =
                         crate::forkserver::owner_of(pid).unwrap_or((self.info.uid, self.info.gid));
-                    let dir = crate::hooks::vassals_dir(&cwd);
-                    self.hooks.after_start(
-                        self.poll.registry(),
-                        inc,
-                        &name,
-                        Path::new(&dir),
-                        pid,
-                        uid,
-                        gid,
-                    );
+                    self.hooks
+                        .after_start(self.poll.registry(), inc, &name, &cwd, pid, uid, gid);
                     if let Some(exit) = reaped {
                         self.core.handle(now, Event::Reaped { pid, exit });
                     }
