@@ -125,6 +125,8 @@ pub struct ScanResult {
 pub struct Scanner {
     spec: MonitorSpec,
     extra: Vec<String>,
+    /// Why a file with another suffix is skipped (built once: it is logged once per file).
+    bad_name: String,
     nofollow: bool,
     known: HashMap<String, Known>,
     reported: HashMap<String, String>,
@@ -197,9 +199,16 @@ pub fn inotify_sees_all(f_type: i64) -> Result<(), &'static str> {
 impl Scanner {
     /// A scanner for `spec`.
     pub fn new(spec: MonitorSpec, extra: Vec<String>, nofollow: bool) -> Scanner {
+        let mut exts: Vec<&str> = EXTENSIONS.iter().map(|(e, _)| *e).collect();
+        exts.extend(extra.iter().map(String::as_str));
+        let bad_name = format!(
+            "not a vassal config name (it must end in {})",
+            exts.join(" ")
+        );
         Scanner {
             spec,
             extra,
+            bad_name,
             nofollow,
             known: HashMap::new(),
             reported: HashMap::new(),
@@ -466,16 +475,11 @@ impl Scanner {
     /// Validates one candidate; logs (once) and returns `None` when it is skipped.
     fn check(&mut self, name: &str, path: &Path) -> Option<Entry> {
         if config_flag(name, &self.extra).is_none() {
-            let mut exts: Vec<&str> = EXTENSIONS.iter().map(|(e, _)| *e).collect();
-            exts.extend(self.extra.iter().map(String::as_str));
-            let reason = format!(
-                "not a vassal config name (it must end in {})",
-                exts.join(" ")
-            );
-            if self.reported.get(name) != Some(&reason) {
+            if self.reported.get(name) != Some(&self.bad_name) {
                 // Other files next to configs (apps, READMEs) are normal: info, not a warning.
+                let reason = &self.bad_name;
                 info!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
-                self.reported.insert(name.to_string(), reason);
+                self.reported.insert(name.to_string(), reason.clone());
             }
             return None;
         }
