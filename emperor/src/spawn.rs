@@ -613,17 +613,31 @@ mod tests {
             vec![resolve("sleep", Some(OsStr::new("/usr/bin:/bin")), Path::new("/")).unwrap()];
         p.argv = vec!["sleep".into(), "30".into()];
         let st = sp.spawn(&p).unwrap();
-        // CLONE_VFORK resumes us once the kernel swapped the child's memory, slightly before
-        // exec finishes (environment set up, close-on-exec done): wait for the environment.
+        // The child is killed and reaped even if an assertion below fails.
+        struct Reap(i32);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = kill_and_reap(self.0);
+            }
+        }
+        let _reap = Reap(st.pid);
+        // CLONE_VFORK resumes us once the kernel swapped the child's memory, before the
+        // dynamic loader has finished (it briefly holds fds of its own): look once `sleep` is
+        // asleep in nanosleep.
         let proc_ = PathBuf::from(format!("/proc/{}", st.pid));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let env = loop {
-            let env = std::fs::read(proc_.join("environ")).unwrap();
-            if !env.is_empty() || std::time::Instant::now() > deadline {
-                break env;
+        loop {
+            let wchan = std::fs::read_to_string(proc_.join("wchan")).unwrap_or_default();
+            if wchan.contains("nanosleep") {
+                break;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not reach its sleep within 10 s (wchan {wchan:?})"
+            );
             std::thread::yield_now();
-        };
+        }
+        let env = std::fs::read(proc_.join("environ")).unwrap();
         let cwd = std::fs::read_link(proc_.join("cwd")).unwrap();
         let fd0 = std::fs::read_link(proc_.join("fd/0")).unwrap();
         let mut fds: Vec<i32> = std::fs::read_dir(proc_.join("fd"))
@@ -632,7 +646,6 @@ mod tests {
             .collect();
         fds.sort();
         let status = std::fs::read_to_string(proc_.join("status")).unwrap();
-        let _ = kill_and_reap(st.pid);
         assert_eq!(cwd, std::fs::canonicalize(d.path()).unwrap());
         assert_eq!(fd0, PathBuf::from("/dev/null"));
         let env = String::from_utf8_lossy(&env).replace('\0', "\n");

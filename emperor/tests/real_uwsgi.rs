@@ -276,6 +276,7 @@ fn bad_files_are_skipped_once_while_good_vassals_run() {
         "skipping notes.txt",
         "skipping secret.ini",
         "skipping loop1.ini",
+        "skipping loop2.ini",
     ] {
         assert_eq!(
             out.matches(needle).count(),
