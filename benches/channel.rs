@@ -11,6 +11,10 @@
 //!   byte (throughput in elements).
 //!
 //! * `heartbeat_10_active` (10,000 only): all records registered, bytes from 10 of them.
+//! * `line_floor`: the memory floor of any O(1) design: read and write one 64-byte line of a
+//!   table of n lines with the same stride (the core's channel table is exactly that: one
+//!   64-byte line per record). What `heartbeat` gains from 10 to 10,000 beyond what
+//!   `line_floor` gains is work that depends on n.
 //! * `updated_reload`: not a byte but what one inotify event naming a changed config costs the
 //!   core: `Event::Updated` with a new stamp (key and name `String`s cloned as the runtime's
 //!   `Scanner::check_name` builds them) → a reload byte queued.
@@ -30,6 +34,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use emperor::core::{Action, Core, CoreConfig, Entry, Event, FileStamp, Inc};
 
 const SIZES: [usize; 2] = [10, 10_000];
+
+/// One cache line, for `line_floor`.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct FloorLine([u64; 8]);
 const BURST: usize = 64;
 
 fn setup(n: usize) -> (Core, Vec<Inc>, Instant) {
@@ -118,6 +127,17 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        let mut table = vec![FloorLine([0; 8]); n];
+        let mut j = 0usize;
+        g.bench_with_input(BenchmarkId::new("line_floor", n), &n, |b, _| {
+            b.iter(|| {
+                j = (j + 7919) % n;
+                let line = &mut table[black_box(j)];
+                line.0[0] = line.0[0].wrapping_add(1);
+                line.0[1] = black_box(line.0[0]);
+            })
+        });
+        black_box(&table);
         let keys: Vec<(String, String)> = (0..n)
             .map(|i| (format!("/vassals/app{i}.ini"), format!("app{i}.ini")))
             .collect();

@@ -19,7 +19,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uwsgi_proto::{EmperorMsg, VassalMsg};
 
 /// Index of a monitor (config source) in the emperor's list.
@@ -66,9 +66,33 @@ pub struct Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VassalId(pub u64);
 
-/// One start of a vassal (one channel); the runtime uses it as its channel token. Never reused.
+/// One start of a vassal (one channel); the runtime uses it as its channel token.
+///
+/// The core makes them as `sequence << 24 | slot`: the low [`Inc::SLOT_BITS`] bits are the
+/// record's slot in the core's channel table (so a channel byte finds its state without a hash
+/// lookup), the upper 36 bits a start counter, so a value is not reused before 2^36 starts
+/// (decades at hundreds of starts per second). Every value is below 2^60.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Inc(pub u64);
+
+impl Inc {
+    /// Bits of the slot.
+    pub const SLOT_BITS: u32 = 24;
+    /// Bits of the start counter.
+    pub const SEQ_BITS: u32 = 36;
+
+    fn new(seq: u64, slot: u32) -> Inc {
+        Inc((seq & ((1 << Self::SEQ_BITS) - 1)) << Self::SLOT_BITS | u64::from(slot))
+    }
+
+    /// The slot part.
+    fn slot(self) -> usize {
+        (self.0 & ((1 << Self::SLOT_BITS) - 1)) as usize
+    }
+}
+
+/// Most records the core holds at once (one slot each).
+pub const MAX_VASSALS: usize = 1 << Inc::SLOT_BITS;
 
 /// How a reaped child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,53 +352,55 @@ pub struct ChannelState {
     pub heartbeat_deadline: Option<Instant>,
 }
 
-/// "No time" in a [`Hot`] timestamp.
+/// "No time" in a [`Line`] timestamp.
 const NO_TIME: i64 = i64::MIN;
 
-/// The part of a vassal record a heartbeat reads and writes (24 bytes; the full [`Vassal`] is
-/// ~400): kept in a dense table indexed by [`Vassal::slot`], so that with 10,000 vassals the
-/// bytes stay in cache. Times are nanoseconds from the core's epoch ([`NO_TIME`] for none).
+/// What channel bytes read and write for one record, in one 64-byte cache line of a dense
+/// table indexed by the record's slot (the low bits of its [`Inc`]): a heartbeat, ready,
+/// accepting or loyal byte reads and writes this line and nothing else, so with 10,000 vassals a
+/// byte costs one cache line, not a hash lookup plus the ~400-byte [`Vassal`] record. Times are
+/// nanoseconds from the core's epoch ([`NO_TIME`] for none).
 #[derive(Clone, Copy, Debug)]
-struct Hot {
+#[repr(C, align(64))]
+struct Line {
+    /// The live incarnation of the slot's record (`0`: none); a byte for any other is stale.
+    inc: u64,
+    /// The record (`VassalId(0)` for a free slot).
+    id: VassalId,
     last_heartbeat: i64,
     heartbeat_deadline: i64,
+    last_ready: i64,
+    last_accepting: i64,
+    last_loyal: i64,
     /// `state` is `Running` (kept by [`set_state`]).
     running: bool,
     /// A `Timer::Heartbeat` is queued.
     heartbeat_timer: bool,
-}
-
-impl Hot {
-    const NEW: Hot = Hot {
-        last_heartbeat: NO_TIME,
-        heartbeat_deadline: NO_TIME,
-        running: false,
-        heartbeat_timer: false,
-    };
-}
-
-/// What bytes 1, 5 and 17 read and write (32 bytes, a second dense table indexed by
-/// [`Vassal::slot`]).
-#[derive(Clone, Copy, Debug)]
-struct Marks {
-    last_ready: i64,
-    last_accepting: i64,
-    last_loyal: i64,
     ready: bool,
     accepting: bool,
     loyal: bool,
 }
 
-impl Marks {
-    const NEW: Marks = Marks {
-        last_ready: NO_TIME,
-        last_accepting: NO_TIME,
-        last_loyal: NO_TIME,
-        ready: false,
-        accepting: false,
-        loyal: false,
-    };
+impl Line {
+    const fn new(id: VassalId) -> Line {
+        Line {
+            inc: 0,
+            id,
+            last_heartbeat: NO_TIME,
+            heartbeat_deadline: NO_TIME,
+            last_ready: NO_TIME,
+            last_accepting: NO_TIME,
+            last_loyal: NO_TIME,
+            running: false,
+            heartbeat_timer: false,
+            ready: false,
+            accepting: false,
+            loyal: false,
+        }
+    }
 }
+
+const _: () = assert!(std::mem::size_of::<Line>() == 64);
 
 /// `t` as signed nanoseconds from `epoch` (exact within ±292 years).
 fn enc_time(epoch: Instant, t: Instant) -> i64 {
@@ -400,9 +426,9 @@ fn dec_time(epoch: Instant, n: i64) -> Option<Instant> {
 
 /// Sets a vassal's state and keeps its hot `running` flag in step; leaving `Running` disarms
 /// the heartbeat watchdog (the next generation re-arms it with its first heartbeat).
-fn set_state(hot: &mut [Hot], v: &mut Vassal, state: State) {
+fn set_state(lines: &mut [Line], v: &mut Vassal, state: State) {
     v.state = state;
-    let h = &mut hot[v.slot as usize];
+    let h = &mut lines[v.slot as usize];
     h.running = matches!(state, State::Running { .. });
     if !h.running {
         h.heartbeat_deadline = NO_TIME;
@@ -438,7 +464,7 @@ pub struct Vassal {
     pub first_run: Option<Instant>,
     /// Latest start or reload.
     pub last_run: Option<Instant>,
-    /// Its slot in the core's hot tables (what channel bytes read and write, see
+    /// Its slot in the core's channel table (what channel bytes read and write, see
     /// [`Core::channel`]).
     slot: u32,
     /// Reloads requested (uWSGI's `respawns`).
@@ -552,13 +578,11 @@ pub struct Core {
     cfg: CoreConfig,
     vassals: IdMap<VassalId, Vassal>,
     by_key: HashMap<String, VassalId>,
-    /// Incarnation → hot slot (the slot's `id` is the record).
-    by_inc: IdMap<Inc, u32>,
-    hot: Vec<Hot>,
-    marks: Vec<Marks>,
-    /// Slot → record id.
-    slot_ids: Vec<VassalId>,
+    /// Channel state by slot (the low bits of an [`Inc`]; see [`Line`]).
+    lines: Vec<Line>,
     free_slots: Vec<u32>,
+    /// [`MAX_VASSALS`] (lower in tests).
+    max_vassals: usize,
     /// `cfg.required_heartbeat` in nanoseconds.
     required_ns: i64,
     /// Origin of the hot table's times: the first `now` a record was created with.
@@ -583,11 +607,9 @@ impl Core {
             cfg,
             vassals: IdMap::default(),
             by_key: HashMap::new(),
-            by_inc: IdMap::default(),
-            hot: Vec::new(),
-            marks: Vec::new(),
-            slot_ids: Vec::new(),
+            lines: Vec::new(),
             free_slots: Vec::new(),
+            max_vassals: MAX_VASSALS,
             required_ns: i64::try_from(cfg.required_heartbeat.as_nanos()).unwrap_or(i64::MAX),
             epoch: None,
             by_pid: IdMap::default(),
@@ -621,36 +643,45 @@ impl Core {
 
     /// A vassal by incarnation.
     pub fn vassal_by_inc(&self, inc: Inc) -> Option<&Vassal> {
-        self.by_inc
-            .get(&inc)
-            .and_then(|&slot| self.vassals.get(&self.slot_ids[slot as usize]))
+        self.id_by_inc(inc).and_then(|id| self.vassals.get(&id))
     }
 
     /// What the channel bytes of `v` said (a record of this core).
     pub fn channel(&self, v: &Vassal) -> ChannelState {
-        let slot = v.slot as usize;
-        let (Some(h), Some(m), Some(epoch)) =
-            (self.hot.get(slot), self.marks.get(slot), self.epoch)
-        else {
+        let (Some(h), Some(epoch)) = (self.lines.get(v.slot as usize), self.epoch) else {
             return ChannelState::default();
         };
         ChannelState {
-            ready: m.ready,
-            accepting: m.accepting,
-            loyal: m.loyal,
-            last_ready: dec_time(epoch, m.last_ready),
-            last_accepting: dec_time(epoch, m.last_accepting),
-            last_loyal: dec_time(epoch, m.last_loyal),
+            ready: h.ready,
+            accepting: h.accepting,
+            loyal: h.loyal,
+            last_ready: dec_time(epoch, h.last_ready),
+            last_accepting: dec_time(epoch, h.last_accepting),
+            last_loyal: dec_time(epoch, h.last_loyal),
             last_heartbeat: dec_time(epoch, h.last_heartbeat),
             heartbeat_deadline: dec_time(epoch, h.heartbeat_deadline),
         }
     }
 
-    /// The id of the record whose incarnation is `inc`.
+    /// The slot of `inc` while it is its record's live incarnation.
+    fn live_slot(&self, inc: Inc) -> Option<usize> {
+        let slot = inc.slot();
+        self.lines
+            .get(slot)
+            .is_some_and(|l| l.inc == inc.0 && inc.0 != 0)
+            .then_some(slot)
+    }
+
+    /// Ends `inc` as its record's live incarnation; its slot, if it was live.
+    fn end_inc(&mut self, inc: Inc) -> Option<usize> {
+        let slot = self.live_slot(inc)?;
+        self.lines[slot].inc = 0;
+        Some(slot)
+    }
+
+    /// The id of the record whose live incarnation is `inc`.
     fn id_by_inc(&self, inc: Inc) -> Option<VassalId> {
-        self.by_inc
-            .get(&inc)
-            .map(|&slot| self.slot_ids[slot as usize])
+        self.live_slot(inc).map(|slot| self.lines[slot].id)
     }
 
     /// The name of a record, for log lines ("" if gone).
@@ -769,8 +800,9 @@ impl Core {
                     if self.shutdown.is_some() || self.tyrant_refuses(monitor, &e) {
                         continue;
                     }
-                    let id = self.add(now, monitor, e);
-                    seen.insert(id);
+                    if let Some(id) = self.add(now, monitor, e) {
+                        seen.insert(id);
+                    }
                 }
             }
         }
@@ -816,33 +848,34 @@ impl Core {
         }
     }
 
-    fn add(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> VassalId {
-        let id = self.insert_record(now, monitor, e);
+    fn add(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> Option<VassalId> {
+        let id = self.insert_record(now, monitor, e)?;
         self.on_added(id);
         self.start(now, id);
-        id
+        Some(id)
     }
 
-    /// Creates the record of a new vassal (no process yet).
-    fn insert_record(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> VassalId {
+    /// Creates the record of a new vassal (no process yet); `None` (logged) when the core
+    /// already holds [`MAX_VASSALS`] records.
+    fn insert_record(&mut self, now: Instant, monitor: MonitorId, e: Entry) -> Option<VassalId> {
         let id = VassalId(self.next_id);
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.lines[slot as usize] = Line::new(id);
+                slot
+            }
+            None if self.lines.len() < self.max_vassals => {
+                self.lines.push(Line::new(id));
+                (self.lines.len() - 1) as u32
+            }
+            None => {
+                error!(vassal = %e.name, "cannot govern vassal {}: the emperor already governs {} vassals, its limit", e.name, self.max_vassals);
+                return None;
+            }
+        };
         self.next_id += 1;
         info!(vassal = %e.name, "new vassal {} detected", e.name);
         self.epoch.get_or_insert(now);
-        let slot = match self.free_slots.pop() {
-            Some(slot) => {
-                self.hot[slot as usize] = Hot::NEW;
-                self.marks[slot as usize] = Marks::NEW;
-                self.slot_ids[slot as usize] = id;
-                slot
-            }
-            None => {
-                self.hot.push(Hot::NEW);
-                self.marks.push(Marks::NEW);
-                self.slot_ids.push(id);
-                u32::try_from(self.hot.len() - 1).expect("fewer than 2^32 vassals")
-            }
-        };
         let v = Vassal {
             id,
             key: e.key.clone(),
@@ -874,7 +907,7 @@ impl Core {
         self.vassals.insert(id, v);
         self.by_key.insert(e.key, id);
         self.by_monitor.entry(monitor).or_default().insert(id);
-        id
+        Some(id)
     }
 
     fn on_present(&mut self, now: Instant, id: VassalId, e: Entry) {
@@ -925,8 +958,15 @@ impl Core {
         if self.park(now, id) || self.tyrant_blocks_start(id) {
             return;
         }
-        let inc = Inc(self.next_inc);
-        self.next_inc += 1;
+        let Some(slot) = self.vassals.get(&id).map(|v| v.slot) else {
+            return;
+        };
+        let inc = Inc::new(self.next_inc, slot);
+        // Wraps after 2^36 starts, skipping 0 (never a live incarnation).
+        self.next_inc = (self.next_inc + 1) & ((1 << Inc::SEQ_BITS) - 1);
+        if self.next_inc == 0 {
+            self.next_inc = 1;
+        }
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
@@ -935,14 +975,14 @@ impl Core {
         }
         v.first_run.get_or_insert(now);
         v.last_run = Some(now);
-        set_state(&mut self.hot, v, State::Starting { inc });
-        let m = &mut self.marks[v.slot as usize];
-        m.ready = false;
-        m.accepting = false;
-        m.loyal = false;
+        set_state(&mut self.lines, v, State::Starting { inc });
+        let l = &mut self.lines[slot as usize];
+        l.ready = false;
+        l.accepting = false;
+        l.loyal = false;
+        l.inc = inc.0;
         v.adopted = false;
         v.reload_sent = false;
-        self.by_inc.insert(inc, v.slot);
         self.actions.push_back(Action::Spawn(SpawnRequest {
             inc,
             vassal: id,
@@ -963,7 +1003,7 @@ impl Core {
         if v.state != (State::Starting { inc }) {
             return;
         }
-        set_state(&mut self.hot, v, State::Running { inc, pid });
+        set_state(&mut self.lines, v, State::Running { inc, pid });
         self.by_pid.insert(pid, id);
         info!(vassal = %v.name, pid, "started vassal {} (pid: {pid})", v.name);
         if let Some(content) = v.content.clone() {
@@ -986,10 +1026,10 @@ impl Core {
     }
 
     fn on_spawn_failed(&mut self, now: Instant, inc: Inc, reason: &str) {
-        let Some(slot) = self.by_inc.remove(&inc) else {
+        let Some(slot) = self.end_inc(inc) else {
             return;
         };
-        let id = self.slot_ids[slot as usize];
+        let id = self.lines[slot].id;
         self.actions.push_back(Action::Release { inc });
         if let Some(v) = self.vassals.get(&id) {
             warn!(vassal = %v.name, "cannot start vassal {}: {reason}", v.name);
@@ -1029,7 +1069,7 @@ impl Core {
         let delay = Duration::from_millis(((delay_ms as f64) * jitter).round() as u64);
         let at = now + delay;
         if let Some(v) = self.vassals.get_mut(&id) {
-            set_state(&mut self.hot, v, State::Waiting { at });
+            set_state(&mut self.lines, v, State::Waiting { at });
         }
         if self.cfg.no_blacklist {
             info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());
@@ -1052,12 +1092,16 @@ impl Core {
     }
 
     fn on_message(&mut self, now: Instant, inc: Inc, byte: u8) {
-        // The hot path (every worker, every few seconds): heartbeat, accepting and a repeated
-        // loyal byte touch only the record's slot in the hot tables (no allocation, and the
-        // record itself only when a log line is enabled).
-        let Some(&slot) = self.by_inc.get(&inc) else {
+        // The hot path (every worker, every few seconds): heartbeat, ready, accepting and a
+        // repeated loyal byte read and write one cache line, the record's `Line` (no hashing,
+        // no allocation; the record itself only when a log line is enabled).
+        let slot = inc.slot();
+        let Some(l) = self.lines.get_mut(slot) else {
             return;
         };
+        if l.inc != inc.0 || inc.0 == 0 {
+            return;
+        }
         let Some(epoch) = self.epoch else {
             return;
         };
@@ -1065,41 +1109,37 @@ impl Core {
         let msg = VassalMsg::from_byte(byte);
         match msg {
             VassalMsg::Heartbeat => {
-                let h = &mut self.hot[slot as usize];
-                h.last_heartbeat = t;
-                if h.running {
+                l.last_heartbeat = t;
+                if l.running {
                     // The same as encoding `now + required` (no overflow in ±292 years).
-                    h.heartbeat_deadline = t.saturating_add(self.required_ns);
-                    if !h.heartbeat_timer {
-                        h.heartbeat_timer = true;
-                        let id = self.slot_ids[slot as usize];
+                    l.heartbeat_deadline = t.saturating_add(self.required_ns);
+                    if !l.heartbeat_timer {
+                        l.heartbeat_timer = true;
+                        let id = l.id;
                         self.timer(now + self.cfg.required_heartbeat, Timer::Heartbeat(id));
                     }
                 }
                 return;
             }
             VassalMsg::Ready => {
-                let m = &mut self.marks[slot as usize];
-                m.ready = true;
-                m.last_ready = t;
-                let id = self.slot_ids[slot as usize];
+                l.ready = true;
+                l.last_ready = t;
+                let id = l.id;
                 info!(vassal = %self.name_of(id), "vassal {} has been spawned", self.name_of(id));
                 return;
             }
             VassalMsg::Accepting => {
-                let m = &mut self.marks[slot as usize];
-                m.accepting = true;
-                m.last_accepting = t;
-                let id = self.slot_ids[slot as usize];
+                l.accepting = true;
+                l.last_accepting = t;
+                let id = l.id;
                 info!(vassal = %self.name_of(id), "vassal {} is ready to accept requests", self.name_of(id));
                 return;
             }
             VassalMsg::Loyal => {
-                let m = &mut self.marks[slot as usize];
-                let first = !m.loyal;
-                m.loyal = true;
-                m.last_loyal = t;
-                let id = self.slot_ids[slot as usize];
+                let first = !l.loyal;
+                l.loyal = true;
+                l.last_loyal = t;
+                let id = l.id;
                 // Only the first loyal byte of an incarnation can find a backoff to clear: a
                 // backoff is set only by a start that failed, after which the next start clears
                 // `loyal`.
@@ -1117,7 +1157,7 @@ impl Core {
             _ => {}
         }
         // The rest are rare, but still borrow the name for their log lines: no allocation.
-        let id = self.slot_ids[slot as usize];
+        let id = self.lines[slot].id;
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
@@ -1167,14 +1207,14 @@ impl Core {
             return;
         };
         v.last_exit = Some(exit);
-        self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
+        self.lines[v.slot as usize].heartbeat_deadline = NO_TIME;
         if v.zerg.is_some() {
             // A zerg whose process ended is gone for good.
             v.wanted = false;
         }
         let state = v.state;
         if let Some(inc) = state.inc() {
-            self.by_inc.remove(&inc);
+            self.lines[v.slot as usize].inc = 0;
             self.actions.push_back(Action::Release { inc });
         }
         let name = v.name.clone();
@@ -1186,15 +1226,15 @@ impl Core {
                 if shutting || !v.wanted {
                     self.remove(id);
                 } else {
-                    set_state(&mut self.hot, v, State::Waiting { at: now });
+                    set_state(&mut self.lines, v, State::Waiting { at: now });
                     self.start(now, id);
                 }
             }
             State::Running { .. } | State::Stopping { .. } => {
-                let loyal = self.marks[v.slot as usize].loyal;
+                let loyal = self.lines[v.slot as usize].loyal;
                 if exit == ExitKind::Code(EXILE_CODE) && !shutting && v.wanted {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
-                    set_state(&mut self.hot, v, State::Exiled);
+                    set_state(&mut self.lines, v, State::Exiled);
                 } else if shutting || !v.wanted {
                     info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
                     self.remove(id);
@@ -1260,11 +1300,11 @@ impl Core {
             v.respawns += 1;
             v.reload_sent = true;
             v.last_run = Some(now);
-            let m = &mut self.marks[v.slot as usize];
-            m.ready = false;
-            m.accepting = false;
+            let l = &mut self.lines[v.slot as usize];
+            l.ready = false;
+            l.accepting = false;
             // Re-armed by the next heartbeat: a reload legitimately pauses them.
-            self.hot[v.slot as usize].heartbeat_deadline = NO_TIME;
+            l.heartbeat_deadline = NO_TIME;
         }
     }
 
@@ -1276,17 +1316,12 @@ impl Core {
             if let Some(s) = self.by_monitor.get_mut(&v.monitor) {
                 s.remove(&id);
             }
-            if let Some(inc) = v.state.inc() {
-                self.by_inc.remove(&inc);
-            }
             if let Some(pid) = v.state.pid() {
                 self.by_pid.remove(&pid);
             }
-            // Queued heartbeat timers find the record gone (ids are never reused).
-            let slot = v.slot as usize;
-            self.hot[slot] = Hot::NEW;
-            self.marks[slot] = Marks::NEW;
-            self.slot_ids[slot] = VassalId(0);
+            // Queued heartbeat timers find the record gone (ids are never reused); a byte of
+            // its last incarnation finds `inc` 0.
+            self.lines[v.slot as usize] = Line::new(VassalId(0));
             self.free_slots.push(v.slot);
         }
     }
@@ -1374,7 +1409,7 @@ impl Core {
             return;
         };
         set_state(
-            &mut self.hot,
+            &mut self.lines,
             v,
             State::Stopping {
                 inc,
@@ -1419,7 +1454,7 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        let (Some(h), Some(epoch)) = (self.hot.get_mut(v.slot as usize), self.epoch) else {
+        let (Some(h), Some(epoch)) = (self.lines.get_mut(v.slot as usize), self.epoch) else {
             return;
         };
         h.heartbeat_timer = false;

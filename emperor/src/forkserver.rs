@@ -103,7 +103,9 @@ const RECHECK: Duration = Duration::from_millis(5);
 /// Longest parent chain walked by [`classify`].
 const MAX_DEPTH: usize = 256;
 
-const TOKEN_BASE: usize = 1 << 52;
+/// Fork-request tokens: `TOKEN_BASE + inc` (an [`Inc`] is below 2^60), below the runtime's
+/// channel tokens (from 2^62).
+const TOKEN_BASE: usize = 1 << 61;
 
 /// The mio token of the request for `inc`.
 pub fn token(inc: Inc) -> Token {

@@ -37,7 +37,8 @@ const STATS: Token = Token(2);
 const PARENT: Token = Token(3);
 const CLIENT_BASE: usize = 1 << 20;
 const CLIENT_SPAN: usize = 1 << 30;
-const CHANNEL_BASE: usize = 1 << 40;
+/// Channel tokens: `CHANNEL_BASE | inc << 1 | is_config` (an [`Inc`] is below 2^60).
+const CHANNEL_BASE: usize = 1 << 62;
 
 /// Quiet time after an inotify event saying a file went away (`IN_DELETE`, `IN_MOVED_FROM`) or
 /// a whole directory changed, before it is examined (coalesces an editor's rename-away + write

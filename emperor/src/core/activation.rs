@@ -179,7 +179,7 @@ impl Core {
             if v.state != State::Suspended {
                 info!(vassal = %v.name, "vassal {} is suspended: waiting for a spawn command", v.name);
             }
-            set_state(&mut self.hot, v, State::Suspended);
+            set_state(&mut self.lines, v, State::Suspended);
             return true;
         }
         if !on_demand || v.zerg.is_some() {
@@ -192,12 +192,12 @@ impl Core {
                 false
             }
             OdPhase::Resolving => {
-                set_state(&mut self.hot, v, State::OnDemand);
+                set_state(&mut self.lines, v, State::OnDemand);
                 true
             }
             OdPhase::Unresolved => {
                 v.od = OdPhase::Resolving;
-                set_state(&mut self.hot, v, State::OnDemand);
+                set_state(&mut self.lines, v, State::OnDemand);
                 self.actions
                     .push_back(Action::OnDemand(OnDemandAction::Resolve {
                         vassal: id,
@@ -210,10 +210,10 @@ impl Core {
             OdPhase::Bound => {
                 let sock = v.on_demand.as_deref().unwrap_or("");
                 info!(vassal = %v.name, "vassal {} back to \"on demand\" mode (socket {sock})", v.name);
-                set_state(&mut self.hot, v, State::OnDemand);
-                let m = &mut self.marks[v.slot as usize];
-                m.ready = false;
-                m.accepting = false;
+                set_state(&mut self.lines, v, State::OnDemand);
+                let l = &mut self.lines[v.slot as usize];
+                l.ready = false;
+                l.accepting = false;
                 self.actions
                     .push_back(Action::OnDemand(OnDemandAction::Arm { vassal: id }));
                 true
@@ -386,7 +386,7 @@ impl Core {
                         return Err(format!("vassal {vname} is starting: stop it once it runs"));
                     }
                     _ => {
-                        set_state(&mut self.hot, v, State::Suspended);
+                        set_state(&mut self.lines, v, State::Suspended);
                         format!("vassal {vname} suspended until a spawn command")
                     }
                 }

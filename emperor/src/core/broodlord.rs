@@ -64,7 +64,9 @@ impl Core {
             return;
         }
         info!(vassal = %name, "vassal {name} is going in broodlord mode: launching zerg {}", entry.name);
-        let zid = self.insert_record(now, monitor, entry);
+        let Some(zid) = self.insert_record(now, monitor, entry) else {
+            return;
+        };
         // Not a config of the monitor: scans neither stop nor re-create it.
         if let Some(s) = self.by_monitor.get_mut(&monitor) {
             s.remove(&zid);

@@ -689,3 +689,120 @@ fn single_file_updates_add_reload_and_stop() {
     // A later full scan agrees with the per-file view.
     assert!(h.scan(vec![]).is_empty());
 }
+
+#[test]
+fn a_stale_incarnation_never_touches_the_next_one_in_its_slot() {
+    let mut h = Harness::new(cfg());
+    let (old, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc: old, byte: 17 });
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    let (new, _) = h.spawn_all(&a).expect("respawned");
+    assert_ne!(new, old);
+    assert_eq!(new.slot(), old.slot());
+    // A byte still buffered from the dead process.
+    h.ev(Event::Message { inc: old, byte: 5 });
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert!(!h.core.channel(v).accepting && !h.core.channel(v).loyal);
+    assert_eq!(h.core.vassal_by_inc(old).map(|v| v.id), None);
+    h.ev(Event::Message { inc: new, byte: 5 });
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert!(h.core.channel(v).accepting);
+    assert_eq!(h.core.vassal_by_inc(new).map(|v| v.id), Some(v.id));
+}
+
+#[test]
+fn a_reused_slot_ignores_the_previous_records_incarnation() {
+    let mut h = Harness::new(cfg());
+    let a = h.scan(vec![entry("a.ini", 1), entry("b.ini", 1)]);
+    h.spawn_all(&a);
+    let State::Running {
+        inc: a_inc,
+        pid: a_pid,
+    } = h.state("a.ini")
+    else {
+        panic!("a.ini not running");
+    };
+    h.scan(vec![entry("b.ini", 1)]);
+    h.ev(Event::Reaped {
+        pid: a_pid,
+        exit: ExitKind::Code(0),
+    });
+    assert!(h.core.vassal("/v/a.ini").is_none());
+    let a = h.scan(vec![entry("b.ini", 1), entry("c.ini", 1)]);
+    let (c_inc, _) = h.spawn_all(&a).expect("c.ini spawned");
+    assert_eq!(c_inc.slot(), a_inc.slot(), "the freed slot is reused");
+    for byte in [1u8, 5, 17, 26] {
+        h.ev(Event::Message { inc: a_inc, byte });
+    }
+    let c = h.core.channel(h.core.vassal("/v/c.ini").unwrap());
+    assert_eq!(c, ChannelState::default());
+}
+
+#[test]
+fn incarnations_are_distinct_below_2_60_and_the_counter_wraps_past_0() {
+    let mut h = Harness::new(cfg());
+    let mut seen = HashSet::new();
+    let names: Vec<String> = (0..50).map(|i| format!("v{i}.ini")).collect();
+    let a = h.scan(names.iter().map(|n| entry(n, 1)).collect());
+    for a in &a {
+        if let Action::Spawn(r) = a {
+            assert!(r.inc.0 < 1 << 60 && r.inc.0 != 0);
+            assert!(seen.insert(r.inc));
+        }
+    }
+    assert_eq!(seen.len(), 50);
+    h.core.next_inc = (1 << Inc::SEQ_BITS) - 1;
+    let a = h.scan(vec![entry("w.ini", 1), entry("x.ini", 1)]);
+    let incs: Vec<Inc> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn(r) => Some(r.inc),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(incs.len(), 2);
+    assert_eq!(incs[0].0 >> Inc::SLOT_BITS, (1 << Inc::SEQ_BITS) - 1);
+    assert_eq!(incs[1].0 >> Inc::SLOT_BITS, 1);
+    assert!(incs.iter().all(|i| i.0 < 1 << 60));
+}
+
+#[test]
+fn beyond_the_vassal_limit_a_config_is_refused_until_a_slot_frees() {
+    let mut h = Harness::new(cfg());
+    h.core.max_vassals = 2;
+    let a = h.scan(vec![
+        entry("a.ini", 1),
+        entry("b.ini", 1),
+        entry("c.ini", 1),
+    ]);
+    assert_eq!(spawns(&a), 2);
+    assert_eq!(h.core.len(), 2);
+    let refused = ["a.ini", "b.ini", "c.ini"]
+        .into_iter()
+        .find(|n| h.core.vassal(&format!("/v/{n}")).is_none())
+        .expect("one refused");
+    h.spawn_all(&a);
+    let kept = ["a.ini", "b.ini", "c.ini"]
+        .into_iter()
+        .find(|n| *n != refused)
+        .unwrap();
+    let State::Running { pid, .. } = h.state(kept) else {
+        panic!("{kept} not running");
+    };
+    let others: Vec<Entry> = ["a.ini", "b.ini", "c.ini"]
+        .into_iter()
+        .filter(|n| *n != kept)
+        .map(|n| entry(n, 1))
+        .collect();
+    h.scan(others.clone());
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    let a = h.scan(others);
+    assert_eq!(spawns(&a), 1, "the refused config gets the freed slot");
+    assert!(h.core.vassal(&format!("/v/{refused}")).is_some());
+}
