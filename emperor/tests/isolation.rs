@@ -59,8 +59,28 @@ fn loyal_or_error(emp: &mut Proc, st: &Path, id: &str, error: &str) -> Result<i3
     }
 }
 
+/// Whether this machine lets us create the namespaces the tests ask for (probed with
+/// util-linux's `unshare`, independently of the emperor).
+fn namespaces_allowed() -> bool {
+    Command::new("unshare")
+        .args([
+            "--net", "--uts", "--ipc", "--pid", "--mount", "--fork", "true",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("util-linux `unshare` is needed to probe namespace support")
+        .success()
+}
+
+/// Whether this process holds capability `bit` in its effective set.
+fn has_effective_cap(bit: u32) -> bool {
+    let eff = u64::from_str_radix(&status_field(std::process::id() as i32, "CapEff:"), 16).unwrap();
+    eff & (1 << bit) != 0
+}
+
 #[test]
 fn vassal_bounding_set_and_namespaces_differ_from_the_emperor() {
+    let allowed = namespaces_allowed();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("vassals");
     std::fs::create_dir(&dir).unwrap();
@@ -80,6 +100,12 @@ fn vassal_bounding_set_and_namespaces_differ_from_the_emperor() {
     );
     let me = emp.pid() as i32;
     match loyal_or_error(&mut emp, &st, "iso.ini", "--emperor-use-clone=") {
+        Ok(pid) if !allowed => {
+            panic!("unshare could not create these namespaces, yet vassal {pid} started in them")
+        }
+        Err(line) if allowed => {
+            panic!("unshare creates these namespaces here, but the emperor failed: {line}")
+        }
         Ok(pid) => {
             let cap_bnd = u64::from_str_radix(&status_field(pid, "CapBnd:"), 16).unwrap();
             assert_eq!(cap_bnd, (1 << 10) | 1, "vassal CapBnd");
@@ -100,7 +126,7 @@ fn vassal_bounding_set_and_namespaces_differ_from_the_emperor() {
             wait_gone(pid, T);
         }
         Err(line) => {
-            // A sandbox without namespaces: the error says which flags and why.
+            // A sandbox without namespaces (probed above): the error says which flags and why.
             eprintln!("namespaces are not allowed here; checked the error instead: {line}");
             assert!(
                 line.contains("--emperor-use-clone=net,uts,ipc,pid,mount")
@@ -128,7 +154,11 @@ fn cap_alone_keeps_only_the_listed_capabilities() {
             "setpcap,sys_time",
         ],
     );
+    // Dropping from the bounding set needs CAP_SETPCAP (bit 8).
+    let can_drop = has_effective_cap(8);
     match loyal_or_error(&mut emp, &st, "cap.ini", "--emperor-cap") {
+        Ok(pid) if !can_drop => panic!("vassal {pid} started although we lack CAP_SETPCAP"),
+        Err(line) if can_drop => panic!("we hold CAP_SETPCAP, but the emperor failed: {line}"),
         Ok(pid) => {
             let cap_bnd = u64::from_str_radix(&status_field(pid, "CapBnd:"), 16).unwrap();
             assert_eq!(cap_bnd, (1 << 8) | (1 << 25));
