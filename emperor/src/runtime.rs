@@ -158,7 +158,6 @@ pub struct Runtime {
     isolation: crate::isolation::Isolation,
     tyrant_initgroups: bool,
     exiting: Option<(i32, Instant)>,
-    reload_mercy: Duration,
     ondemand: crate::ondemand::OnDemand,
     command: Option<crate::command::CommandSocket>,
     fork: Option<crate::forkserver::ForkClient>,
@@ -317,7 +316,6 @@ impl Runtime {
             isolation,
             tyrant_initgroups: opts.tyrant_initgroups,
             exiting: None,
-            reload_mercy: Duration::from_secs(opts.reload_mercy),
             ondemand: crate::ondemand::OnDemand::new(opts),
             command,
             fork,
@@ -360,8 +358,8 @@ impl Runtime {
         let code = loop {
             if let Some(code) = self.perform() {
                 // Stop hooks still running are waited for (up to reload-mercy).
-                self.exiting
-                    .get_or_insert((code, Instant::now() + self.reload_mercy));
+                let mercy = self.core.config().reload_mercy;
+                self.exiting.get_or_insert((code, Instant::now() + mercy));
             }
             if self.core.shutting_down() {
                 self.hooks.cancel_starts();
