@@ -27,7 +27,9 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     version,
     args_override_self = true,
     after_help = "Every option can also be given as a key of the [uwsgi] section of an --ini file \
-                  (uWSGI's own names), so an existing emperor.ini works unchanged.\n\
+                  (uWSGI's own names), so an existing emperor.ini works unchanged: keys of \
+                  uWSGI masters and workers (workers, master, ...) are ignored with a warning, \
+                  other unknown keys are kept as %(key) placeholders.\n\
                   Signals: INT/TERM/QUIT stop every vassal and exit, HUP reloads every vassal, \
                   USR1 logs one status line per vassal, URG clears every backoff, WINCH rescans.\n\
                   Control: `emperor ctl --stats ADDR --command-socket PATH status|reload|stop|spawn|reset` \
@@ -43,8 +45,8 @@ pub struct Options {
     pub emperor: Vec<String>,
 
     /// Read options from the [uwsgi] section of FILE (repeatable; FILE:SECTION reads another
-    /// section; `ini = OTHER` includes a file; uWSGI's %d %p %s %n %% magic is expanded)
-    /// [default: none]
+    /// section; `ini = OTHER` includes a file; uWSGI's %d %p %s %n %% magic and %(key)
+    /// placeholders are expanded) [default: none]
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
 

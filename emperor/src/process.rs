@@ -88,28 +88,33 @@ impl Identity {
         }))
     }
 
-    /// Refuses what cannot work: options that need the emperor to stay root, and a change of
-    /// identity without root.
+    /// Refuses what cannot work: a non-root `uid` with options that need the emperor to stay
+    /// root, and a change of identity without root.
     pub fn check(&self, opts: &Options) -> Result<(), String> {
-        if opts.tyrant {
-            return Err(format!(
-                "uid/gid ({}) cannot be combined with --emperor-tyrant (emperor-tyrant): tyrant \
-                 mode starts every vassal as the owner of its file, so the emperor must stay \
-                 root; remove uid/gid, or emperor-tyrant",
-                self.label
-            ));
-        }
         if self.uid.is_some_and(|u| u != 0) {
-            for (set, name) in [
-                (opts.emperor_cap.is_some(), "--emperor-cap"),
-                (opts.emperor_use_clone.is_some(), "--emperor-use-clone"),
+            for (set, name, why) in [
+                (
+                    opts.tyrant,
+                    "--emperor-tyrant",
+                    "tyrant mode (each vassal runs as its file's owner)",
+                ),
+                (
+                    opts.emperor_cap.is_some(),
+                    "--emperor-cap",
+                    "changing the vassals' capability bounding set",
+                ),
+                (
+                    opts.emperor_use_clone.is_some(),
+                    "--emperor-use-clone",
+                    "creating the vassals' namespaces",
+                ),
             ] {
                 if set {
                     return Err(format!(
-                        "uid ({}) cannot be combined with {name}: changing the vassals' \
-                         capabilities or namespaces needs the emperor to stay root; remove one \
-                         of them",
-                        self.label
+                        "uid ({}) cannot be combined with {name} ({}): {why} needs the emperor \
+                         to stay root; remove one of them",
+                        self.label,
+                        name.trim_start_matches('-')
                     ));
                 }
             }
