@@ -32,7 +32,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // Still a single thread: the only safe time to fork.
+    // Still a single thread: the only safe time to change the environment, and to fork.
+    if let Err(e) = process::setup_environment(&opts) {
+        eprintln!("emperor: {e}");
+        std::process::exit(2);
+    }
     if opts.daemonize.is_some() {
         if let Err(e) = process::daemonize() {
             eprintln!("emperor: {e}");

@@ -336,6 +336,27 @@ pub struct Options {
     #[arg(long, value_name = "FILE")]
     pub daemonize: Option<PathBuf>,
 
+    /// Set the emperor's umask (octal, e.g. 022) first thing, so it applies to the log file,
+    /// pidfiles, sockets and vassals. [default: inherited]
+    #[arg(long, value_name = "MODE")]
+    pub umask: Option<String>,
+
+    /// Change the emperor's working directory to DIR first thing (before daemonize, logto,
+    /// pidfiles and monitors, whose relative paths are then relative to DIR). [default:
+    /// unchanged]
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Set an environment variable of the emperor, and so of every vassal (repeatable).
+    /// [default: none]
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Remove an environment variable from the emperor and its vassals (repeatable; after
+    /// --env). [default: none]
+    #[arg(long, value_name = "KEY")]
+    pub unenv: Vec<String>,
+
     /// Notes about the ini files (ignored and unknown keys), for the caller to log.
     #[arg(skip)]
     pub ini_notes: Vec<IniNote>,
@@ -994,6 +1015,20 @@ mod tests {
         assert_eq!(o.uid.as_deref(), Some("nobody"));
         assert_eq!(o.master_pidfile.as_deref(), Some(Path::new("/p")));
         assert_eq!(o.pidfile, None);
+    }
+
+    #[test]
+    fn environment_keys_from_ini() {
+        let (_d, _ini, r) = parse_ini(
+            "[uwsgi]\nemperor = v\numask = 027\nchdir = /srv\nenv = A=1\nenv = B=x=y\n\
+             unenv = C\n",
+        );
+        let o = r.unwrap();
+        assert_eq!(o.umask.as_deref(), Some("027"));
+        assert_eq!(o.chdir.as_deref(), Some(Path::new("/srv")));
+        assert_eq!(o.env, vec!["A=1", "B=x=y"]);
+        assert_eq!(o.unenv, vec!["C"]);
+        assert!(o.ini_notes.is_empty(), "{:?}", o.ini_notes);
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! The emperor process itself, as configured by uWSGI's process keys: `daemonize`, `logto`,
-//! `pidfile`/`pidfile2` and `uid`/`gid`.
+//! The emperor process itself, as configured by uWSGI's process keys: `umask`, `chdir`,
+//! `env`/`unenv`, `daemonize`, `logto`, `pidfile`/`pidfile2` and `uid`/`gid`.
 //!
 //! The order matters and is driven by `main`: [`Identity::resolve`] and [`Identity::check`]
-//! run first (so a bad user name or a refused combination is reported on the terminal),
-//! then [`daemonize`] (before any thread, socket or pidfile exists, since the pid changes),
-//! then [`log_to`] (before logging is initialised), the `pidfile` ([`write_pidfile`]), the
-//! runtime (log, sockets and `--emperor-pidfile` are set up as the starting user, normally
-//! root), and only then [`Identity::drop_privileges`]: groups first, then the gid, then the
-//! uid, each checked afterwards.
+//! run first (so a bad user name or a refused combination is reported on the terminal), then
+//! [`setup_environment`] and [`daemonize`] (before any thread, socket or pidfile exists, since
+//! the pid changes), then [`log_to`] (before logging is initialised), the `pidfile`
+//! ([`write_pidfile`]), the runtime (log, sockets and `--emperor-pidfile` are set up as the
+//! starting user, normally root), and only then [`Identity::drop_privileges`]: groups first,
+//! then the gid, then the uid, each checked afterwards.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -224,6 +224,64 @@ fn lookup_group(spec: &str) -> Result<(u32, String), String> {
     }
 }
 
+/// Checks `umask`, `env` and `unenv` without applying anything.
+pub fn check_environment(opts: &Options) -> Result<(), String> {
+    if let Some(mask) = &opts.umask {
+        parse_umask(mask)?;
+    }
+    for pair in &opts.env {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {}
+            _ => {
+                return Err(format!(
+                    "env `{pair}`: expected KEY=VALUE (a non-empty name, then `=`)"
+                ))
+            }
+        }
+    }
+    for key in &opts.unenv {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!("unenv `{key}`: expected a variable name"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies `umask`, `chdir`, `env` and `unenv`, in that order, once [`check_environment`]
+/// passes. Must run while the process has a single thread (it changes the environment).
+pub fn setup_environment(opts: &Options) -> Result<(), String> {
+    check_environment(opts)?;
+    if let Some(mask) = &opts.umask {
+        let bits = parse_umask(mask)?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(bits));
+    }
+    if let Some(dir) = &opts.chdir {
+        std::env::set_current_dir(dir).map_err(|e| {
+            format!(
+                "chdir: cannot change the working directory to {}: {e}",
+                dir.display()
+            )
+        })?;
+    }
+    for (k, v) in opts.env.iter().filter_map(|p| p.split_once('=')) {
+        std::env::set_var(k, v);
+    }
+    for key in &opts.unenv {
+        std::env::remove_var(key);
+    }
+    Ok(())
+}
+
+/// An octal umask such as `022` or `0027`.
+pub fn parse_umask(s: &str) -> Result<libc::mode_t, String> {
+    match libc::mode_t::from_str_radix(s.trim(), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "umask `{s}`: expected an octal mode between 000 and 777, such as 022"
+        )),
+    }
+}
+
 /// Detaches into the background: fork (the parent exits 0), a new session, fork again (so the
 /// daemon can never get a controlling terminal), stdin on /dev/null. Must run while the process
 /// has a single thread. Under a parent emperor (`UWSGI_EMPEROR_FD` set) it does nothing, as in
@@ -353,6 +411,29 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(id.groups.is_empty());
+    }
+
+    #[test]
+    fn umask_is_octal() {
+        assert_eq!(parse_umask("022"), Ok(0o022));
+        assert_eq!(parse_umask("0027"), Ok(0o027));
+        assert_eq!(parse_umask(" 7 "), Ok(0o007));
+        for bad in ["", "8", "0x22", "1777", "-1", "abc"] {
+            let e = parse_umask(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_env_entries_are_named() {
+        for (args, needle) in [
+            (&["--env", "NOEQUALS"][..], "env `NOEQUALS`"),
+            (&["--env", "=v"][..], "env `=v`"),
+            (&["--unenv", "A=B"][..], "unenv `A=B`"),
+        ] {
+            let e = check_environment(&opts(args)).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]

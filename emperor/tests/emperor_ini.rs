@@ -356,3 +356,49 @@ fn daemonize_detaches_logs_to_the_file_and_writes_the_pidfile() {
     assert!(!pidfile.exists(), "the pidfile is removed at exit");
     assert!(wait_file(&log, "vassal bg.ini", 1).contains("says hello on stderr"));
 }
+
+#[test]
+fn umask_chdir_env_and_unenv_reach_the_vassals() {
+    let work = tempfile::tempdir().unwrap();
+    let sub = work.path().join("sub");
+    let dir = sub.join("vassals");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("env.ini"), "[uwsgi]\n").unwrap();
+    let script = work.path().join("env.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"vassal $2 GREETING=$GREETING DROPME=${DROPME-unset} \
+         umask=$(umask)\"\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ini = work.path().join("emperor.ini");
+    // After chdir, `vassals` and `emperor.log` are relative to sub/.
+    std::fs::write(
+        &ini,
+        format!(
+            "[uwsgi]\nchdir = %dsub\nemperor = vassals\nlogto = emperor.log\n\
+             env = GREETING=hello there\nunenv = DROPME\numask = 027\n\
+             emperor-wrapper = {}\nreload-mercy = 1\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    cmd.arg("--ini")
+        .arg(&ini)
+        .env("DROPME", "1")
+        .env("EMPEROR_LOG", "info")
+        .current_dir(work.path());
+    let mut emp = Proc::spawn(cmd);
+    let log = sub.join("emperor.log");
+    let text = wait_file(&log, "vassal env.ini GREETING=", 1);
+    assert!(
+        text.contains("vassal env.ini GREETING=hello there DROPME=unset umask=0027"),
+        "{text}"
+    );
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "log file mode {mode:o} (umask 027)");
+    emp.signal(libc::SIGTERM);
+    emp.wait_exit(T);
+}
