@@ -18,6 +18,7 @@
 //! * [`ondemand`], [`command`], [`ctl`]: on-demand listeners, the command socket and the
 //!   `emperor ctl` front (the lifecycle rules for them, and broodlord, are in [`core`]).
 //! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
+//! * [`process`]: the emperor process itself (`daemonize`, `logto`, `pidfile`, `uid`/`gid`).
 
 pub mod command;
 pub mod core;
@@ -28,6 +29,7 @@ pub mod isolation;
 pub mod monitor;
 pub mod ondemand;
 pub mod options;
+pub mod process;
 pub mod runtime;
 pub mod shim;
 pub mod spawn;

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 
 use emperor::options::{Options, OptionsError};
+use emperor::process::{self, Identity};
 use emperor::runtime::Runtime;
 
 fn main() {
@@ -18,6 +19,36 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Everything that can be refused is refused here, on the terminal, before detaching.
+    let identity = match Identity::resolve(&opts).and_then(|id| {
+        if let Some(id) = &id {
+            id.check(&opts)?;
+        }
+        Ok(id)
+    }) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("emperor: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Still a single thread: the only safe time to change the environment, and to fork.
+    if let Err(e) = process::setup_environment(&opts) {
+        eprintln!("emperor: {e}");
+        std::process::exit(2);
+    }
+    if opts.daemonize.is_some() {
+        if let Err(e) = process::daemonize() {
+            eprintln!("emperor: {e}");
+            std::process::exit(1);
+        }
+    }
+    if let Some(file) = opts.logto.as_ref().or(opts.daemonize.as_ref()) {
+        if let Err(e) = process::log_to(file) {
+            eprintln!("emperor: {e}");
+            std::process::exit(1);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMPEROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -26,15 +57,62 @@ fn main() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    for note in &opts.ini_notes {
+        tracing::warn!("{note}");
+    }
+    if opts.log_date.is_some() {
+        tracing::debug!("log-date: every log line already starts with a UTC timestamp; ignored");
+    }
     mark_inherited_fds_cloexec();
-    let rt = match Runtime::new(&opts) {
-        Ok(rt) => rt,
-        Err(e) => {
+    let mut pidfiles = Vec::new();
+    if let Some(p) = &opts.master_pidfile {
+        if let Err(e) = process::write_pidfile(p, "pidfile") {
             tracing::error!("{e}");
             std::process::exit(1);
         }
+        pidfiles.push(p);
+    }
+    let mut rt = match Runtime::new(&opts) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("{e}");
+            remove_pidfiles(&pidfiles);
+            std::process::exit(1);
+        }
     };
-    std::process::exit(rt.run());
+    if let Some(id) = &identity {
+        if let Err(e) = id.drop_privileges() {
+            tracing::error!("{e}");
+            remove_pidfiles(&pidfiles);
+            std::process::exit(1);
+        }
+        tracing::info!("dropped privileges: now running as {}", id.label);
+        rt.set_credentials(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+    }
+    if let Some(p) = &opts.master_pidfile2 {
+        if let Err(e) = process::write_pidfile(p, "pidfile2") {
+            tracing::error!("{e}");
+            remove_pidfiles(&pidfiles);
+            std::process::exit(1);
+        }
+        pidfiles.push(p);
+    }
+    let code = rt.run();
+    remove_pidfiles(&pidfiles);
+    std::process::exit(code);
+}
+
+/// Removes the `pidfile` and `pidfile2` files written, at exit, where the (possibly dropped)
+/// user still may; a failure is only worth a debug line.
+fn remove_pidfiles(written: &[&std::path::PathBuf]) {
+    for p in written {
+        if let Err(e) = std::fs::remove_file(p) {
+            tracing::debug!("cannot remove the pidfile {}: {e}", p.display());
+        }
+    }
 }
 
 /// Whatever fds the emperor inherited beyond 0-2 must not reach vassals: one syscall marks

@@ -1,9 +1,15 @@
 //! The command line, with uWSGI's option names, and the `[uwsgi]` section of `--ini` files.
 //!
-//! Ini keys are turned into `--key value` arguments and parsed by the same clap definition, so
-//! an ini key and a command-line option behave identically, and an unknown key is an error that
-//! names it. Ini values come first, the command line after (the command line wins for
-//! single-valued options; lists accumulate).
+//! Ini keys are turned into `--key=value` arguments and parsed by the same clap definition, so
+//! an ini key and a command-line option behave identically. Ini values come first, the command
+//! line after (the command line wins for single-valued options; lists accumulate).
+//!
+//! Like uWSGI, an ini file may carry keys the emperor has no option for, and they do not make
+//! it fail: keys that only configure a uWSGI master or its workers ([`IGNORED_KEYS`], e.g.
+//! `workers`) are ignored with a warning, and any other key is kept as a placeholder that
+//! values can use as `%(key)` (also with a warning, in case it is a typo). Those warnings are
+//! returned in [`Options::ini_notes`] for the caller to log once logging is set up. On the
+//! command line an unknown `--option` stays an error.
 
 // Field docs double as `--help` text (no markdown there), so brackets stay literal.
 #![allow(rustdoc::broken_intra_doc_links)]
@@ -21,7 +27,9 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     version,
     args_override_self = true,
     after_help = "Every option can also be given as a key of the [uwsgi] section of an --ini file \
-                  (uWSGI's own names), so an existing emperor.ini works unchanged.\n\
+                  (uWSGI's own names), so an existing emperor.ini works unchanged: keys of \
+                  uWSGI masters and workers (workers, master, ...) are ignored with a warning, \
+                  other unknown keys are kept as %(key) placeholders.\n\
                   Signals: INT/TERM/QUIT stop every vassal and exit, HUP reloads every vassal, \
                   USR1 logs one status line per vassal, URG clears every backoff, WINCH rescans.\n\
                   Control: `emperor ctl --stats ADDR --command-socket PATH status|reload|stop|spawn|reset` \
@@ -37,8 +45,8 @@ pub struct Options {
     pub emperor: Vec<String>,
 
     /// Read options from the [uwsgi] section of FILE (repeatable; FILE:SECTION reads another
-    /// section; `ini = OTHER` includes a file; uWSGI's %d %p %s %n %% magic is expanded)
-    /// [default: none]
+    /// section; `ini = OTHER` includes a file; uWSGI's %d %p %s %n %% magic and %(key)
+    /// placeholders are expanded) [default: none]
     #[arg(long, value_name = "FILE")]
     pub ini: Vec<PathBuf>,
 
@@ -279,6 +287,172 @@ pub struct Options {
     /// --emperor-use-fork-server]
     #[arg(long = "emperor-subreaper")]
     pub subreaper: bool,
+
+    /// Run the emperor (and so every vassal not in tyrant mode) as this user, a name or a
+    /// number, once its log, pidfiles, stats and command sockets are set up. The groups become
+    /// the user's (initgroups); the group is --gid, else the user's primary group. Needs root;
+    /// refused with --emperor-tyrant, --emperor-cap and --emperor-use-clone, which need the
+    /// emperor to stay root. [default: unchanged]
+    #[arg(long, value_name = "USER")]
+    pub uid: Option<String>,
+
+    /// Run the emperor as this group, a name or a number (with --uid: instead of the user's
+    /// primary group; alone: the supplementary groups are dropped). Needs root.
+    /// [default: unchanged]
+    #[arg(long, value_name = "GROUP")]
+    pub gid: Option<String>,
+
+    /// Append the emperor's log to FILE (created with mode 0640 if missing) instead of stderr;
+    /// FILE becomes the stdout and stderr of the emperor, so vassals inherit it too.
+    /// [default: stderr]
+    #[arg(long, value_name = "FILE")]
+    pub logto: Option<PathBuf>,
+
+    /// Accepted for uWSGI compatibility (with or without =FORMAT): every emperor log line
+    /// already starts with an RFC 3339 UTC timestamp. [default: always dated]
+    #[arg(
+        long = "log-date",
+        visible_alias = "logdate",
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub log_date: Option<String>,
+
+    /// Write the emperor pid to FILE before privileges are dropped (uWSGI's master pidfile;
+    /// removed at exit when still possible). [default: off]
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub master_pidfile: Option<PathBuf>,
+
+    /// Write the emperor pid to FILE after privileges are dropped (--uid/--gid), as that user.
+    /// [default: off]
+    #[arg(long = "pidfile2", value_name = "FILE")]
+    pub master_pidfile2: Option<PathBuf>,
+
+    /// Detach into the background (fork, new session, fork) before anything else is set up,
+    /// with stdin on /dev/null and the log appended to FILE (--logto wins if given). Under a
+    /// parent emperor (UWSGI_EMPEROR_FD) it only logs to FILE, as uWSGI does. [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub daemonize: Option<PathBuf>,
+
+    /// Set the emperor's umask (octal, e.g. 022) first thing, so it applies to the log file,
+    /// pidfiles, sockets and vassals. [default: inherited]
+    #[arg(long, value_name = "MODE")]
+    pub umask: Option<String>,
+
+    /// Change the emperor's working directory to DIR first thing (before daemonize, logto,
+    /// pidfiles and monitors, whose relative paths are then relative to DIR). [default:
+    /// unchanged]
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Set an environment variable of the emperor, and so of every vassal (repeatable).
+    /// [default: none]
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Remove an environment variable from the emperor and its vassals (repeatable; after
+    /// --env). [default: none]
+    #[arg(long, value_name = "KEY")]
+    pub unenv: Vec<String>,
+
+    /// Notes about the ini files (ignored and unknown keys), for the caller to log.
+    #[arg(skip)]
+    pub ini_notes: Vec<IniNote>,
+}
+
+/// Ini keys that only configure a uWSGI master or its workers: an emperor-only process has no
+/// use for them, so they are accepted with a warning and otherwise ignored. (They still work
+/// as `%(key)` placeholders.)
+pub const IGNORED_KEYS: &[&str] = &[
+    "master",
+    "workers",
+    "processes",
+    "threads",
+    "enable-threads",
+    "thunder-lock",
+    "autoload",
+    "no-orphans",
+    "vacuum",
+    "plugin",
+    "plugins",
+    "need-plugin",
+    "need-plugins",
+    "plugin-dir",
+    "plugins-dir",
+    "die-on-term",
+    "socket",
+    "uwsgi-socket",
+    "http",
+    "http-socket",
+    "https",
+    "shared-socket",
+    "chmod-socket",
+    "chown-socket",
+    "listen",
+    "protocol",
+    "stats",
+    "stats-server",
+    "lazy",
+    "lazy-apps",
+    "harakiri",
+    "harakiri-verbose",
+    "max-requests",
+    "reload-on-rss",
+    "evil-reload-on-rss",
+    "buffer-size",
+    "post-buffering",
+    "single-interpreter",
+    "need-app",
+    "memory-report",
+    "cheaper",
+    "offload-threads",
+    "module",
+    "wsgi-file",
+    "callable",
+    "mount",
+    "manage-script-name",
+    "home",
+    "virtualenv",
+    "venv",
+    "pythonpath",
+    "python-path",
+    "py-autoreload",
+    "disable-logging",
+];
+
+/// Something worth logging about an ini file, found while reading it (before logging exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IniNote {
+    /// The file.
+    pub path: PathBuf,
+    /// The key.
+    pub key: String,
+    /// What happens to it.
+    pub kind: IniNoteKind,
+}
+
+/// What happens to a key the emperor has no option for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IniNoteKind {
+    /// A uWSGI master/worker key ([`IGNORED_KEYS`]).
+    Ignored,
+    /// Any other key: kept as a `%(key)` placeholder.
+    Placeholder,
+}
+
+impl std::fmt::Display for IniNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, k) = (self.path.display(), &self.key);
+        match self.kind {
+            IniNoteKind::Ignored => write!(f, "{p}: `{k}` has no meaning for the emperor; ignored"),
+            IniNoteKind::Placeholder => write!(
+                f,
+                "{p}: unknown option `{k}`, kept as a placeholder (usable as %({k}))"
+            ),
+        }
+    }
 }
 
 /// Why options could not be read.
@@ -320,17 +494,17 @@ impl Options {
         if first.ini.is_empty() {
             return Ok(first.finish());
         }
+        let ini = read_ini_files(&first.ini)?;
         let mut merged: Vec<OsString> =
             vec![args.first().cloned().unwrap_or_else(|| "emperor".into())];
-        for path in &first.ini {
-            merged.extend(ini_args(path)?);
-        }
+        merged.extend(ini.args);
         merged.extend(args.iter().skip(1).cloned());
         let cmd = Options::command();
         let matches = cmd
             .try_get_matches_from(merged)
             .map_err(OptionsError::Clap)?;
-        let opts = Options::from_arg_matches(&matches).map_err(OptionsError::Clap)?;
+        let mut opts = Options::from_arg_matches(&matches).map_err(OptionsError::Clap)?;
+        opts.ini_notes = ini.notes;
         Ok(opts.finish())
     }
 
@@ -347,74 +521,191 @@ impl Options {
     }
 }
 
-/// The `[uwsgi]` section(s) of an ini file as command-line arguments. `FILE:SECTION` reads
-/// another section, and an `ini = OTHER` key includes another file (up to 8 levels), as in
-/// uWSGI.
-pub fn ini_args(path: &Path) -> Result<Vec<OsString>, OptionsError> {
-    ini_args_depth(path, 0)
+/// What `--ini` files amount to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IniArgs {
+    /// Command-line arguments for the keys that are options (`--key=value`, `--flag`).
+    pub args: Vec<OsString>,
+    /// Ignored and unknown keys, once per file and key, in file order.
+    pub notes: Vec<IniNote>,
 }
 
-fn ini_args_depth(spec: &Path, depth: usize) -> Result<Vec<OsString>, OptionsError> {
-    let (path, section) = match spec.to_str().and_then(|s| s.rsplit_once(':')) {
-        Some((p, sect)) if !spec.exists() && !sect.contains('/') => (Path::new(p), sect),
-        _ => (spec, "uwsgi"),
-    };
-    let err = |message: String| OptionsError::Ini {
-        path: spec.to_path_buf(),
-        message,
-    };
-    if depth > 8 {
-        return Err(err("ini files include each other too deeply".into()));
+/// The `[uwsgi]` section(s) of one ini file as command-line arguments; see [`read_ini_files`].
+pub fn ini_args(path: &Path) -> Result<IniArgs, OptionsError> {
+    read_ini_files(std::slice::from_ref(&path.to_path_buf()))
+}
+
+/// Reads ini files as uWSGI does: `FILE:SECTION` reads another section than `[uwsgi]`, an
+/// `ini = OTHER` key includes another file (up to 8 levels). Every key of every file is
+/// collected first, then values are expanded: the magic `%d %p %s %n %%` of the file the key is
+/// in, and `%(name)` with the value of the first `name` key of any of the files (an undefined
+/// one is an error naming the file and the key). Keys that are options become arguments, the
+/// others become [`IniNote`]s.
+pub fn read_ini_files(files: &[PathBuf]) -> Result<IniArgs, OptionsError> {
+    let mut table = IniTable::default();
+    for f in files {
+        table.read(f, 0)?;
     }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let opt = ini::ParseOption {
-        enabled_quote: false,
-        enabled_escape: false,
-        ..Default::default()
-    };
-    let parsed = ini::Ini::load_from_str_opt(&text, opt).map_err(|e| err(e.to_string()))?;
     let cmd = Options::command();
-    let mut out = Vec::new();
-    let mut found = false;
-    for props in parsed.section_all(Some(section)) {
-        found = true;
-        for (key, value) in props.iter() {
-            let key = key.trim();
-            let value = expand_magic(value.trim(), path);
-            if key == "ini" {
-                out.extend(ini_args_depth(Path::new(&value), depth + 1)?);
-                continue;
-            }
-            let Some(arg) = cmd.get_arguments().find(|a| {
-                a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key))
-            }) else {
-                return Err(err(format!("unknown option `{key}`")));
-            };
-            if matches!(arg.get_action(), ArgAction::SetTrue) {
-                match value.to_ascii_lowercase().as_str() {
-                    "" | "1" | "true" | "yes" | "on" => out.push(format!("--{key}").into()),
-                    "0" | "false" | "no" | "off" => {}
-                    other => {
-                        return Err(err(format!("`{key}` expects true or false, not `{other}`")))
-                    }
-                }
+    let mut out = IniArgs::default();
+    for entry in &table.entries {
+        let key = entry.key.as_str();
+        let value = table.expand(entry)?;
+        let arg = cmd.get_arguments().find(|a| {
+            a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key))
+        });
+        let Some(arg) = arg else {
+            let kind = if IGNORED_KEYS.contains(&key) {
+                IniNoteKind::Ignored
             } else {
-                out.push(format!("--{key}").into());
-                out.push(value.into());
+                IniNoteKind::Placeholder
+            };
+            let note = IniNote {
+                path: entry.file.clone(),
+                key: key.to_string(),
+                kind,
+            };
+            if !out.notes.contains(&note) {
+                out.notes.push(note);
             }
+            continue;
+        };
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            match value.to_ascii_lowercase().as_str() {
+                "" | "1" | "true" | "yes" | "on" => out.args.push(format!("--{key}").into()),
+                "0" | "false" | "no" | "off" => {}
+                other => {
+                    return Err(OptionsError::Ini {
+                        path: entry.file.clone(),
+                        message: format!("`{key}` expects true or false, not `{other}`"),
+                    })
+                }
+            }
+        } else {
+            out.args.push(format!("--{key}={value}").into());
         }
-    }
-    if !found {
-        return Err(err(format!("it has no [{section}] section")));
     }
     Ok(out)
 }
 
+/// One `key = value` line, unexpanded, with the file it came from (for its magic variables).
+#[derive(Debug)]
+struct IniEntry {
+    key: String,
+    raw: String,
+    file: PathBuf,
+}
+
+/// Every key of the ini files read so far, in order.
+#[derive(Debug, Default)]
+struct IniTable {
+    entries: Vec<IniEntry>,
+}
+
+impl IniTable {
+    fn read(&mut self, spec: &Path, depth: usize) -> Result<(), OptionsError> {
+        let (path, section) = match spec.to_str().and_then(|s| s.rsplit_once(':')) {
+            Some((p, sect)) if !spec.exists() && !sect.contains('/') => (Path::new(p), sect),
+            _ => (spec, "uwsgi"),
+        };
+        let err = |message: String| OptionsError::Ini {
+            path: spec.to_path_buf(),
+            message,
+        };
+        if depth > 8 {
+            return Err(err("ini files include each other too deeply".into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let opt = ini::ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            ..Default::default()
+        };
+        let parsed = ini::Ini::load_from_str_opt(&text, opt).map_err(|e| err(e.to_string()))?;
+        let mut found = false;
+        for props in parsed.section_all(Some(section)) {
+            found = true;
+            for (key, value) in props.iter() {
+                let entry = IniEntry {
+                    key: key.trim().to_string(),
+                    raw: value.trim().to_string(),
+                    file: path.to_path_buf(),
+                };
+                if entry.key == "ini" {
+                    // An include is read where it stands, so its path can only use keys
+                    // defined before it.
+                    let other = self.expand(&entry)?;
+                    self.read(Path::new(&other), depth + 1)?;
+                } else {
+                    self.entries.push(entry);
+                }
+            }
+        }
+        if !found {
+            return Err(err(format!("it has no [{section}] section")));
+        }
+        Ok(())
+    }
+
+    /// The value of `entry` with its magic variables and placeholders expanded.
+    fn expand(&self, entry: &IniEntry) -> Result<String, OptionsError> {
+        self.expand_in(entry, &mut Vec::new())
+    }
+
+    fn expand_in<'a>(
+        &'a self,
+        entry: &'a IniEntry,
+        stack: &mut Vec<&'a str>,
+    ) -> Result<String, OptionsError> {
+        let err = |message: String| OptionsError::Ini {
+            path: entry.file.clone(),
+            message,
+        };
+        let mut lookup = |name: &str| -> Result<String, OptionsError> {
+            let Some(def) = self.entries.iter().find(|e| e.key == name) else {
+                return Err(err(format!(
+                    "`{}` uses %({name}), but no key `{name}` is defined in the ini files; \
+                     define it (e.g. `{name} = ...`) or write %%({name}) for a literal %({name})",
+                    entry.key
+                )));
+            };
+            if stack.contains(&def.key.as_str()) {
+                return Err(err(format!(
+                    "`{}` uses %({name}), whose value refers back to it ({} -> {name}); \
+                     break the cycle",
+                    entry.key,
+                    stack.join(" -> ")
+                )));
+            }
+            stack.push(def.key.as_str());
+            let v = self.expand_in(def, stack);
+            stack.pop();
+            v
+        };
+        expand_value(&entry.raw, &entry.file, &mut lookup)
+    }
+}
+
 /// uWSGI's config magic variables for the file at `path`: %d (its directory, with a trailing
 /// slash), %p (its absolute path), %s (its file name), %n (file name without extension), %%.
+/// `%(name)` is left as it is.
 pub fn expand_magic(value: &str, path: &Path) -> String {
+    let keep = |name: &str| Ok::<_, std::convert::Infallible>(format!("%({name})"));
+    match expand_value(value, path, &mut { keep }) {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}
+
+/// One left-to-right pass over `value`: the magic variables of `path`, and `%(name)` through
+/// `lookup`. Anything else after a `%` (and a `%(` without its `)`) stays literal.
+fn expand_value<E>(
+    value: &str,
+    path: &Path,
+    lookup: &mut dyn FnMut(&str) -> Result<String, E>,
+) -> Result<String, E> {
     if !value.contains('%') {
-        return value.to_string();
+        return Ok(value.to_string());
     }
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = abs
@@ -430,26 +721,38 @@ pub fn expand_magic(value: &str, path: &Path) -> String {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut out = String::with_capacity(value.len());
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&dir),
-            Some('p') => out.push_str(&abs.display().to_string()),
-            Some('s') => out.push_str(&file),
-            Some('n') => out.push_str(&stem),
-            Some('%') => out.push('%'),
-            Some(other) => {
+    let mut rest = value;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let mut chars = after.chars();
+        let Some(c) = chars.next() else {
+            out.push('%');
+            rest = "";
+            break;
+        };
+        rest = chars.as_str();
+        match c {
+            'd' => out.push_str(&dir),
+            'p' => out.push_str(&abs.display().to_string()),
+            's' => out.push_str(&file),
+            'n' => out.push_str(&stem),
+            '%' => out.push('%'),
+            '(' => match rest.find(')') {
+                Some(end) => {
+                    out.push_str(&lookup(rest[..end].trim())?);
+                    rest = &rest[end + 1..];
+                }
+                None => out.push_str("%("),
+            },
+            other => {
                 out.push('%');
                 out.push(other);
             }
-            None => out.push('%'),
         }
     }
-    out
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -547,14 +850,194 @@ mod tests {
         assert!(e.to_string().contains("too deeply"), "{e}");
     }
 
-    #[test]
-    fn unknown_ini_key_is_named() {
+    fn parse_ini(text: &str) -> (tempfile::TempDir, PathBuf, Result<Options, OptionsError>) {
         let dir = tempfile::tempdir().unwrap();
-        let ini = dir.path().join("e.ini");
-        std::fs::write(&ini, "[uwsgi]\nemperor = /x\nbogus-key = 1\n").unwrap();
-        let e = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), ini.as_os_str()])
-            .unwrap_err();
-        assert!(e.to_string().contains("bogus-key"), "{e}");
+        let ini = dir.path().join("emperor.ini");
+        std::fs::write(&ini, text).unwrap();
+        let r = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), ini.as_os_str()]);
+        (dir, ini, r)
+    }
+
+    fn note(path: &Path, key: &str, kind: IniNoteKind) -> IniNote {
+        IniNote {
+            path: path.to_path_buf(),
+            key: key.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn debians_stock_emperor_ini_is_accepted() {
+        let (_d, ini, r) = parse_ini(
+            "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
+             log-date = true\nuid = www-data\ngid = www-data\n\
+             emperor = /etc/uwsgi-emperor/vassals\n",
+        );
+        let o = r.unwrap();
+        assert_eq!(o.emperor, vec!["/etc/uwsgi-emperor/vassals"]);
+        assert_eq!(o.uid.as_deref(), Some("www-data"));
+        assert_eq!(o.gid.as_deref(), Some("www-data"));
+        assert_eq!(o.log_date.as_deref(), Some("true"));
+        let ignored = IniNoteKind::Ignored;
+        assert_eq!(
+            o.ini_notes,
+            vec![
+                note(&ini, "autoload", ignored),
+                note(&ini, "master", ignored),
+                note(&ini, "workers", ignored),
+                note(&ini, "no-orphans", ignored),
+            ]
+        );
+        assert_eq!(
+            o.ini_notes[2].to_string(),
+            format!(
+                "{}: `workers` has no meaning for the emperor; ignored",
+                ini.display()
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_ini_keys_become_placeholders_once_per_file() {
+        let (_d, ini, r) = parse_ini(
+            "[uwsgi]\nemperor = /x\nbogus-key = 1\nbogus-key = 2\nprocesses = 4\n\
+             processes = 8\n",
+        );
+        let o = r.unwrap();
+        assert_eq!(
+            o.ini_notes,
+            vec![
+                note(&ini, "bogus-key", IniNoteKind::Placeholder),
+                note(&ini, "processes", IniNoteKind::Ignored),
+            ]
+        );
+        assert!(
+            o.ini_notes[0].to_string().ends_with(
+                "unknown option `bogus-key`, kept as a placeholder (usable as %(bogus-key))"
+            ),
+            "{}",
+            o.ini_notes[0]
+        );
+        // On the command line, an unknown option is still refused.
+        let e = Options::parse_from_args(["emperor", "--bogus-key", "1", "/x"]).unwrap_err();
+        assert!(e.to_string().contains("--bogus-key"), "{e}");
+        let e = Options::parse_from_args(["emperor", "--workers", "2", "/x"]).unwrap_err();
+        assert!(e.to_string().contains("--workers"), "{e}");
+    }
+
+    #[test]
+    fn placeholders_expand_from_any_key_first_value_wins() {
+        let (d, _ini, r) = parse_ini(
+            "[uwsgi]\nemperor = %(root)/%(sub)\nroot = /srv\nroot = /ignored\n\
+             sub = apps-%(workers)\nworkers = 2\nlogto = %dlog/%(sub).log\n\
+             emperor-procname = 100%%(root)\nvassals-set = open=%(\n",
+        );
+        let o = r.unwrap();
+        assert_eq!(o.emperor, vec!["/srv/apps-2"]);
+        let abs = std::path::absolute(d.path()).unwrap();
+        assert_eq!(o.logto, Some(abs.join("log/apps-2.log")));
+        assert_eq!(o.procname.as_deref(), Some("100%(root)"));
+        assert_eq!(o.vassals_set, vec!["open=%("]);
+    }
+
+    #[test]
+    fn placeholders_cross_includes_and_name_the_file_when_undefined() {
+        let dir = tempfile::tempdir().unwrap();
+        let inc = dir.path().join("inc.ini");
+        std::fs::write(&inc, "[uwsgi]\nemperor = %(top)/v\nlevel = inner\n").unwrap();
+        let main = dir.path().join("main.ini");
+        std::fs::write(
+            &main,
+            "[uwsgi]\ntop = /t\nincname = inc\nini = %d%(incname).ini\n\
+             emperor-procname = %(level)\n",
+        )
+        .unwrap();
+        let o = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), main.as_os_str()])
+            .unwrap();
+        assert_eq!(o.emperor, vec!["/t/v"]);
+        assert_eq!(o.procname.as_deref(), Some("inner"));
+
+        std::fs::write(&inc, "[uwsgi]\nemperor = %(nowhere)/v\n").unwrap();
+        let e = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), main.as_os_str()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&inc.display().to_string()), "{e}");
+        assert!(e.contains("`emperor` uses %(nowhere)"), "{e}");
+
+        // An include path can only use keys defined before it.
+        std::fs::write(&main, "[uwsgi]\nini = %d%(incname).ini\nincname = inc\n").unwrap();
+        let e = Options::parse_from_args(["emperor".as_ref(), "--ini".as_ref(), main.as_os_str()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&main.display().to_string()), "{e}");
+        assert!(e.contains("%(incname)"), "{e}");
+    }
+
+    #[test]
+    fn placeholder_cycles_are_errors() {
+        let (_d, ini, r) = parse_ini("[uwsgi]\na = %(b)\nb = x%(a)\nemperor = %(a)\n");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(&ini.display().to_string()), "{e}");
+        assert!(e.contains("cycle"), "{e}");
+        let (_d, _ini, r) = parse_ini("[uwsgi]\nemperor = %(emperor)\n");
+        assert!(r.unwrap_err().to_string().contains("cycle"));
+    }
+
+    #[test]
+    fn process_keys_from_ini_and_command_line() {
+        let (_d, _ini, r) = parse_ini(
+            "[uwsgi]\nemperor = /v\nuid = 33\ngid = 33\nlogto = /var/log/e.log\n\
+             pidfile = /run/e.pid\npidfile2 = /run/e2.pid\ndaemonize = /var/log/d.log\n\
+             logdate = %%Y-%%m-%%d\n",
+        );
+        let o = r.unwrap();
+        assert_eq!(o.uid.as_deref(), Some("33"));
+        assert_eq!(o.gid.as_deref(), Some("33"));
+        assert_eq!(o.logto.as_deref(), Some(Path::new("/var/log/e.log")));
+        assert_eq!(o.master_pidfile.as_deref(), Some(Path::new("/run/e.pid")));
+        assert_eq!(o.master_pidfile2.as_deref(), Some(Path::new("/run/e2.pid")));
+        assert_eq!(o.daemonize.as_deref(), Some(Path::new("/var/log/d.log")));
+        assert_eq!(o.log_date.as_deref(), Some("%Y-%m-%d"));
+        assert!(o.ini_notes.is_empty(), "{:?}", o.ini_notes);
+        // --log-date takes its format only after `=`: a following monitor stays a monitor.
+        let o = Options::parse_from_args([
+            "emperor",
+            "--log-date",
+            "/v",
+            "--uid",
+            "nobody",
+            "--pidfile",
+            "/p",
+        ])
+        .unwrap();
+        assert_eq!(o.log_date.as_deref(), Some("true"));
+        assert_eq!(o.all_monitors(), vec!["/v"]);
+        assert_eq!(o.uid.as_deref(), Some("nobody"));
+        assert_eq!(o.master_pidfile.as_deref(), Some(Path::new("/p")));
+        assert_eq!(o.pidfile, None);
+    }
+
+    #[test]
+    fn environment_keys_from_ini() {
+        let (_d, _ini, r) = parse_ini(
+            "[uwsgi]\nemperor = v\numask = 027\nchdir = /srv\nenv = A=1\nenv = B=x=y\n\
+             unenv = C\n",
+        );
+        let o = r.unwrap();
+        assert_eq!(o.umask.as_deref(), Some("027"));
+        assert_eq!(o.chdir.as_deref(), Some(Path::new("/srv")));
+        assert_eq!(o.env, vec!["A=1", "B=x=y"]);
+        assert_eq!(o.unenv, vec!["C"]);
+        assert!(o.ini_notes.is_empty(), "{:?}", o.ini_notes);
+    }
+
+    #[test]
+    fn magic_alone_keeps_placeholders() {
+        let p = Path::new("/etc/e/emperor.ini");
+        assert_eq!(
+            expand_magic("%d|%n|%s|%%|%(x)|%q|%", p),
+            "/etc/e/|emperor|emperor.ini|%|%(x)|%q|%"
+        );
     }
 
     #[test]

@@ -323,6 +323,13 @@ impl Runtime {
         .with_parent_emperor())
     }
 
+    /// Records that the process now runs as `uid`:`gid` (after `uid`/`gid` dropped
+    /// privileges), for the stats and the vassals that inherit it.
+    pub fn set_credentials(&mut self, uid: u32, gid: u32) {
+        self.info.uid = uid;
+        self.info.gid = gid;
+    }
+
     /// Replaces the local spawner (seam for the fork server).
     pub fn set_launcher(&mut self, launcher: Box<dyn Launcher>) {
         self.launcher = launcher;

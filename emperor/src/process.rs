@@ -1,0 +1,457 @@
+//! The emperor process itself, as configured by uWSGI's process keys: `umask`, `chdir`,
+//! `env`/`unenv`, `daemonize`, `logto`, `pidfile`/`pidfile2` and `uid`/`gid`.
+//!
+//! The order matters and is driven by `main`: [`Identity::resolve`] and [`Identity::check`]
+//! run first (so a bad user name or a refused combination is reported on the terminal), then
+//! [`setup_environment`] and [`daemonize`] (before any thread, socket or pidfile exists, since
+//! the pid changes), then [`log_to`] (before logging is initialised), the `pidfile`
+//! ([`write_pidfile`]), the runtime (log, sockets and `--emperor-pidfile` are set up as the
+//! starting user, normally root), and only then [`Identity::drop_privileges`]: groups first,
+//! then the gid, then the uid, each checked afterwards.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::options::Options;
+
+/// Who the emperor becomes once set up (`uid`/`gid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user to switch to (`None`: `gid` alone, the uid is kept).
+    pub uid: Option<u32>,
+    /// The group to switch to.
+    pub gid: u32,
+    /// The supplementary groups: the user's (initgroups), or none.
+    pub groups: Vec<u32>,
+    /// "user www-data (uid 33), group www-data (gid 33)", for messages.
+    pub label: String,
+}
+
+impl Identity {
+    /// Looks up `--uid`/`--gid` (names or numbers). `Ok(None)` when neither is given.
+    pub fn resolve(opts: &Options) -> Result<Option<Identity>, String> {
+        if opts.uid.is_none() && opts.gid.is_none() {
+            return Ok(None);
+        }
+        let user = opts.uid.as_deref().map(lookup_user).transpose()?;
+        let group = opts.gid.as_deref().map(lookup_group).transpose()?;
+        let (gid, group_label) = match (&group, &user) {
+            (Some((gid, label)), _) => (*gid, label.clone()),
+            (None, Some((_, Some(u)))) => {
+                let gid = u.gid.as_raw();
+                let name = Group::from_gid(u.gid)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_else(|| gid.to_string());
+                (gid, format!("{name} (gid {gid}, the user's primary group)"))
+            }
+            (None, Some((uid, None))) => {
+                return Err(format!(
+                    "uid {uid} has no user entry, so the emperor cannot know its group: \
+                     add `gid = GROUP` (ini) or --gid GROUP"
+                ))
+            }
+            (None, None) => return Ok(None),
+        };
+        let groups = match &user {
+            Some((_, Some(u))) => {
+                let name = CString::new(u.name.clone())
+                    .map_err(|_| format!("user name {:?} contains a NUL byte", u.name))?;
+                nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+                    .map_err(|e| format!("cannot list the groups of user {}: {e}", u.name))?
+                    .into_iter()
+                    .map(|g| g.as_raw())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let label = match &user {
+            Some((uid, u)) => {
+                let name = u
+                    .as_ref()
+                    .map_or_else(|| uid.to_string(), |u| u.name.clone());
+                format!("user {name} (uid {uid}), group {group_label}")
+            }
+            None => format!("group {group_label}"),
+        };
+        Ok(Some(Identity {
+            uid: user.map(|(uid, _)| uid),
+            gid,
+            groups,
+            label,
+        }))
+    }
+
+    /// Refuses what cannot work: a non-root `uid` with options that need the emperor to stay
+    /// root, and a change of identity without root.
+    pub fn check(&self, opts: &Options) -> Result<(), String> {
+        if self.uid.is_some_and(|u| u != 0) {
+            for (set, name, why) in [
+                (
+                    opts.tyrant,
+                    "--emperor-tyrant",
+                    "tyrant mode (each vassal runs as its file's owner)",
+                ),
+                (
+                    opts.emperor_cap.is_some(),
+                    "--emperor-cap",
+                    "changing the vassals' capability bounding set",
+                ),
+                (
+                    opts.emperor_use_clone.is_some(),
+                    "--emperor-use-clone",
+                    "creating the vassals' namespaces",
+                ),
+            ] {
+                if set {
+                    return Err(format!(
+                        "uid ({}) cannot be combined with {name} ({}): {why} needs the emperor \
+                         to stay root; remove one of them",
+                        self.label,
+                        name.trim_start_matches('-')
+                    ));
+                }
+            }
+        }
+        let (uid, gid) = (Uid::current().as_raw(), Gid::current().as_raw());
+        if !Uid::effective().is_root() && (self.uid.is_some_and(|u| u != uid) || self.gid != gid) {
+            return Err(format!(
+                "uid/gid ({}) need root, but the emperor runs as uid {uid}, gid {gid}: start it \
+                 as root, or remove uid/gid",
+                self.label
+            ));
+        }
+        Ok(())
+    }
+
+    /// Becomes this identity for good: supplementary groups, then gid, then uid (real, effective
+    /// and saved), then checks that each took and that root cannot be regained. A no-op when
+    /// not root (then [`Identity::check`] made sure nothing has to change).
+    pub fn drop_privileges(&self) -> Result<(), String> {
+        if !Uid::effective().is_root() {
+            return Ok(());
+        }
+        let fail =
+            |what: &str, e: nix::Error| format!("cannot become {}: {what} failed: {e}", self.label);
+        let groups: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
+        let gid = Gid::from_raw(self.gid);
+        nix::unistd::setresgid(gid, gid, gid).map_err(|e| fail("setresgid", e))?;
+        if let Some(uid) = self.uid {
+            let uid = Uid::from_raw(uid);
+            nix::unistd::setresuid(uid, uid, uid).map_err(|e| fail("setresuid", e))?;
+        }
+        self.verify()
+    }
+
+    fn verify(&self) -> Result<(), String> {
+        let bad =
+            |what: String| format!("dropping privileges to {} did not take: {what}", self.label);
+        let g = nix::unistd::getresgid().map_err(|e| bad(format!("getresgid: {e}")))?;
+        let gids = [g.real, g.effective, g.saved].map(|g| g.as_raw());
+        if gids != [self.gid; 3] {
+            return Err(bad(format!("gids are {gids:?}")));
+        }
+        let mut have: Vec<u32> = nix::unistd::getgroups()
+            .map_err(|e| bad(format!("getgroups: {e}")))?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut want = self.groups.clone();
+        have.sort_unstable();
+        have.dedup();
+        want.sort_unstable();
+        want.dedup();
+        if have != want {
+            return Err(bad(format!("supplementary groups are {have:?}")));
+        }
+        let Some(uid) = self.uid else {
+            return Ok(());
+        };
+        let u = nix::unistd::getresuid().map_err(|e| bad(format!("getresuid: {e}")))?;
+        let uids = [u.real, u.effective, u.saved].map(|u| u.as_raw());
+        if uids != [uid; 3] {
+            return Err(bad(format!("uids are {uids:?}")));
+        }
+        if uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+            return Err(bad("setuid(0) still succeeds".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A user by name or number, with its passwd entry when there is one.
+fn lookup_user(spec: &str) -> Result<(u32, Option<User>), String> {
+    let spec = spec.trim();
+    if let Ok(uid) = spec.parse::<u32>() {
+        let entry = User::from_uid(Uid::from_raw(uid))
+            .map_err(|e| format!("cannot look up uid {uid}: {e}"))?;
+        return Ok((uid, entry));
+    }
+    match User::from_name(spec) {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), Some(u))),
+        Ok(None) => Err(format!(
+            "uid: there is no user named `{spec}` (see /etc/passwd or `getent passwd`); give an \
+             existing user name or a number"
+        )),
+        Err(e) => Err(format!("cannot look up user `{spec}`: {e}")),
+    }
+}
+
+/// A group by name or number, with a label for messages.
+fn lookup_group(spec: &str) -> Result<(u32, String), String> {
+    let spec = spec.trim();
+    if let Ok(gid) = spec.parse::<u32>() {
+        let name = Group::from_gid(Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map_or_else(|| gid.to_string(), |g| g.name);
+        return Ok((gid, format!("{name} (gid {gid})")));
+    }
+    match Group::from_name(spec) {
+        Ok(Some(g)) => Ok((g.gid.as_raw(), format!("{spec} (gid {})", g.gid))),
+        Ok(None) => Err(format!(
+            "gid: there is no group named `{spec}` (see /etc/group or `getent group`); give an \
+             existing group name or a number"
+        )),
+        Err(e) => Err(format!("cannot look up group `{spec}`: {e}")),
+    }
+}
+
+/// Checks `umask`, `env` and `unenv` without applying anything.
+pub fn check_environment(opts: &Options) -> Result<(), String> {
+    if let Some(mask) = &opts.umask {
+        parse_umask(mask)?;
+    }
+    for pair in &opts.env {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {}
+            _ => {
+                return Err(format!(
+                    "env `{pair}`: expected KEY=VALUE (a non-empty name, then `=`)"
+                ))
+            }
+        }
+    }
+    for key in &opts.unenv {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!("unenv `{key}`: expected a variable name"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies `umask`, `chdir`, `env` and `unenv`, in that order, once [`check_environment`]
+/// passes. Must run while the process has a single thread (it changes the environment).
+pub fn setup_environment(opts: &Options) -> Result<(), String> {
+    check_environment(opts)?;
+    if let Some(mask) = &opts.umask {
+        let bits = parse_umask(mask)?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(bits));
+    }
+    if let Some(dir) = &opts.chdir {
+        std::env::set_current_dir(dir).map_err(|e| {
+            format!(
+                "chdir: cannot change the working directory to {}: {e}",
+                dir.display()
+            )
+        })?;
+    }
+    for (k, v) in opts.env.iter().filter_map(|p| p.split_once('=')) {
+        std::env::set_var(k, v);
+    }
+    for key in &opts.unenv {
+        std::env::remove_var(key);
+    }
+    Ok(())
+}
+
+/// An octal umask such as `022` or `0027`.
+pub fn parse_umask(s: &str) -> Result<libc::mode_t, String> {
+    match libc::mode_t::from_str_radix(s.trim(), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "umask `{s}`: expected an octal mode between 000 and 777, such as 022"
+        )),
+    }
+}
+
+/// Detaches into the background: fork (the parent exits 0), a new session, fork again (so the
+/// daemon can never get a controlling terminal), stdin on /dev/null. Must run while the process
+/// has a single thread. Under a parent emperor (`UWSGI_EMPEROR_FD` set) it does nothing, as in
+/// uWSGI: that emperor supervises this process and must keep it as its child.
+pub fn daemonize() -> Result<(), String> {
+    if std::env::var_os("UWSGI_EMPEROR_FD").is_some() {
+        return Ok(());
+    }
+    for round in 0..2 {
+        // SAFETY: called from main before any thread exists (the caller's contract); the child
+        // continues with a copy of this single-threaded process, the parent only calls _exit.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Parent { .. }) => {
+                // SAFETY: _exit ends this process at once, without running atexit handlers or
+                // flushing stdio buffers that the child also holds.
+                unsafe { libc::_exit(0) }
+            }
+            Ok(nix::unistd::ForkResult::Child) => {}
+            Err(e) => return Err(format!("cannot daemonize: fork failed: {e}")),
+        }
+        if round == 0 {
+            nix::unistd::setsid().map_err(|e| format!("cannot daemonize: setsid failed: {e}"))?;
+        }
+    }
+    let null = OpenOptions::new()
+        .read(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot daemonize: cannot open /dev/null: {e}"))?;
+    redirect(&null, 0).map_err(|e| format!("cannot daemonize: stdin to /dev/null: {e}"))
+}
+
+/// Appends stdout and stderr (so the emperor's log, and the output of every vassal, which
+/// inherits them) to `path`, created with mode 0640 if missing.
+pub fn log_to(path: &Path) -> Result<(), String> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "cannot open the log file {} (logto/daemonize): {e}; check that its directory \
+                 exists and is writable",
+                path.display()
+            )
+        })?;
+    for fd in [1, 2] {
+        redirect(&file, fd)
+            .map_err(|e| format!("cannot log to {}: dup2 failed: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes `fd` (0, 1 or 2) a copy of `file`, inheritable by children.
+fn redirect(file: &std::fs::File, fd: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 only changes the fd table; both fds are valid. The new fd is not CLOEXEC,
+    // on purpose: standard streams are meant for the vassals too.
+    if unsafe { libc::dup2(file.as_raw_fd(), fd) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes this process's pid to `path` (`pidfile`, `pidfile2`).
+pub fn write_pidfile(path: &Path, key: &str) -> Result<(), String> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+        format!(
+            "cannot write the pidfile {} ({key}): {e}; check that its directory exists and is \
+             writable",
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Options {
+        let mut v = vec!["emperor", "/v"];
+        v.extend_from_slice(args);
+        Options::parse_from_args(v).unwrap()
+    }
+
+    #[test]
+    fn no_uid_or_gid_means_no_identity() {
+        assert_eq!(Identity::resolve(&opts(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn names_and_numbers_resolve() {
+        let nobody = User::from_name("nobody").unwrap().expect("user nobody");
+        let by_name = Identity::resolve(&opts(&["--uid", "nobody"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_name.uid, Some(nobody.uid.as_raw()));
+        assert_eq!(by_name.gid, nobody.gid.as_raw(), "the user's primary group");
+        assert!(by_name.groups.contains(&nobody.gid.as_raw()));
+        assert!(
+            by_name.label.starts_with("user nobody ("),
+            "{}",
+            by_name.label
+        );
+        let num = nobody.uid.as_raw().to_string();
+        let by_number = Identity::resolve(&opts(&["--uid", &num])).unwrap().unwrap();
+        assert_eq!(by_number, by_name);
+
+        let root_group = Identity::resolve(&opts(&["--uid", "nobody", "--gid", "0"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(root_group.gid, 0);
+        let only_gid = Identity::resolve(&opts(&["--gid", "0"])).unwrap().unwrap();
+        assert_eq!((only_gid.uid, only_gid.gid), (None, 0));
+        assert!(only_gid.groups.is_empty());
+    }
+
+    #[test]
+    fn unknown_names_are_clear_errors() {
+        let e = Identity::resolve(&opts(&["--uid", "no-such-user-here"])).unwrap_err();
+        assert!(e.contains("no user named `no-such-user-here`"), "{e}");
+        let e = Identity::resolve(&opts(&["--gid", "no-such-group-here"])).unwrap_err();
+        assert!(e.contains("no group named `no-such-group-here`"), "{e}");
+        // A numeric uid without a passwd entry has no primary group to fall back on.
+        let e = Identity::resolve(&opts(&["--uid", "3999999"])).unwrap_err();
+        assert!(e.contains("gid"), "{e}");
+        let id = Identity::resolve(&opts(&["--uid", "3999999", "--gid", "3999999"]))
+            .unwrap()
+            .unwrap();
+        assert!(id.groups.is_empty());
+    }
+
+    #[test]
+    fn umask_is_octal() {
+        assert_eq!(parse_umask("022"), Ok(0o022));
+        assert_eq!(parse_umask("0027"), Ok(0o027));
+        assert_eq!(parse_umask(" 7 "), Ok(0o007));
+        for bad in ["", "8", "0x22", "1777", "-1", "abc"] {
+            let e = parse_umask(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_env_entries_are_named() {
+        for (args, needle) in [
+            (&["--env", "NOEQUALS"][..], "env `NOEQUALS`"),
+            (&["--env", "=v"][..], "env `=v`"),
+            (&["--unenv", "A=B"][..], "unenv `A=B`"),
+        ] {
+            let e = check_environment(&opts(args)).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn combinations_that_need_root_are_refused() {
+        for extra in [
+            &["--emperor-tyrant"][..],
+            &["--emperor-cap", "net_bind_service"][..],
+            &["--emperor-use-clone", "net"][..],
+        ] {
+            let mut args = vec!["--uid", "nobody"];
+            args.extend_from_slice(extra);
+            let o = opts(&args);
+            let e = Identity::resolve(&o)
+                .unwrap()
+                .unwrap()
+                .check(&o)
+                .unwrap_err();
+            assert!(e.contains(extra[0]), "{e}");
+        }
+    }
+}
