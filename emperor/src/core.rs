@@ -585,7 +585,7 @@ pub struct Core {
     max_vassals: usize,
     /// `cfg.required_heartbeat` in nanoseconds.
     required_ns: i64,
-    /// Origin of the hot table's times: the first `now` a record was created with.
+    /// Origin of the channel table's times: the first `now` a record was created with.
     epoch: Option<Instant>,
     by_pid: IdMap<i32, VassalId>,
     by_monitor: HashMap<MonitorId, HashSet<VassalId>>,
