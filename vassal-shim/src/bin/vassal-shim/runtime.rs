@@ -1,6 +1,7 @@
 //! The event loop: one thread, one `mio::Poll` over the emperor channel, the config channel,
-//! a signalfd (SIGCHLD, TERM, INT, QUIT, HUP), the notify socket and the probe connection.
-//! It performs the core's actions and turns what it sees into core inputs.
+//! a signalfd (SIGCHLD, TERM, INT, QUIT, HUP), the notify socket, the probe connection and the
+//! backlog meter's netlink socket. It performs the core's actions and turns what it sees into
+//! core inputs. Nothing in it waits: every descriptor is non-blocking and driven by readiness.
 
 use std::ffi::OsString;
 use std::io;
@@ -20,9 +21,9 @@ use vassal_shim::ini::Ini;
 use vassal_shim::notify::{self, Notification};
 use vassal_shim::{ConfigChannel, Event, Vassal, VassalMsg};
 
-use crate::backlog;
+use crate::backlog::{Meter, Progress, Watch};
 use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
-use crate::options::{Cli, Ready, Settings, CONFIG_ENV};
+use crate::options::{Cli, Settings, CONFIG_ENV};
 use crate::probe::Probe;
 use crate::sentinel::{self, Sentinel};
 use crate::spawn::{self, Program, SpawnSpec};
@@ -32,6 +33,7 @@ const CONFIG: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const NOTIFY: Token = Token(3);
 const PROBE: Token = Token(4);
+const DIAG: Token = Token(5);
 
 /// Where the settings come from, so a reload can re-read them.
 #[derive(Debug, Clone)]
@@ -76,6 +78,10 @@ pub struct Runtime {
     cli: Cli,
     source: Source,
     listener: Option<RawFd>,
+    /// What the backlog of the on-demand listener is measured with (found once).
+    listener_watch: Option<Watch>,
+    /// The `sos-backlog` meter (its netlink socket is registered as [`DIAG`]).
+    meter: Meter,
     rundir: Option<tempfile::TempDir>,
     config_path: Option<PathBuf>,
     generation: u64,
@@ -155,6 +161,13 @@ impl Runtime {
             None
         };
 
+        let listener_watch = listener.and_then(Watch::held);
+        let meter = Meter::new();
+        if let Some(fd) = meter.raw_fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), DIAG, Interest::READABLE)?;
+        }
+
         if let Err(e) = spawn::become_subreaper() {
             warn!("cannot become a child subreaper ({e}); orphans of the program may escape");
         }
@@ -184,6 +197,8 @@ impl Runtime {
             cli,
             source,
             listener,
+            listener_watch,
+            meter,
             rundir: Some(rundir),
             config_path,
             generation: 0,
@@ -232,6 +247,11 @@ impl Runtime {
                     SIGNALS => self.read_signals(now),
                     NOTIFY => self.read_notify(now),
                     PROBE => self.drive_probe(now),
+                    DIAG => {
+                        if let Some(n) = self.meter.on_readable() {
+                            self.backlog_measured(now, n);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -258,8 +278,8 @@ impl Runtime {
             Action::KillAll => spawn::kill_all(self.pgid, self.sentinel_pid()),
             Action::Probe => self.start_probe(now),
             Action::MeasureBacklog => {
-                if let Some(n) = self.measure_backlog() {
-                    self.core.handle(now, Input::Backlog(n));
+                if let Progress::Done(n) = self.meter.start() {
+                    self.backlog_measured(now, n);
                 }
             }
             Action::Exit(code) => return Some(code),
@@ -338,6 +358,14 @@ impl Runtime {
             self.reload_settings();
         }
         self.generation += 1;
+        // The program binds its sockets anew: forget what the meter found about the old ones.
+        if self.settings.sos_backlog.is_some() {
+            let watch = self
+                .listener_watch
+                .clone()
+                .or_else(|| Watch::of_ready(&self.settings.ready));
+            self.meter.set_watch(watch);
+        }
         // Notifications still queued from an earlier generation mean nothing any more.
         let mut junk = [0u8; 512];
         while self.notify.recv(&mut junk).is_ok() {}
@@ -591,25 +619,18 @@ impl Runtime {
         self.core.handle(now, Input::Probe(ok));
     }
 
-    fn measure_backlog(&mut self) -> Option<u32> {
-        if let Some(fd) = self.listener {
-            let n = backlog::tcp_listener(fd)
-                .or_else(|| backlog::socket_inode(fd).and_then(backlog::unix_inode));
-            if n.is_some() {
-                return n;
+    fn backlog_measured(&mut self, now: Instant, n: Option<u32>) {
+        match n {
+            Some(n) => self.core.handle(now, Input::Backlog(n)),
+            None if !self.backlog_warned => {
+                self.backlog_warned = true;
+                match self.meter.watch() {
+                    None => warn!("sos-backlog: no listener to measure (needs an on-demand socket or ready = tcp:, unix: or http://)"),
+                    Some(w) => warn!("sos-backlog: cannot measure the backlog of {w:?} (not listening yet?); trying again every second"),
+                }
             }
+            None => {}
         }
-        let n = match &self.settings.ready {
-            Ready::Tcp(a) => backlog::tcp_port(a.port()),
-            Ready::Http { addr, .. } => backlog::tcp_port(addr.port()),
-            Ready::Unix(path) => backlog::unix_path_inode(path).and_then(backlog::unix_inode),
-            _ => None,
-        };
-        if n.is_none() && !self.backlog_warned {
-            self.backlog_warned = true;
-            warn!("sos-backlog: no listener to measure (needs an on-demand socket or ready = tcp:, unix: or http://)");
-        }
-        n
     }
 
     fn sentinel_pid(&self) -> Option<i32> {
