@@ -35,6 +35,9 @@ const NOTIFY: Token = Token(3);
 const PROBE: Token = Token(4);
 const DIAG: Token = Token(5);
 
+/// The largest notification datagram read whole (the rest of a longer one is dropped).
+const NOTIFY_BUF: usize = 16 * 1024;
+
 /// Where the settings come from, so a reload can re-read them.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -70,6 +73,8 @@ pub struct Runtime {
     sigfd: SignalFd,
     notify: UnixDatagram,
     notify_path: PathBuf,
+    /// Receive buffer for notification datagrams, made once.
+    notify_buf: Box<[u8]>,
     probe: Option<Probe>,
     program: Option<Program>,
     pgid: Option<i32>,
@@ -190,6 +195,7 @@ impl Runtime {
             sigfd,
             notify,
             notify_path,
+            notify_buf: vec![0u8; NOTIFY_BUF].into_boxed_slice(),
             probe: None,
             program: None,
             pgid: None,
@@ -561,11 +567,10 @@ impl Runtime {
     }
 
     fn read_notify(&mut self, now: Instant) {
-        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match self.notify.recv(&mut buf) {
+            match self.notify.recv(&mut self.notify_buf) {
                 Ok(n) => {
-                    for item in notify::parse(&buf[..n]) {
+                    for item in notify::parse(&self.notify_buf[..n]) {
                         match &item {
                             Notification::Status(s) => info!("program status: {s}"),
                             Notification::Watchdog => debug!("program: WATCHDOG=1"),
