@@ -244,10 +244,9 @@ impl Runtime {
                 error!("poll failed: {e}");
                 return self.finish(1);
             }
-            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-            for t in tokens {
+            for ev in events.iter() {
                 let now = Instant::now();
-                match t {
+                match ev.token() {
                     EMPEROR => self.read_emperor(now),
                     CONFIG => self.read_config(now),
                     SIGNALS => self.read_signals(now),
