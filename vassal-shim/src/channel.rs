@@ -465,6 +465,8 @@ impl AsRawFd for Vassal {
 pub struct ConfigChannel {
     fd: OwnedFd,
     buf: Vec<u8>,
+    /// Receive buffer of [`ConfigChannel::poll_newest`], made on first use and kept.
+    chunk: Vec<u8>,
     latest: Option<Vec<u8>>,
     received: u64,
     eof: bool,
@@ -476,6 +478,7 @@ impl ConfigChannel {
         ConfigChannel {
             fd,
             buf: Vec::new(),
+            chunk: Vec::new(),
             latest: None,
             received: 0,
             eof: false,
@@ -487,12 +490,14 @@ impl ConfigChannel {
     /// A frame with a modifier1 other than 115 desynchronises the stream: it is an error.
     pub fn poll_newest(&mut self) -> io::Result<Option<Vec<u8>>> {
         let before = self.received;
-        let mut chunk = vec![0u8; 16 * 1024];
+        if self.chunk.is_empty() {
+            self.chunk = vec![0u8; 16 * 1024];
+        }
         while !self.eof {
-            match recv_nonblocking(self.fd.as_fd(), &mut chunk, false) {
+            match recv_nonblocking(self.fd.as_fd(), &mut self.chunk, false) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.buf.extend_from_slice(&self.chunk[..n]);
                     self.take_frames()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
