@@ -422,16 +422,16 @@ impl Runtime {
     }
 
     fn read_emperor(&mut self, now: Instant) {
-        let mut evs = Vec::new();
-        let res = match self.vassal.as_mut() {
-            Some(v) => v.recv_all(&mut evs),
-            None => return,
-        };
-        if let Err(e) = res {
-            warn!("emperor channel error: {e}");
-            evs.push(Event::Eof);
-        }
-        for e in evs {
+        loop {
+            // One event at a time (drained until it would block), nothing collected.
+            let e = match self.vassal.as_mut().map(Vassal::try_recv) {
+                None | Some(Ok(None)) => return,
+                Some(Ok(Some(e))) => e,
+                Some(Err(err)) => {
+                    warn!("emperor channel error: {err}");
+                    Event::Eof
+                }
+            };
             match e {
                 Event::Stop => info!("emperor says stop (0)"),
                 Event::GracefulStop => info!("emperor says graceful stop (2)"),
@@ -569,7 +569,7 @@ impl Runtime {
         loop {
             match self.notify.recv(&mut self.notify_buf) {
                 Ok(n) => {
-                    for item in notify::parse(&self.notify_buf[..n]) {
+                    for item in notify::items(&self.notify_buf[..n]) {
                         match &item {
                             Notification::Status(s) => info!("program status: {s}"),
                             Notification::Watchdog => debug!("program: WATCHDOG=1"),
