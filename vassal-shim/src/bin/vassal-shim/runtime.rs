@@ -24,7 +24,7 @@ use vassal_shim::{ConfigChannel, Event, Vassal, VassalMsg};
 use crate::backlog::{Meter, Progress, Watch};
 use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
 use crate::options::{Cli, Settings, CONFIG_ENV};
-use crate::probe::Probe;
+use crate::probe::{self, Probe};
 use crate::sentinel::{self, Sentinel};
 use crate::spawn::{self, Program, SpawnSpec};
 
@@ -76,6 +76,8 @@ pub struct Runtime {
     /// Receive buffer for notification datagrams, made once.
     notify_buf: Box<[u8]>,
     probe: Option<Probe>,
+    /// The HTTP probe's request, built at every program start (settings may have changed).
+    probe_request: Vec<u8>,
     program: Option<Program>,
     pgid: Option<i32>,
     settings: Settings,
@@ -197,6 +199,7 @@ impl Runtime {
             notify_path,
             notify_buf: vec![0u8; NOTIFY_BUF].into_boxed_slice(),
             probe: None,
+            probe_request: Vec::new(),
             program: None,
             pgid: None,
             settings,
@@ -363,6 +366,7 @@ impl Runtime {
             self.reload_settings();
         }
         self.generation += 1;
+        probe::http_request(&self.settings.ready, &mut self.probe_request);
         // The program binds its sockets anew: forget what the meter found about the old ones.
         if self.settings.sos_backlog.is_some() {
             let watch = self
@@ -607,7 +611,7 @@ impl Runtime {
         let Some(p) = self.probe.as_mut() else {
             return;
         };
-        if let Some(ok) = p.on_event() {
+        if let Some(ok) = p.on_event(&self.probe_request) {
             self.finish_probe(now, ok);
         }
     }
