@@ -462,6 +462,25 @@ fn backlog_probe_of_a_tcp_ready_port_sends_sos() {
 }
 
 #[test]
+fn an_emperor_that_stops_reading_does_not_stall_the_shim() {
+    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    // Heartbeats every 10 ms into a channel nobody reads: a few hundred one-byte messages fill
+    // a unix socket's send buffer.
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--heartbeat", "0.01", "--loyal-after", "0"], &prog),
+        false,
+        |_| {},
+    );
+    e.proc
+        .wait_for_line("the emperor is not reading its channel", SOON);
+    // The loop still runs: it reads the stop byte (the shim cannot write, but reads) and
+    // stops the program.
+    e.send(0);
+    e.proc.wait_for_line("emperor says stop", SOON);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
 fn program_gets_chdir_env_and_no_emperor_descriptors() {
     let dir = tempfile::tempdir().unwrap();
     // One line (ini values are lines), double quotes inside single-quoted `exec` words.

@@ -307,10 +307,19 @@ impl Runtime {
         let Some(v) = &self.vassal else {
             return;
         };
-        if let Err(e) = v.send(m) {
-            warn!("lost the emperor while writing to it: {e}");
-            self.drop_emperor();
-            self.core.handle(now, Input::Emperor(Event::Eof));
+        match v.try_send(m) {
+            Ok(()) => {}
+            // The loop never waits for the emperor: a full channel means it stopped reading.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => warn!(
+                "the emperor is not reading its channel (it is full): {} ({}) dropped",
+                m.name(),
+                m.to_byte()
+            ),
+            Err(e) => {
+                warn!("lost the emperor while writing to it: {e}");
+                self.drop_emperor();
+                self.core.handle(now, Input::Emperor(Event::Eof));
+            }
         }
     }
 
