@@ -3,8 +3,9 @@
 //!
 //! * A TCP listener held by the shim (an on-demand socket): `TCP_INFO`'s `tcpi_unacked`, one
 //!   `getsockopt`, answered at once.
-//! * Everything else goes through one `NETLINK_SOCK_DIAG` socket, opened once, non-blocking,
-//!   and registered with the runtime's poll: [`Meter::start`] sends a request and returns,
+//! * Everything else goes through one `NETLINK_SOCK_DIAG` socket, opened the first time it is
+//!   needed (a shim without `sos-backlog` has none), non-blocking, and registered with the
+//!   runtime's poll: [`Meter::start`] sends a request and returns,
 //!   [`Meter::on_readable`] reads the answer when the kernel has queued it. The request and
 //!   receive buffers are made once and reused.
 //!   * A unix listener whose socket inode is known (the on-demand socket, or a `ready = unix:`
@@ -121,6 +122,8 @@ impl Query {
 #[derive(Debug)]
 pub struct Meter {
     nl: Option<OwnedFd>,
+    /// Whether opening `nl` was tried already.
+    opened: bool,
     /// False once the kernel said it cannot dump TCP sockets: use /proc from then on.
     inet_diag: bool,
     req: [u8; REQ_MAX],
@@ -135,18 +138,11 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// Opens the netlink socket (non-blocking, close-on-exec). Without it, TCP listeners are
-    /// measured from /proc and unix ones not at all.
+    /// A meter watching nothing (and holding no socket yet).
     pub fn new() -> Meter {
-        let nl = match open_sock_diag() {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                info!("sos-backlog: no NETLINK_SOCK_DIAG socket ({e}); TCP backlogs will be read from /proc/net, unix ones cannot be measured");
-                None
-            }
-        };
         Meter {
-            nl,
+            nl: None,
+            opened: false,
             inet_diag: true,
             req: [0; REQ_MAX],
             buf: vec![0u8; RECV_BUF].into_boxed_slice(),
@@ -158,17 +154,41 @@ impl Meter {
         }
     }
 
-    /// The descriptor to register for readability (`None` without netlink).
+    /// The netlink socket's descriptor (`None` while there is none).
+    #[cfg(test)]
     pub fn raw_fd(&self) -> Option<RawFd> {
         self.nl.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// Sets the listener to watch; forgets everything cached and any request in flight (call it
-    /// on every program start: the program binds its sockets anew).
-    pub fn set_watch(&mut self, watch: Option<Watch>) {
+    /// on every program start: the program binds its sockets anew). The first watch that needs
+    /// netlink opens the socket (non-blocking, close-on-exec): its descriptor is returned then,
+    /// once, to be registered for readability. Without it, TCP listeners are measured from
+    /// /proc and unix ones not at all.
+    #[must_use = "a newly opened socket must be registered with the poll"]
+    pub fn set_watch(&mut self, watch: Option<Watch>) -> Option<RawFd> {
+        let needs_netlink = matches!(
+            watch,
+            Some(Watch::UnixInode(_) | Watch::UnixPath(_) | Watch::TcpPort(_))
+        );
         self.watch = watch;
         self.found_inode = None;
         self.query = None;
+        if !needs_netlink || self.opened {
+            return None;
+        }
+        self.opened = true;
+        match open_sock_diag() {
+            Ok(fd) => {
+                let raw = fd.as_raw_fd();
+                self.nl = Some(fd);
+                Some(raw)
+            }
+            Err(e) => {
+                info!("sos-backlog: no NETLINK_SOCK_DIAG socket ({e}); TCP backlogs will be read from /proc/net, unix ones cannot be measured");
+                None
+            }
+        }
     }
 
     /// The watched listener.
@@ -704,9 +724,23 @@ mod tests {
     }
 
     #[test]
-    fn netlink_socket_is_nonblocking_and_cloexec() {
+    fn netlink_socket_is_opened_when_needed_nonblocking_and_cloexec() {
         let mut m = Meter::new();
-        let fd = m.raw_fd().expect("NETLINK_SOCK_DIAG is available here");
+        assert_eq!(m.set_watch(None), None);
+        let t = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            m.set_watch(Watch::held(t.as_raw_fd())),
+            None,
+            "TCP_INFO needs none"
+        );
+        assert_eq!(m.raw_fd(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("x")).unwrap();
+        let fd = m
+            .set_watch(Watch::held(l.as_raw_fd()))
+            .expect("NETLINK_SOCK_DIAG is available here");
+        assert_eq!(m.raw_fd(), Some(fd));
+        assert_eq!(m.set_watch(Watch::held(l.as_raw_fd())), None, "opened once");
         // SAFETY: F_GETFL / F_GETFD read flags of our own descriptor.
         let (fl, fdfl) = unsafe {
             (
@@ -719,8 +753,6 @@ mod tests {
         // Nothing asked, nothing queued: returns at once without a result.
         assert_eq!(m.on_readable(), None);
         // A request returns before its answer is read.
-        let l = UnixListener::bind(tempfile::tempdir().unwrap().path().join("x")).unwrap();
-        m.set_watch(Watch::held(l.as_raw_fd()));
         assert_eq!(m.start(), Progress::Pending);
         assert_eq!(measure(&mut m), Some(0));
     }
@@ -730,7 +762,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let mut m = Meter::new();
-        m.set_watch(Watch::held(l.as_raw_fd()));
+        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
         assert_eq!(m.watch(), Some(&Watch::HeldTcp(l.as_raw_fd())));
         assert_eq!(measure(&mut m), Some(0));
         let _c: Vec<TcpStream> = (0..3)
@@ -750,7 +782,7 @@ mod tests {
             .map(|_| TcpStream::connect(("127.0.0.1", other_port)).unwrap())
             .collect();
         let mut m = Meter::new();
-        m.set_watch(Some(Watch::TcpPort(port)));
+        let _ = m.set_watch(Some(Watch::TcpPort(port)));
         assert_eq!(measure(&mut m), Some(0));
         let _c: Vec<TcpStream> = (0..3)
             .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
@@ -774,7 +806,7 @@ mod tests {
         };
         let port = l.local_addr().unwrap().port();
         let mut m = Meter::new();
-        m.set_watch(Some(Watch::TcpPort(port)));
+        let _ = m.set_watch(Some(Watch::TcpPort(port)));
         let _c: Vec<TcpStream> = (0..2)
             .map(|_| TcpStream::connect(("::1", port)).unwrap())
             .collect();
@@ -787,7 +819,7 @@ mod tests {
         let path = dir.path().join("l.sock");
         let l = UnixListener::bind(&path).unwrap();
         let mut m = Meter::new();
-        m.set_watch(Watch::held(l.as_raw_fd()));
+        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
         assert_eq!(
             m.watch(),
             Some(&Watch::UnixInode(socket_inode(l.as_raw_fd()).unwrap()))
@@ -811,7 +843,7 @@ mod tests {
             .map(|_| UnixStream::connect(&other_path).unwrap())
             .collect();
         let mut m = Meter::new();
-        m.set_watch(Some(Watch::UnixPath(path.clone())));
+        let _ = m.set_watch(Some(Watch::UnixPath(path.clone())));
         assert_eq!(measure(&mut m), None, "nothing bound yet");
         assert_eq!(m.found_inode(), None);
 
@@ -841,7 +873,7 @@ mod tests {
         assert_eq!(measure(&mut m), Some(2));
         assert_eq!(m.found_inode(), socket_inode(l2.as_raw_fd()));
         // A program start forgets the cache.
-        m.set_watch(Some(Watch::UnixPath(path.clone())));
+        let _ = m.set_watch(Some(Watch::UnixPath(path.clone())));
         assert_eq!(m.found_inode(), None);
     }
 
@@ -851,7 +883,7 @@ mod tests {
         let path = dir.path().join("l.sock");
         let l = UnixListener::bind(&path).unwrap();
         let mut m = Meter::new();
-        m.set_watch(Watch::held(l.as_raw_fd()));
+        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
         assert_eq!(m.start(), Progress::Pending);
         // Its answer stays queued while the next measurement starts (the backlog changes).
         let _c = UnixStream::connect(&path).unwrap();

@@ -170,10 +170,6 @@ impl Runtime {
 
         let listener_watch = listener.and_then(Watch::held);
         let meter = Meter::new();
-        if let Some(fd) = meter.raw_fd() {
-            poll.registry()
-                .register(&mut SourceFd(&fd), DIAG, Interest::READABLE)?;
-        }
 
         if let Err(e) = spawn::become_subreaper() {
             warn!("cannot become a child subreaper ({e}); orphans of the program may escape");
@@ -382,7 +378,15 @@ impl Runtime {
                 .listener_watch
                 .clone()
                 .or_else(|| Watch::of_ready(&self.settings.ready));
-            self.meter.set_watch(watch);
+            if let Some(fd) = self.meter.set_watch(watch) {
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), DIAG, Interest::READABLE)
+                {
+                    warn!("sos-backlog: cannot watch the netlink socket ({e}); backlogs of unix and tcp: listeners will not be measured");
+                }
+            }
         }
         // Notifications still queued from an earlier generation mean nothing any more.
         let mut junk = [0u8; 512];
