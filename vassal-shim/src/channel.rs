@@ -124,6 +124,26 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 }
 
 /// Waits until `fd` is readable or `timeout` passes (`None` = forever). Ok(false) on timeout.
+/// Whether a write to `fd` would not block right now (poll(2) with a zero timeout).
+fn writable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd on the stack, count 1, no waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
@@ -265,18 +285,24 @@ impl Vassal {
     }
 
     /// Writes one message byte. A broken channel is reported as an error (never SIGPIPE).
+    /// Waits while the channel is full (an emperor that does not read); see
+    /// [`Vassal::try_send`] for event loops.
     pub fn send(&self, msg: VassalMsg) -> io::Result<()> {
+        self.send_byte(msg, false)
+    }
+
+    /// Like [`Vassal::send`] but never waits: when the channel is full (the emperor is not
+    /// reading), fails at once with [`io::ErrorKind::WouldBlock`] and the byte is not sent.
+    pub fn try_send(&self, msg: VassalMsg) -> io::Result<()> {
+        self.send_byte(msg, true)
+    }
+
+    fn send_byte(&self, msg: VassalMsg, nonblocking: bool) -> io::Result<()> {
         let b = [msg.to_byte()];
+        let flags = libc::MSG_NOSIGNAL | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         loop {
             // SAFETY: a one-byte buffer on the stack; MSG_NOSIGNAL turns EPIPE into an error.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    b.as_ptr().cast(),
-                    1,
-                    libc::MSG_NOSIGNAL,
-                )
-            };
+            let n = unsafe { libc::send(self.fd.as_raw_fd(), b.as_ptr().cast(), 1, flags) };
             if n == 1 {
                 return Ok(());
             }
@@ -284,6 +310,10 @@ impl Vassal {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::ENOTSOCK) => {
+                    // A pipe has no per-call flag: write only when a byte fits now.
+                    if nonblocking && !writable_now(self.fd.as_fd())? {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
                     // SAFETY: as above, plain write(2) for a pipe.
                     let n = unsafe { libc::write(self.fd.as_raw_fd(), b.as_ptr().cast(), 1) };
                     if n == 1 {
@@ -465,6 +495,8 @@ impl AsRawFd for Vassal {
 pub struct ConfigChannel {
     fd: OwnedFd,
     buf: Vec<u8>,
+    /// Receive buffer of [`ConfigChannel::poll_newest`], made on first use and kept.
+    chunk: Vec<u8>,
     latest: Option<Vec<u8>>,
     received: u64,
     eof: bool,
@@ -476,6 +508,7 @@ impl ConfigChannel {
         ConfigChannel {
             fd,
             buf: Vec::new(),
+            chunk: Vec::new(),
             latest: None,
             received: 0,
             eof: false,
@@ -487,12 +520,14 @@ impl ConfigChannel {
     /// A frame with a modifier1 other than 115 desynchronises the stream: it is an error.
     pub fn poll_newest(&mut self) -> io::Result<Option<Vec<u8>>> {
         let before = self.received;
-        let mut chunk = vec![0u8; 16 * 1024];
+        if self.chunk.is_empty() {
+            self.chunk = vec![0u8; 16 * 1024];
+        }
         while !self.eof {
-            match recv_nonblocking(self.fd.as_fd(), &mut chunk, false) {
+            match recv_nonblocking(self.fd.as_fd(), &mut self.chunk, false) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.buf.extend_from_slice(&self.chunk[..n]);
                     self.take_frames()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -612,6 +647,48 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (c, d) = UnixStream::pair().unwrap();
         (Vassal::new(OwnedFd::from(a), Some(OwnedFd::from(c))), b, d)
+    }
+
+    /// Sends with `try_send` until it refuses; fails if a call does not return within 10 s.
+    fn try_send_until_full(v: Vassal) -> (Vassal, usize) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            let r = loop {
+                match v.try_send(VassalMsg::Heartbeat) {
+                    Ok(()) => n += 1,
+                    Err(e) => break e,
+                }
+            };
+            let _ = tx.send((v, n, r));
+        });
+        let (v, n, err) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("try_send waited on a full channel");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        (v, n)
+    }
+
+    #[test]
+    fn try_send_never_waits_on_a_full_channel() {
+        let (v, mut emperor) = pair();
+        let (v, n) = try_send_until_full(v);
+        assert!(n > 0);
+        // The emperor reads one byte: there is room again.
+        let mut b = [0u8; 1];
+        emperor.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], 26);
+        v.try_send(VassalMsg::Heartbeat).unwrap();
+
+        // A pipe as the channel (some supervisors use one).
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two new descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors from pipe2, owned here.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (_v, n) = try_send_until_full(Vassal::new(wr, None));
+        assert!(n > 0);
+        drop(rd);
     }
 
     #[test]

@@ -45,11 +45,17 @@ pub enum Notification {
 /// Parses one datagram. Never panics; lines that are not `KEY=VALUE` and known keys with
 /// unexpected values come out as [`Notification::Other`]; empty lines are skipped.
 pub fn parse(datagram: &[u8]) -> Vec<Notification> {
-    let text = String::from_utf8_lossy(datagram);
-    text.split('\n')
+    items(datagram).collect()
+}
+
+/// Like [`parse`], one assignment at a time, without collecting them. Nothing is allocated
+/// for the assignments without text (`READY=1`, `WATCHDOG=1`, ...) when the datagram is valid
+/// UTF-8 (invalid bytes are replaced by U+FFFD in a copy of that line).
+pub fn items(datagram: &[u8]) -> impl Iterator<Item = Notification> + '_ {
+    datagram
+        .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(parse_line)
-        .collect()
+        .map(|l| parse_line(&String::from_utf8_lossy(l)))
 }
 
 fn parse_line(line: &str) -> Notification {
@@ -121,10 +127,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn invalid_utf8_stays_on_its_line() {
+        assert_eq!(
+            parse(b"STATUS=caf\xe9\nREADY=1"),
+            vec![
+                Notification::Status("caf\u{fffd}".into()),
+                Notification::Ready
+            ]
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse(&data);
+        }
+
+        #[test]
+        fn lines_are_parsed_alike_as_bytes_or_text(lines in proptest::collection::vec("[A-Z_=a-z0-9 ]{0,12}", 0..6)) {
+            let text = lines.join("\n");
+            let whole: Vec<Notification> = text.split('\n').filter(|l| !l.is_empty()).map(parse_line).collect();
+            proptest::prop_assert_eq!(parse(text.as_bytes()), whole);
         }
     }
 }

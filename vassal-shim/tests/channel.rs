@@ -392,6 +392,94 @@ fn backlog_probe_sends_sos() {
     drop(listener);
 }
 
+/// A program that listens on `addr` (a unix socket path, or a port on 127.0.0.1) and never
+/// accepts, so every connection stays in its backlog.
+fn never_accepting(addr: &str) -> Vec<String> {
+    let script = "import socket, sys, time\n\
+                  a = sys.argv[1]\n\
+                  if a.startswith('/'):\n    s = socket.socket(socket.AF_UNIX); s.bind(a)\n\
+                  else:\n    s = socket.socket(); s.bind(('127.0.0.1', int(a)))\n\
+                  s.listen(16)\n\
+                  time.sleep(1000)\n";
+    vec![
+        python().display().to_string(),
+        "-c".into(),
+        script.into(),
+        addr.into(),
+    ]
+}
+
+/// `sos-backlog` on the program's own listener named by `ready`: real connections fill its
+/// backlog (the shim measures it through its non-blocking sock_diag socket) until SOS.
+fn backlog_of_the_programs_listener(ready: &str, addr: &str, connect: impl Fn()) {
+    let prog = never_accepting(addr);
+    let opts = [
+        "--ready",
+        ready,
+        "--sos-backlog",
+        "3",
+        "--loyal-after",
+        "0",
+        // The health probe runs every heartbeat period and its connections would pile up in
+        // the backlog too: an hour keeps them out of this test.
+        "--heartbeat",
+        "3600",
+    ];
+    let mut e = FakeEmperor::start(&shim_args(&opts, &prog), false, |_| {});
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    e.expect(LOYAL);
+    // The readiness probe's connection waits in the backlog too, but one is not three.
+    for _ in 0..3 {
+        connect();
+    }
+    e.expect(SOS);
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
+#[test]
+fn backlog_probe_of_a_unix_ready_socket_sends_sos() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let ready = format!("unix:{}", path.display());
+    let held = std::cell::RefCell::new(Vec::new());
+    backlog_of_the_programs_listener(&ready, path.to_str().unwrap(), || {
+        held.borrow_mut()
+            .push(std::os::unix::net::UnixStream::connect(&path).unwrap())
+    });
+}
+
+#[test]
+fn backlog_probe_of_a_tcp_ready_port_sends_sos() {
+    let port = free_port();
+    let ready = format!("tcp:127.0.0.1:{port}");
+    let held = std::cell::RefCell::new(Vec::new());
+    backlog_of_the_programs_listener(&ready, &port.to_string(), || {
+        held.borrow_mut()
+            .push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+    });
+}
+
+#[test]
+fn an_emperor_that_stops_reading_does_not_stall_the_shim() {
+    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    // Heartbeats every 10 ms into a channel nobody reads: a few hundred one-byte messages fill
+    // a unix socket's send buffer.
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--heartbeat", "0.01", "--loyal-after", "0"], &prog),
+        false,
+        |_| {},
+    );
+    e.proc
+        .wait_for_line("the emperor is not reading its channel", SOON);
+    // The loop still runs: it reads the stop byte (the shim cannot write, but reads) and
+    // stops the program.
+    e.send(0);
+    e.proc.wait_for_line("emperor says stop", SOON);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+}
+
 #[test]
 fn program_gets_chdir_env_and_no_emperor_descriptors() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,15 +1,557 @@
 //! Listen-backlog measurement for the `sos-backlog` probe: how many connections wait in a
-//! listener's accept queue.
+//! listener's accept queue, measured without ever blocking the event loop.
 //!
-//! * TCP listener held by the shim (an on-demand socket): `TCP_INFO`'s `tcpi_unacked`.
-//! * TCP listener of the program (`ready = tcp:` / `http://`): `rx_queue` of its LISTEN entry in
-//!   `/proc/net/tcp{,6}`.
-//! * Unix listener (on-demand socket, or `ready = unix:PATH`): `UNIX_DIAG_RQLEN` from a
-//!   `NETLINK_SOCK_DIAG` dump, matched by socket inode.
+//! * A TCP listener held by the shim (an on-demand socket): `TCP_INFO`'s `tcpi_unacked`, one
+//!   `getsockopt`, answered at once.
+//! * Everything else goes through one `NETLINK_SOCK_DIAG` socket, opened the first time it is
+//!   needed (a shim without `sos-backlog` has none), non-blocking, and registered with the
+//!   runtime's poll: [`Meter::start`] sends a request and returns,
+//!   [`Meter::on_readable`] reads the answer when the kernel has queued it. The request and
+//!   receive buffers are made once and reused.
+//!   * A unix listener whose socket inode is known (the on-demand socket, or a `ready = unix:`
+//!     socket found earlier): an exact lookup of that inode, answered by one message.
+//!   * `ready = unix:PATH`, first time after each program start: a dump of the listening unix
+//!     sockets, matched by the device and inode of the bound file at PATH. The socket inode
+//!     found is cached until the program is started again or the socket disappears.
+//!   * `ready = tcp:` / `http://`: a dump of the listening TCP sockets (IPv4, then IPv6) that
+//!     the kernel filters down to the port (a bytecode filter), so only matching sockets come
+//!     back; the largest accept queue wins.
+//! * Only when the kernel has no TCP `sock_diag` does the TCP case fall back to
+//!   `/proc/net/tcp{,6}`, read into one reused buffer, at most [`PROC_CAP`] bytes per file.
+//!   (`/proc` has no unix accept-queue length, so unix listeners need `sock_diag`.)
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info};
+
+use crate::options::Ready;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_HDRLEN: usize = 16;
+const TCP_LISTEN: u8 = 10;
+const UDIAG_SHOW_VFS: u32 = 0x02;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+/// Large enough for any one datagram of a dump (the kernel sizes dump parts to at most 32 KiB).
+const RECV_BUF: usize = 32 * 1024;
+/// The largest request: nlmsghdr (16) + inet_diag_req_v2 (56) + bytecode attribute (20).
+const REQ_MAX: usize = 92;
+/// At most this much of a `/proc/net/tcp{,6}` file is read by the fallback.
+pub const PROC_CAP: u64 = 1 << 20;
+
+/// The listener whose backlog is measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watch {
+    /// A TCP listener held by the shim (measured with `TCP_INFO`).
+    HeldTcp(RawFd),
+    /// A unix listener with this socket inode (the on-demand socket held by the shim).
+    UnixInode(u64),
+    /// The program's unix listener bound at this path.
+    UnixPath(PathBuf),
+    /// The program's TCP listener(s) on this port.
+    TcpPort(u16),
+}
+
+impl Watch {
+    /// The watch for a listening socket held by the shim (`None` when `fd` is neither a TCP
+    /// listener nor a socket).
+    pub fn held(fd: RawFd) -> Option<Watch> {
+        if tcp_listener(fd).is_some() {
+            return Some(Watch::HeldTcp(fd));
+        }
+        socket_inode(fd).map(Watch::UnixInode)
+    }
+
+    /// The watch for the program's own listener named by `ready` (`None` when it names none).
+    pub fn of_ready(ready: &Ready) -> Option<Watch> {
+        match ready {
+            Ready::Tcp(a) => Some(Watch::TcpPort(a.port())),
+            Ready::Http { addr, .. } => Some(Watch::TcpPort(addr.port())),
+            Ready::Unix(p) => Some(Watch::UnixPath(p.clone())),
+            Ready::Immediate | Ready::Notify => None,
+        }
+    }
+}
+
+/// What [`Meter::start`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Answered at once: the backlog, or `None` when it cannot be measured now.
+    Done(Option<u32>),
+    /// A request is out; [`Meter::on_readable`] gives the answer.
+    Pending,
+}
+
+/// The request in flight, with the sequence number its answer carries.
+#[derive(Debug, Clone, Copy)]
+enum Query {
+    /// Exact lookup of one unix socket inode.
+    UnixInode { seq: u32 },
+    /// Dump of listening unix sockets, looking for the one bound to this file
+    /// (kernel-encoded device, inode).
+    UnixSearch { seq: u32, dev: u32, ino: u32 },
+    /// Dump of listening TCP sockets on `port`; `v6` says which family is being dumped.
+    Tcp {
+        seq: u32,
+        port: u16,
+        v6: bool,
+        best: Option<u32>,
+    },
+}
+
+impl Query {
+    fn seq(&self) -> u32 {
+        match *self {
+            Query::UnixInode { seq } | Query::UnixSearch { seq, .. } | Query::Tcp { seq, .. } => {
+                seq
+            }
+        }
+    }
+}
+
+/// The backlog meter: owns the netlink socket, its buffers and what is cached about the
+/// watched listener.
+#[derive(Debug)]
+pub struct Meter {
+    nl: Option<OwnedFd>,
+    /// Whether opening `nl` was tried already.
+    opened: bool,
+    /// False once the kernel said it cannot dump TCP sockets: use /proc from then on.
+    inet_diag: bool,
+    req: [u8; REQ_MAX],
+    buf: Box<[u8]>,
+    seq: u32,
+    query: Option<Query>,
+    watch: Option<Watch>,
+    /// The socket inode of the [`Watch::UnixPath`] listener, once found.
+    found_inode: Option<u64>,
+    /// Reused buffer of the /proc fallback.
+    proc_text: String,
+}
+
+impl Meter {
+    /// A meter watching nothing (and holding no socket yet).
+    pub fn new() -> Meter {
+        Meter {
+            nl: None,
+            opened: false,
+            inet_diag: true,
+            req: [0; REQ_MAX],
+            buf: vec![0u8; RECV_BUF].into_boxed_slice(),
+            seq: 0,
+            query: None,
+            watch: None,
+            found_inode: None,
+            proc_text: String::new(),
+        }
+    }
+
+    /// The netlink socket's descriptor (`None` while there is none).
+    #[cfg(test)]
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.nl.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Sets the listener to watch; forgets everything cached and any request in flight (call it
+    /// on every program start: the program binds its sockets anew). The first watch that needs
+    /// netlink opens the socket (non-blocking, close-on-exec): its descriptor is returned then,
+    /// once, to be registered for readability. Without it, TCP listeners are measured from
+    /// /proc and unix ones not at all.
+    #[must_use = "a newly opened socket must be registered with the poll"]
+    pub fn set_watch(&mut self, watch: Option<Watch>) -> Option<RawFd> {
+        let needs_netlink = matches!(
+            watch,
+            Some(Watch::UnixInode(_) | Watch::UnixPath(_) | Watch::TcpPort(_))
+        );
+        self.watch = watch;
+        self.found_inode = None;
+        self.query = None;
+        if !needs_netlink || self.opened {
+            return None;
+        }
+        self.opened = true;
+        match open_sock_diag() {
+            Ok(fd) => {
+                let raw = fd.as_raw_fd();
+                self.nl = Some(fd);
+                Some(raw)
+            }
+            Err(e) => {
+                info!("sos-backlog: no NETLINK_SOCK_DIAG socket ({e}); TCP backlogs will be read from /proc/net, unix ones cannot be measured");
+                None
+            }
+        }
+    }
+
+    /// The watched listener.
+    pub fn watch(&self) -> Option<&Watch> {
+        self.watch.as_ref()
+    }
+
+    /// The cached socket inode of a [`Watch::UnixPath`] listener.
+    #[cfg(test)]
+    pub fn found_inode(&self) -> Option<u64> {
+        self.found_inode
+    }
+
+    /// Starts one measurement. A request still unanswered from the previous one is dropped
+    /// (its late answer is recognised by its sequence number and ignored).
+    pub fn start(&mut self) -> Progress {
+        if self.query.take().is_some() {
+            debug!("sos-backlog: the previous measurement got no answer; dropping it");
+        }
+        enum Plan {
+            Inode(u64),
+            Search(PathBuf),
+            Tcp(u16),
+        }
+        let plan = match &self.watch {
+            None => return Progress::Done(None),
+            Some(Watch::HeldTcp(fd)) => return Progress::Done(tcp_listener(*fd)),
+            Some(Watch::UnixInode(ino)) => Plan::Inode(*ino),
+            Some(Watch::UnixPath(p)) => match self.found_inode {
+                Some(ino) => Plan::Inode(ino),
+                // Only until the socket is found: one clone per program start.
+                None => Plan::Search(p.clone()),
+            },
+            Some(Watch::TcpPort(port)) => Plan::Tcp(*port),
+        };
+        match plan {
+            Plan::Inode(ino) => self.ask_unix_inode(ino),
+            Plan::Search(path) => self.ask_unix_search(&path),
+            Plan::Tcp(port) if self.nl.is_some() && self.inet_diag => {
+                self.ask_tcp(port, false, None)
+            }
+            Plan::Tcp(port) => Progress::Done(self.proc_tcp(port)),
+        }
+    }
+
+    /// Reads whatever the kernel has queued (until it would block). `Some(result)` when this
+    /// finished the measurement in flight.
+    pub fn on_readable(&mut self) -> Option<Option<u32>> {
+        let fd = self.nl.as_ref()?.as_raw_fd();
+        let mut result = None;
+        loop {
+            // SAFETY: recv(2) into our own buffer of buf.len() bytes.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    // The socket overran: whatever was in flight is lost.
+                    Some(libc::ENOBUFS) => {
+                        if self.query.take().is_some() {
+                            result = Some(None);
+                        }
+                        continue;
+                    }
+                    _ => {
+                        debug!("sos-backlog: netlink receive failed: {e}");
+                        if self.query.take().is_some() {
+                            result = Some(None);
+                        }
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            if let Some(r) = self.absorb(n as usize) {
+                result = Some(r);
+            }
+        }
+        result
+    }
+
+    /// Handles one datagram of `n` bytes in the receive buffer.
+    fn absorb(&mut self, n: usize) -> Option<Option<u32>> {
+        // Moved out for the walk so the handlers can update `self`; no allocation.
+        let buf = std::mem::take(&mut self.buf);
+        let mut result = None;
+        for m in messages(&buf[..n.min(buf.len())]) {
+            let Some(q) = self.query else {
+                break;
+            };
+            if m.seq != q.seq() {
+                continue;
+            }
+            if let Some(r) = self.on_message(q, &m) {
+                self.query = None;
+                result = Some(r);
+            }
+        }
+        self.buf = buf;
+        result
+    }
+
+    /// One message answering `q`; `Some(result)` when the measurement is over.
+    fn on_message(&mut self, q: Query, m: &Message<'_>) -> Option<Option<u32>> {
+        match m.ty {
+            t if t == libc::NLMSG_ERROR as u16 => {
+                let errno = u32_at(m.payload, 0).map_or(0, |e| (e as i32).wrapping_neg());
+                match q {
+                    Query::UnixInode { .. } => {
+                        // ENOENT: the socket is gone (the program closed or re-bound it).
+                        debug!("sos-backlog: unix socket lookup failed (errno {errno}); searching again next time");
+                        self.found_inode = None;
+                    }
+                    Query::UnixSearch { .. } => {
+                        debug!("sos-backlog: unix socket dump failed (errno {errno})");
+                    }
+                    Query::Tcp { .. } if errno == libc::EBUSY => {}
+                    Query::Tcp { .. } => {
+                        info!("sos-backlog: the kernel cannot dump TCP sockets (errno {errno}); reading /proc/net/tcp from now on");
+                        self.inet_diag = false;
+                    }
+                }
+                Some(None)
+            }
+            t if t == libc::NLMSG_DONE as u16 => match q {
+                Query::Tcp {
+                    port,
+                    v6: false,
+                    best,
+                    ..
+                } => match self.ask_tcp(port, true, best) {
+                    Progress::Pending => None,
+                    Progress::Done(_) => Some(best),
+                },
+                Query::Tcp { best, .. } => Some(best),
+                Query::UnixSearch { .. } | Query::UnixInode { .. } => Some(None),
+            },
+            SOCK_DIAG_BY_FAMILY => match q {
+                Query::UnixInode { .. } => {
+                    let (state, _, rqlen) = unix_diag_fields(m.payload)?;
+                    if state != TCP_LISTEN {
+                        self.found_inode = None;
+                        return Some(None);
+                    }
+                    Some(rqlen)
+                }
+                Query::UnixSearch { dev, ino, .. } => {
+                    let (state, sock_ino, _) = unix_diag_fields(m.payload)?;
+                    if state != TCP_LISTEN || unix_diag_vfs(m.payload) != Some((ino, dev)) {
+                        return None;
+                    }
+                    debug!("sos-backlog: the program's unix listener is socket inode {sock_ino}");
+                    self.found_inode = Some(sock_ino);
+                    // The rest of the dump is drained and ignored.
+                    Some(unix_diag_fields(m.payload).and_then(|(_, _, r)| r))
+                }
+                Query::Tcp {
+                    seq,
+                    port,
+                    v6,
+                    best,
+                } => {
+                    if let Some(n) = inet_diag_rqueue(m.payload, port) {
+                        self.query = Some(Query::Tcp {
+                            seq,
+                            port,
+                            v6,
+                            best: Some(best.map_or(n, |b| b.max(n))),
+                        });
+                    }
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    fn ask_unix_inode(&mut self, ino: u64) -> Progress {
+        let Ok(ino32) = u32::try_from(ino) else {
+            return Progress::Done(None);
+        };
+        let seq = self.next_seq();
+        let len = unix_request(&mut self.req, seq, false, ino32, UDIAG_SHOW_RQLEN);
+        self.send(len, Query::UnixInode { seq })
+    }
+
+    fn ask_unix_search(&mut self, path: &Path) -> Progress {
+        let Some((dev, ino)) = file_id(path) else {
+            debug!(
+                "sos-backlog: {} does not exist (yet); nothing to measure",
+                path.display()
+            );
+            return Progress::Done(None);
+        };
+        let seq = self.next_seq();
+        let len = unix_request(
+            &mut self.req,
+            seq,
+            true,
+            0,
+            UDIAG_SHOW_VFS | UDIAG_SHOW_RQLEN,
+        );
+        self.send(len, Query::UnixSearch { seq, dev, ino })
+    }
+
+    fn ask_tcp(&mut self, port: u16, v6: bool, best: Option<u32>) -> Progress {
+        let seq = self.next_seq();
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let len = inet_request(&mut self.req, seq, family as u8, port);
+        self.send(
+            len,
+            Query::Tcp {
+                seq,
+                port,
+                v6,
+                best,
+            },
+        )
+    }
+
+    fn send(&mut self, len: usize, q: Query) -> Progress {
+        let Some(fd) = self.nl.as_ref().map(AsRawFd::as_raw_fd) else {
+            return Progress::Done(None);
+        };
+        // SAFETY: sockaddr_nl is plain old data; all-zero addresses the kernel.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: sendto(2) from our request buffer (len <= REQ_MAX) to a valid address.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                self.req.as_ptr().cast(),
+                len,
+                libc::MSG_DONTWAIT,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            debug!(
+                "sos-backlog: netlink request failed: {}",
+                io::Error::last_os_error()
+            );
+            return Progress::Done(None);
+        }
+        self.query = Some(q);
+        Progress::Pending
+    }
+
+    /// The /proc fallback for TCP: bounded reads into one reused buffer.
+    fn proc_tcp(&mut self, port: u16) -> Option<u32> {
+        let mut found: Option<u32> = None;
+        for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            self.proc_text.clear();
+            let Ok(file) = File::open(f) else {
+                continue;
+            };
+            if file
+                .take(PROC_CAP)
+                .read_to_string(&mut self.proc_text)
+                .is_err()
+            {
+                continue;
+            }
+            if let Some(n) = parse_proc_tcp(&self.proc_text, port) {
+                found = Some(found.map_or(n, |b| b.max(n)));
+            }
+        }
+        found
+    }
+}
+
+fn open_sock_diag() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) returns a new descriptor that we own.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Writes a nlmsghdr for a `len`-byte SOCK_DIAG_BY_FAMILY request into `req[..16]`.
+fn nl_header(req: &mut [u8], len: usize, dump: bool, seq: u32) {
+    let flags = libc::NLM_F_REQUEST | if dump { libc::NLM_F_DUMP } else { 0 };
+    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    req[12..16].copy_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+}
+
+/// A unix_diag request: a dump of listening sockets, or the socket with inode `ino`.
+fn unix_request(req: &mut [u8; REQ_MAX], seq: u32, dump: bool, ino: u32, show: u32) -> usize {
+    const LEN: usize = NLMSG_HDRLEN + 24;
+    nl_header(req, LEN, dump, seq);
+    let b = &mut req[NLMSG_HDRLEN..LEN];
+    b[0] = libc::AF_UNIX as u8; // sdiag_family
+    b[1] = 0; // sdiag_protocol
+    b[2..4].copy_from_slice(&0u16.to_ne_bytes()); // pad
+    b[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // udiag_states
+    b[8..12].copy_from_slice(&ino.to_ne_bytes()); // udiag_ino
+    b[12..16].copy_from_slice(&show.to_ne_bytes()); // udiag_show
+    b[16..24].copy_from_slice(&[0xff; 8]); // udiag_cookie: none
+    LEN
+}
+
+/// An inet_diag dump of listening TCP sockets of `family`, filtered in the kernel to local
+/// port `port` (bytecode: sport >= port && sport <= port).
+fn inet_request(req: &mut [u8; REQ_MAX], seq: u32, family: u8, port: u16) -> usize {
+    nl_header(req, REQ_MAX, true, seq);
+    let b = &mut req[NLMSG_HDRLEN..];
+    b.fill(0);
+    b[0] = family; // sdiag_family
+    b[1] = libc::IPPROTO_TCP as u8; // sdiag_protocol
+    b[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // idiag_states
+                                                                  // id (48 bytes) stays zero except the cookie: none.
+    b[48..56].copy_from_slice(&[0xff; 8]);
+    // Attribute INET_DIAG_REQ_BYTECODE: 4-byte header, two port comparisons of 8 bytes.
+    let a = &mut b[56..76];
+    a[0..2].copy_from_slice(&20u16.to_ne_bytes());
+    a[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    // op {code, yes, no}: "yes" steps to the next op, "no" jumps past the end (reject).
+    a[4] = INET_DIAG_BC_S_GE;
+    a[5] = 8;
+    a[6..8].copy_from_slice(&20u16.to_ne_bytes());
+    a[10..12].copy_from_slice(&port.to_ne_bytes());
+    a[12] = INET_DIAG_BC_S_LE;
+    a[13] = 8;
+    a[14..16].copy_from_slice(&12u16.to_ne_bytes());
+    a[18..20].copy_from_slice(&port.to_ne_bytes());
+    REQ_MAX
+}
+
+/// The (kernel-encoded device, inode) of the file at `path`, as unix_diag reports a bound
+/// socket's file (the inode truncated to 32 bits, like the kernel's field).
+fn file_id(path: &Path) -> Option<(u32, u32)> {
+    let md = std::fs::metadata(path).ok()?;
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    Some(((major << 20) | (minor & 0xf_ffff), md.ino() as u32))
+}
 
 /// The accept-queue length of a listening TCP socket.
 pub fn tcp_listener(fd: RawFd) -> Option<u32> {
@@ -26,39 +568,9 @@ pub fn tcp_listener(fd: RawFd) -> Option<u32> {
             &mut len,
         )
     };
-    // TCP_INFO also "works" on a unix socket's fd number? No: it fails with EOPNOTSUPP, and a
-    // non-listening TCP socket reports its unacked segments, so check the state (10 = LISTEN).
-    (r == 0 && info.tcpi_state == 10).then_some(info.tcpi_unacked)
-}
-
-/// The accept-queue length of the TCP listener on `port`, from /proc/net/tcp{,6}.
-pub fn tcp_port(port: u16) -> Option<u32> {
-    let mut found = None;
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 5 || cols[3] != "0A" {
-                continue;
-            }
-            let Some(p) = cols[1].rsplit(':').next() else {
-                continue;
-            };
-            if u16::from_str_radix(p, 16).ok() != Some(port) {
-                continue;
-            }
-            let rx = cols[4]
-                .split(':')
-                .nth(1)
-                .and_then(|q| u32::from_str_radix(q, 16).ok());
-            if let Some(n) = rx {
-                found = Some(found.unwrap_or(0).max(n));
-            }
-        }
-    }
-    found
+    // TCP_INFO fails on a unix socket, and a non-listening TCP socket reports its unacked
+    // segments: only a LISTEN state counts.
+    (r == 0 && info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
 }
 
 /// The socket inode of `fd` (when it is a socket).
@@ -72,108 +584,38 @@ pub fn socket_inode(fd: RawFd) -> Option<u64> {
     ((st.st_mode & libc::S_IFMT) == libc::S_IFSOCK).then_some(st.st_ino)
 }
 
-/// The inode of the listening unix socket bound to `path`, from /proc/net/unix.
-pub fn unix_path_inode(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/net/unix").ok()?;
-    let want = path.to_str()?;
+/// The largest `rx_queue` of a LISTEN entry on `port` in the text of /proc/net/tcp{,6}.
+/// Never panics on bad input.
+pub fn parse_proc_tcp(text: &str, port: u16) -> Option<u32> {
+    let mut found: Option<u32> = None;
     for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // Num RefCount Protocol Flags Type St Inode Path
-        if cols.len() < 8 || cols[7] != want {
+        // sl local_address rem_address st tx_queue:rx_queue ...
+        let mut cols = line.split_whitespace();
+        let (Some(_), Some(local), Some(_), Some(st), Some(queues)) = (
+            cols.next(),
+            cols.next(),
+            cols.next(),
+            cols.next(),
+            cols.next(),
+        ) else {
+            continue;
+        };
+        if st != "0A" {
             continue;
         }
-        let flags = u32::from_str_radix(cols[3], 16).ok()?;
-        if flags & 0x10000 != 0 {
-            return cols[6].parse().ok();
+        let p = local.rsplit(':').next().unwrap_or("");
+        if u16::from_str_radix(p, 16).ok() != Some(port) {
+            continue;
+        }
+        let rx = queues
+            .split(':')
+            .nth(1)
+            .and_then(|q| u32::from_str_radix(q, 16).ok());
+        if let Some(n) = rx {
+            found = Some(found.map_or(n, |b| b.max(n)));
         }
     }
-    None
-}
-
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const UDIAG_SHOW_RQLEN: u32 = 0x10;
-const UNIX_DIAG_RQLEN: u16 = 4;
-const TCP_LISTEN: u32 = 10;
-
-/// The accept-queue length of the listening unix socket with inode `ino`.
-pub fn unix_inode(ino: u64) -> Option<u32> {
-    let dump = unix_diag_dump().ok()?;
-    parse_unix_diag(&dump, ino)
-}
-
-fn unix_diag_dump() -> io::Result<Vec<u8>> {
-    // SAFETY: socket(2) returns a new descriptor that we own.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt reads a timeval of the given size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
-    // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    req.push(libc::AF_UNIX as u8); // sdiag_family
-    req.push(0); // sdiag_protocol
-    req.extend_from_slice(&0u16.to_ne_bytes()); // pad
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // udiag_states
-    req.extend_from_slice(&0u32.to_ne_bytes()); // udiag_ino
-    req.extend_from_slice(&UDIAG_SHOW_RQLEN.to_ne_bytes()); // udiag_show
-    req.extend_from_slice(&[0xff; 8]); // udiag_cookie: none
-                                       // SAFETY: sockaddr_nl is plain old data; zeroed = the kernel as destination.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: sendto(2) with a valid buffer and address of the given sizes.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: recv(2) into a buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let chunk = &buf[..n as usize];
-        out.extend_from_slice(chunk);
-        if n == 0 || contains_done(chunk) {
-            return Ok(out);
-        }
-    }
+    found
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -184,48 +626,70 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Walks netlink messages: (type, payload).
-fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// One netlink message.
+struct Message<'a> {
+    ty: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+/// Walks the netlink messages of a datagram; stops at the first malformed one.
+fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
     let mut off = 0;
     std::iter::from_fn(move || {
         let len = u32_at(buf, off)? as usize;
         let ty = u16_at(buf, off + 4)?;
-        if len < 16 {
+        let seq = u32_at(buf, off + 8)?;
+        if len < NLMSG_HDRLEN {
             return None;
         }
-        let payload = buf.get(off + 16..off + len)?;
-        off += (len + 3) & !3;
-        Some((ty, payload))
+        let payload = buf.get(off + NLMSG_HDRLEN..off.checked_add(len)?)?;
+        off = off.checked_add((len + 3) & !3)?;
+        Some(Message { ty, seq, payload })
     })
 }
 
-fn contains_done(buf: &[u8]) -> bool {
-    messages(buf).any(|(ty, _)| ty == libc::NLMSG_DONE as u16 || ty == libc::NLMSG_ERROR as u16)
+/// Walks the attributes (type, data) that follow a fixed header of `skip` bytes.
+fn attributes(p: &[u8], skip: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = skip;
+    std::iter::from_fn(move || {
+        let len = u16_at(p, off)? as usize;
+        let ty = u16_at(p, off + 2)? & 0x3fff;
+        if len < 4 {
+            return None;
+        }
+        let data = p.get(off + 4..off + len)?;
+        off += (len + 3) & !3;
+        Some((ty, data))
+    })
 }
 
-/// Finds the `UNIX_DIAG_RQLEN` rqueue of inode `ino` in a dump. Never panics on bad input.
-pub fn parse_unix_diag(dump: &[u8], ino: u64) -> Option<u32> {
-    for (ty, p) in messages(dump) {
-        if ty != SOCK_DIAG_BY_FAMILY {
-            continue;
-        }
-        // unix_diag_msg: family, type, state, pad (4 bytes), ino u32, cookie [u32; 2].
-        if u64::from(u32_at(p, 4)?) != ino {
-            continue;
-        }
-        let mut off = 16;
-        while let (Some(alen), Some(aty)) = (u16_at(p, off), u16_at(p, off + 2)) {
-            let alen = alen as usize;
-            if alen < 4 {
-                break;
-            }
-            if aty == UNIX_DIAG_RQLEN {
-                return u32_at(p, off + 4);
-            }
-            off += (alen + 3) & !3;
-        }
-    }
-    None
+/// From a unix_diag_msg payload: (state, socket inode, `UNIX_DIAG_RQLEN` rqueue).
+fn unix_diag_fields(p: &[u8]) -> Option<(u8, u64, Option<u32>)> {
+    // unix_diag_msg: family, type, state, pad, ino u32, cookie [u32; 2]; then attributes.
+    let state = *p.get(2)?;
+    let ino = u64::from(u32_at(p, 4)?);
+    let rq = attributes(p, 16)
+        .find(|(ty, _)| *ty == UNIX_DIAG_RQLEN)
+        .and_then(|(_, d)| u32_at(d, 0));
+    Some((state, ino, rq))
+}
+
+/// From a unix_diag_msg payload: the bound file's (inode, kernel device), `UNIX_DIAG_VFS`.
+fn unix_diag_vfs(p: &[u8]) -> Option<(u32, u32)> {
+    let (_, d) = attributes(p, 16).find(|(ty, _)| *ty == UNIX_DIAG_VFS)?;
+    Some((u32_at(d, 0)?, u32_at(d, 4)?))
+}
+
+/// From an inet_diag_msg payload: the accept queue of a listener on local port `port`.
+fn inet_diag_rqueue(p: &[u8], port: u16) -> Option<u32> {
+    // inet_diag_msg: family, state, timer, retrans, id { sport be16, ... } (48 bytes),
+    // expires u32, rqueue u32, wqueue u32, uid u32, inode u32.
+    let state = *p.get(1)?;
+    let sport = u16::from_be_bytes(p.get(4..6)?.try_into().ok()?);
+    (state == TCP_LISTEN && sport == port)
+        .then(|| u32_at(p, 56))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -233,43 +697,227 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::{Duration, Instant};
 
-    #[test]
-    fn tcp_accept_queue() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert_eq!(tcp_listener(l.as_raw_fd()), Some(0));
-        let _c: Vec<TcpStream> = (0..3)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        assert_eq!(tcp_listener(l.as_raw_fd()), Some(3));
-        assert_eq!(tcp_port(port), Some(3));
+    /// Runs one measurement to its end, waiting for the netlink answer with poll(2) and a
+    /// deadline (the meter itself never waits).
+    fn measure(m: &mut Meter) -> Option<u32> {
+        match m.start() {
+            Progress::Done(r) => return r,
+            Progress::Pending => {}
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = m.on_readable() {
+                return r;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no netlink answer within 10 s");
+            let mut pfd = libc::pollfd {
+                fd: m.raw_fd().unwrap(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+        }
     }
 
     #[test]
-    fn unix_accept_queue() {
+    fn netlink_socket_is_opened_when_needed_nonblocking_and_cloexec() {
+        let mut m = Meter::new();
+        assert_eq!(m.set_watch(None), None);
+        let t = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            m.set_watch(Watch::held(t.as_raw_fd())),
+            None,
+            "TCP_INFO needs none"
+        );
+        assert_eq!(m.raw_fd(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("x")).unwrap();
+        let fd = m
+            .set_watch(Watch::held(l.as_raw_fd()))
+            .expect("NETLINK_SOCK_DIAG is available here");
+        assert_eq!(m.raw_fd(), Some(fd));
+        assert_eq!(m.set_watch(Watch::held(l.as_raw_fd())), None, "opened once");
+        // SAFETY: F_GETFL / F_GETFD read flags of our own descriptor.
+        let (fl, fdfl) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
+        assert_ne!(fl & libc::O_NONBLOCK, 0);
+        assert_ne!(fdfl & libc::FD_CLOEXEC, 0);
+        // Nothing asked, nothing queued: returns at once without a result.
+        assert_eq!(m.on_readable(), None);
+        // A request returns before its answer is read.
+        assert_eq!(m.start(), Progress::Pending);
+        assert_eq!(measure(&mut m), Some(0));
+    }
+
+    #[test]
+    fn held_tcp_listener() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut m = Meter::new();
+        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
+        assert_eq!(m.watch(), Some(&Watch::HeldTcp(l.as_raw_fd())));
+        assert_eq!(measure(&mut m), Some(0));
+        let _c: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        assert_eq!(measure(&mut m), Some(3));
+    }
+
+    #[test]
+    fn tcp_port_through_netlink_and_proc() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Another listener: the kernel filter must leave it out.
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_port = other.local_addr().unwrap().port();
+        let _o: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(("127.0.0.1", other_port)).unwrap())
+            .collect();
+        let mut m = Meter::new();
+        let _ = m.set_watch(Some(Watch::TcpPort(port)));
+        assert_eq!(measure(&mut m), Some(0));
+        let _c: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        assert_eq!(measure(&mut m), Some(3));
+        assert!(m.inet_diag, "answered by netlink, not /proc");
+        // The fallback gives the same answer.
+        m.inet_diag = false;
+        assert_eq!(measure(&mut m), Some(3));
+        assert!(m.proc_text.len() as u64 <= PROC_CAP);
+        // No listener on the port: nothing measured.
+        drop(l);
+        m.inet_diag = true;
+        assert_eq!(measure(&mut m), None);
+    }
+
+    #[test]
+    fn tcp_port_sees_ipv6_listeners() {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 loopback on this machine
+        };
+        let port = l.local_addr().unwrap().port();
+        let mut m = Meter::new();
+        let _ = m.set_watch(Some(Watch::TcpPort(port)));
+        let _c: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(("::1", port)).unwrap())
+            .collect();
+        assert_eq!(measure(&mut m), Some(2));
+    }
+
+    #[test]
+    fn held_unix_listener() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.sock");
         let l = UnixListener::bind(&path).unwrap();
-        let ino = socket_inode(l.as_raw_fd()).unwrap();
-        assert_eq!(unix_path_inode(&path), Some(ino));
-        assert_eq!(unix_inode(ino), Some(0));
+        let mut m = Meter::new();
+        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
+        assert_eq!(
+            m.watch(),
+            Some(&Watch::UnixInode(socket_inode(l.as_raw_fd()).unwrap()))
+        );
+        assert_eq!(measure(&mut m), Some(0));
         let _c: Vec<UnixStream> = (0..2)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
-        assert_eq!(unix_inode(ino), Some(2));
+        assert_eq!(measure(&mut m), Some(2));
         assert_eq!(tcp_listener(l.as_raw_fd()), None);
     }
 
     #[test]
-    fn garbage_dumps_do_not_panic() {
-        assert_eq!(parse_unix_diag(&[], 1), None);
-        assert_eq!(parse_unix_diag(&[0xff; 64], 1), None);
+    fn unix_path_is_found_once_then_cached_and_found_again_after_a_rebind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        // Another listener whose queue must not be mistaken for the watched one.
+        let other_path = dir.path().join("other.sock");
+        let _other = UnixListener::bind(&other_path).unwrap();
+        let _o: Vec<UnixStream> = (0..4)
+            .map(|_| UnixStream::connect(&other_path).unwrap())
+            .collect();
+        let mut m = Meter::new();
+        let _ = m.set_watch(Some(Watch::UnixPath(path.clone())));
+        assert_eq!(measure(&mut m), None, "nothing bound yet");
+        assert_eq!(m.found_inode(), None);
+
+        let l = UnixListener::bind(&path).unwrap();
+        let ino = socket_inode(l.as_raw_fd()).unwrap();
+        let c1: Vec<UnixStream> = (0..3)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(measure(&mut m), Some(3));
+        assert_eq!(m.found_inode(), Some(ino));
+        // Cached: the next measurement is the exact lookup of that inode.
+        assert!(matches!(m.start(), Progress::Pending));
+        assert!(matches!(m.query, Some(Query::UnixInode { .. })));
+        assert_eq!(measure(&mut m), Some(3));
+
+        // The program re-binds the path (same process, no restart seen by the meter).
+        drop(c1);
+        drop(l);
+        std::fs::remove_file(&path).unwrap();
+        let l2 = UnixListener::bind(&path).unwrap();
+        let _c2: Vec<UnixStream> = (0..2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // The old inode is gone: one miss, then the new socket is found.
+        assert_eq!(measure(&mut m), None);
+        assert_eq!(m.found_inode(), None);
+        assert_eq!(measure(&mut m), Some(2));
+        assert_eq!(m.found_inode(), socket_inode(l2.as_raw_fd()));
+        // A program start forgets the cache.
+        let _ = m.set_watch(Some(Watch::UnixPath(path.clone())));
+        assert_eq!(m.found_inode(), None);
+    }
+
+    #[test]
+    fn an_unanswered_request_is_dropped_and_its_late_answer_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let mut m = Meter::new();
+        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
+        assert_eq!(m.start(), Progress::Pending);
+        // Its answer stays queued while the next measurement starts (the backlog changes).
+        let _c = UnixStream::connect(&path).unwrap();
+        assert_eq!(measure(&mut m), Some(1), "the stale answer said 0");
+    }
+
+    #[test]
+    fn proc_text_parser() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        assert_eq!(parse_proc_tcp(&text, port), Some(1));
+        assert_eq!(parse_proc_tcp("", port), None);
+        assert_eq!(
+            parse_proc_tcp("hdr\n 0: x y 0A\n1: a:zz b 0A 0:1\n", 0),
+            None
+        );
+    }
+
+    #[test]
+    fn garbage_messages_do_not_panic() {
+        assert_eq!(messages(&[]).count(), 0);
+        assert_eq!(messages(&[0xff; 64]).count(), 0);
         let mut m = vec![0u8; 40];
         m[..4].copy_from_slice(&40u32.to_ne_bytes());
         m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         m[20..24].copy_from_slice(&7u32.to_ne_bytes());
-        m[32..34].copy_from_slice(&2u16.to_ne_bytes()); // attr len < 4
-        assert_eq!(parse_unix_diag(&m, 7), None);
+        m[32..34].copy_from_slice(&2u16.to_ne_bytes()); // attribute length < 4
+        let msg = messages(&m).next().unwrap();
+        assert_eq!(unix_diag_fields(msg.payload), Some((0, 7, None)));
+        assert_eq!(unix_diag_vfs(msg.payload), None);
+        assert_eq!(inet_diag_rqueue(msg.payload, 0), None);
+        assert_eq!(unix_diag_fields(&[1]), None);
+        assert_eq!(inet_diag_rqueue(&[0; 8], 0), None);
     }
 }

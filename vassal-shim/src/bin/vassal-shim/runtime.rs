@@ -1,6 +1,7 @@
 //! The event loop: one thread, one `mio::Poll` over the emperor channel, the config channel,
-//! a signalfd (SIGCHLD, TERM, INT, QUIT, HUP), the notify socket and the probe connection.
-//! It performs the core's actions and turns what it sees into core inputs.
+//! a signalfd (SIGCHLD, TERM, INT, QUIT, HUP), the notify socket, the probe connection and the
+//! backlog meter's netlink socket. It performs the core's actions and turns what it sees into
+//! core inputs. Nothing in it waits: every descriptor is non-blocking and driven by readiness.
 
 use std::ffi::OsString;
 use std::io;
@@ -20,10 +21,10 @@ use vassal_shim::ini::Ini;
 use vassal_shim::notify::{self, Notification};
 use vassal_shim::{ConfigChannel, Event, Vassal, VassalMsg};
 
-use crate::backlog;
+use crate::backlog::{Meter, Progress, Watch};
 use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
-use crate::options::{Cli, Ready, Settings, CONFIG_ENV};
-use crate::probe::Probe;
+use crate::options::{Cli, Settings, CONFIG_ENV};
+use crate::probe::{self, Probe};
 use crate::sentinel::{self, Sentinel};
 use crate::spawn::{self, Program, SpawnSpec};
 
@@ -32,6 +33,10 @@ const CONFIG: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const NOTIFY: Token = Token(3);
 const PROBE: Token = Token(4);
+const DIAG: Token = Token(5);
+
+/// The largest notification datagram read whole (the rest of a longer one is dropped).
+const NOTIFY_BUF: usize = 16 * 1024;
 
 /// Where the settings come from, so a reload can re-read them.
 #[derive(Debug, Clone)]
@@ -68,7 +73,11 @@ pub struct Runtime {
     sigfd: SignalFd,
     notify: UnixDatagram,
     notify_path: PathBuf,
+    /// Receive buffer for notification datagrams, made once.
+    notify_buf: Box<[u8]>,
     probe: Option<Probe>,
+    /// The HTTP probe's request, built at every program start (settings may have changed).
+    probe_request: Vec<u8>,
     program: Option<Program>,
     pgid: Option<i32>,
     settings: Settings,
@@ -76,6 +85,10 @@ pub struct Runtime {
     cli: Cli,
     source: Source,
     listener: Option<RawFd>,
+    /// What the backlog of the on-demand listener is measured with (found once).
+    listener_watch: Option<Watch>,
+    /// The `sos-backlog` meter (its netlink socket is registered as [`DIAG`]).
+    meter: Meter,
     rundir: Option<tempfile::TempDir>,
     config_path: Option<PathBuf>,
     generation: u64,
@@ -155,6 +168,9 @@ impl Runtime {
             None
         };
 
+        let listener_watch = listener.and_then(Watch::held);
+        let meter = Meter::new();
+
         if let Err(e) = spawn::become_subreaper() {
             warn!("cannot become a child subreaper ({e}); orphans of the program may escape");
         }
@@ -177,13 +193,17 @@ impl Runtime {
             sigfd,
             notify,
             notify_path,
+            notify_buf: vec![0u8; NOTIFY_BUF].into_boxed_slice(),
             probe: None,
+            probe_request: Vec::new(),
             program: None,
             pgid: None,
             settings,
             cli,
             source,
             listener,
+            listener_watch,
+            meter,
             rundir: Some(rundir),
             config_path,
             generation: 0,
@@ -223,15 +243,19 @@ impl Runtime {
                 error!("poll failed: {e}");
                 return self.finish(1);
             }
-            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-            for t in tokens {
+            for ev in events.iter() {
                 let now = Instant::now();
-                match t {
+                match ev.token() {
                     EMPEROR => self.read_emperor(now),
                     CONFIG => self.read_config(now),
                     SIGNALS => self.read_signals(now),
                     NOTIFY => self.read_notify(now),
                     PROBE => self.drive_probe(now),
+                    DIAG => {
+                        if let Some(n) = self.meter.on_readable() {
+                            self.backlog_measured(now, n);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -258,8 +282,8 @@ impl Runtime {
             Action::KillAll => spawn::kill_all(self.pgid, self.sentinel_pid()),
             Action::Probe => self.start_probe(now),
             Action::MeasureBacklog => {
-                if let Some(n) = self.measure_backlog() {
-                    self.core.handle(now, Input::Backlog(n));
+                if let Progress::Done(n) = self.meter.start() {
+                    self.backlog_measured(now, n);
                 }
             }
             Action::Exit(code) => return Some(code),
@@ -279,10 +303,19 @@ impl Runtime {
         let Some(v) = &self.vassal else {
             return;
         };
-        if let Err(e) = v.send(m) {
-            warn!("lost the emperor while writing to it: {e}");
-            self.drop_emperor();
-            self.core.handle(now, Input::Emperor(Event::Eof));
+        match v.try_send(m) {
+            Ok(()) => {}
+            // The loop never waits for the emperor: a full channel means it stopped reading.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => warn!(
+                "the emperor is not reading its channel (it is full): {} ({}) dropped",
+                m.name(),
+                m.to_byte()
+            ),
+            Err(e) => {
+                warn!("lost the emperor while writing to it: {e}");
+                self.drop_emperor();
+                self.core.handle(now, Input::Emperor(Event::Eof));
+            }
         }
     }
 
@@ -338,6 +371,23 @@ impl Runtime {
             self.reload_settings();
         }
         self.generation += 1;
+        probe::http_request(&self.settings.ready, &mut self.probe_request);
+        // The program binds its sockets anew: forget what the meter found about the old ones.
+        if self.settings.sos_backlog.is_some() {
+            let watch = self
+                .listener_watch
+                .clone()
+                .or_else(|| Watch::of_ready(&self.settings.ready));
+            if let Some(fd) = self.meter.set_watch(watch) {
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), DIAG, Interest::READABLE)
+                {
+                    warn!("sos-backlog: cannot watch the netlink socket ({e}); backlogs of unix and tcp: listeners will not be measured");
+                }
+            }
+        }
         // Notifications still queued from an earlier generation mean nothing any more.
         let mut junk = [0u8; 512];
         while self.notify.recv(&mut junk).is_ok() {}
@@ -389,16 +439,16 @@ impl Runtime {
     }
 
     fn read_emperor(&mut self, now: Instant) {
-        let mut evs = Vec::new();
-        let res = match self.vassal.as_mut() {
-            Some(v) => v.recv_all(&mut evs),
-            None => return,
-        };
-        if let Err(e) = res {
-            warn!("emperor channel error: {e}");
-            evs.push(Event::Eof);
-        }
-        for e in evs {
+        loop {
+            // One event at a time (drained until it would block), nothing collected.
+            let e = match self.vassal.as_mut().map(Vassal::try_recv) {
+                None | Some(Ok(None)) => return,
+                Some(Ok(Some(e))) => e,
+                Some(Err(err)) => {
+                    warn!("emperor channel error: {err}");
+                    Event::Eof
+                }
+            };
             match e {
                 Event::Stop => info!("emperor says stop (0)"),
                 Event::GracefulStop => info!("emperor says graceful stop (2)"),
@@ -533,11 +583,10 @@ impl Runtime {
     }
 
     fn read_notify(&mut self, now: Instant) {
-        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match self.notify.recv(&mut buf) {
+            match self.notify.recv(&mut self.notify_buf) {
                 Ok(n) => {
-                    for item in notify::parse(&buf[..n]) {
+                    for item in notify::items(&self.notify_buf[..n]) {
                         match &item {
                             Notification::Status(s) => info!("program status: {s}"),
                             Notification::Watchdog => debug!("program: WATCHDOG=1"),
@@ -575,7 +624,7 @@ impl Runtime {
         let Some(p) = self.probe.as_mut() else {
             return;
         };
-        if let Some(ok) = p.on_event() {
+        if let Some(ok) = p.on_event(&self.probe_request) {
             self.finish_probe(now, ok);
         }
     }
@@ -591,25 +640,18 @@ impl Runtime {
         self.core.handle(now, Input::Probe(ok));
     }
 
-    fn measure_backlog(&mut self) -> Option<u32> {
-        if let Some(fd) = self.listener {
-            let n = backlog::tcp_listener(fd)
-                .or_else(|| backlog::socket_inode(fd).and_then(backlog::unix_inode));
-            if n.is_some() {
-                return n;
+    fn backlog_measured(&mut self, now: Instant, n: Option<u32>) {
+        match n {
+            Some(n) => self.core.handle(now, Input::Backlog(n)),
+            None if !self.backlog_warned => {
+                self.backlog_warned = true;
+                match self.meter.watch() {
+                    None => warn!("sos-backlog: no listener to measure (needs an on-demand socket or ready = tcp:, unix: or http://)"),
+                    Some(w) => warn!("sos-backlog: cannot measure the backlog of {w:?} (not listening yet?); trying again every second"),
+                }
             }
+            None => {}
         }
-        let n = match &self.settings.ready {
-            Ready::Tcp(a) => backlog::tcp_port(a.port()),
-            Ready::Http { addr, .. } => backlog::tcp_port(addr.port()),
-            Ready::Unix(path) => backlog::unix_path_inode(path).and_then(backlog::unix_inode),
-            _ => None,
-        };
-        if n.is_none() && !self.backlog_warned {
-            self.backlog_warned = true;
-            warn!("sos-backlog: no listener to measure (needs an on-demand socket or ready = tcp:, unix: or http://)");
-        }
-        n
     }
 
     fn sentinel_pid(&self) -> Option<i32> {

@@ -10,8 +10,11 @@
 //! reaches EOF without `clear`, the shim died abruptly: the sentinel SIGKILLs the last process
 //! group and every process still carrying the shim's instance tag in its environment (which
 //! catches descendants that left the group with `setsid`), then exits.
+//!
+//! The shim's end of the pipe is non-blocking: a sentinel that stops reading (stopped, hung)
+//! must not stall the shim's event loop, so a line that does not fit is dropped with a warning.
 
-use std::io::{BufRead, Write};
+use std::io::{self, BufRead, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -39,6 +42,7 @@ impl Sentinel {
         }
         // SAFETY: fresh descriptors from pipe2, owned here.
         let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        set_nonblocking(&tx)?;
         let child = Command::new("/proc/self/exe")
             .arg0("vassal-shim-sentinel")
             .env(ENV_SENTINEL, rundir)
@@ -60,14 +64,46 @@ impl Sentinel {
 
     /// The program now runs in process group `pgid`.
     pub fn watch(&mut self, pgid: i32) {
-        let _ = writeln!(self.tx, "pgid {pgid}");
+        if let Err(e) = send_line(&self.tx, format_args!("pgid {pgid}")) {
+            tracing::warn!("cannot tell the sentinel about process group {pgid} ({e}); if the shim is SIGKILLed, that group may survive it");
+        }
     }
 
     /// The shim has cleaned up: the sentinel can exit without killing anything.
     pub fn clear(mut self) {
-        let _ = writeln!(self.tx, "clear");
+        let _ = send_line(&self.tx, format_args!("clear"));
         drop(self.tx);
         let _ = self.child.wait();
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL / F_SETFL on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `line` and a newline to the (non-blocking) pipe in one write(2): a pipe write of at
+/// most PIPE_BUF bytes is all or nothing, so the sentinel never sees half a line. Formats on
+/// the stack; `WouldBlock` when the pipe is full.
+fn send_line(mut tx: &std::fs::File, line: std::fmt::Arguments<'_>) -> io::Result<()> {
+    let mut buf = [0u8; 64];
+    let mut cur = io::Cursor::new(&mut buf[..]);
+    cur.write_fmt(line)?;
+    cur.write_all(b"\n")?;
+    let n = cur.position() as usize;
+    match tx.write(&buf[..n])? {
+        w if w == n => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write to the sentinel",
+        )),
     }
 }
 
@@ -161,4 +197,50 @@ pub fn run(rundir: &std::path::Path) -> ! {
         );
     }
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_full_pipe_does_not_block_and_gets_no_half_line() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two new descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors from pipe2, owned here.
+        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        set_nonblocking(&tx).unwrap();
+        // SAFETY: F_GETFL on a descriptor we own.
+        let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&tx), libc::F_GETFL) };
+        assert_ne!(
+            fl & libc::O_NONBLOCK,
+            0,
+            "filling a blocking pipe would hang"
+        );
+        let tx = std::fs::File::from(tx);
+        send_line(&tx, format_args!("pgid {}", 42)).unwrap();
+        // Fill the pipe up to the last byte.
+        let filler = [b'#'; 4096];
+        let mut left = true;
+        while left {
+            match (&tx).write(&filler) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => left = false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while (&tx).write(b"#").is_ok() {}
+        let e = send_line(&tx, format_args!("pgid {}", 43)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        drop(tx);
+        let mut all = Vec::new();
+        std::fs::File::from(rx).read_to_end(&mut all).unwrap();
+        assert!(all.starts_with(b"pgid 42\n#"));
+        assert!(
+            all[8..].iter().all(|&b| b == b'#'),
+            "nothing of pgid 43 got in"
+        );
+    }
 }
