@@ -140,6 +140,8 @@ pub struct Runtime {
     argv: ArgvConfig,
     env: Vec<(OsString, OsString)>,
     path_var: Option<OsString>,
+    /// The emperor's own binary (read once: the shim is looked for beside it).
+    exe: Option<PathBuf>,
     cwd: PathBuf,
     signals: Signals,
     listener: Option<Listener>,
@@ -294,6 +296,7 @@ impl Runtime {
             argv,
             env: vassal_env(std::env::vars_os()),
             path_var: std::env::var_os("PATH"),
+            exe: std::env::current_exe().ok(),
             cwd,
             signals,
             listener,
@@ -954,66 +957,34 @@ impl Runtime {
         );
     }
 
-    fn spawn_now(&mut self, req: SpawnRequest) {
-        let now = Instant::now();
-        let cwd = self.scanners[req.monitor]
-            .vassal_cwd(&self.cwd)
-            .to_path_buf();
-        let path = self.path_var.as_deref();
-        let shim = crate::shim::plan_for(&req.name, &req.key, req.content.is_some(), path, &cwd);
-        if let Some(Err(reason)) = &shim {
-            let reason = reason.clone();
-            self.core.handle(
-                now,
-                Event::SpawnFailed {
-                    inc: req.inc,
-                    reason,
-                },
-            );
-            return;
-        }
-        let creds = match crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups) {
-            Ok(c) => c,
-            Err(reason) => {
-                self.core.handle(
-                    now,
-                    Event::SpawnFailed {
-                        inc: req.inc,
-                        reason,
-                    },
-                );
-                return;
-            }
-        };
-        let setup = self.isolation.setup(creds);
+    /// The programs to try and the argv of a uWSGI vassal (overrides, `argv[0]`, fallbacks,
+    /// each resolved on `path` from `cwd`), or why none can run.
+    fn uwsgi_command(
+        &self,
+        req: &SpawnRequest,
+        path: Option<&std::ffi::OsStr>,
+        cwd: &Path,
+    ) -> Result<crate::spawn::Exec, String> {
         let binary = self.argv.binary();
-        let main = resolve(binary, path, &cwd);
+        let main = resolve(binary, path, cwd);
         let mut programs: Vec<PathBuf> = self
             .argv
             .overrides
             .iter()
-            .filter_map(|p| resolve(p, path, &cwd))
+            .filter_map(|p| resolve(p, path, cwd))
             .collect();
         programs.extend(main.clone());
         programs.extend(
             self.argv
                 .fallbacks
                 .iter()
-                .filter_map(|p| resolve(p, path, &cwd)),
+                .filter_map(|p| resolve(p, path, cwd)),
         );
-        if main.is_none() && programs.is_empty() && shim.is_none() {
-            let reason = crate::spawn::SpawnError::NotFound {
+        if programs.is_empty() {
+            return Err(crate::spawn::SpawnError::NotFound {
                 program: binary.to_string(),
             }
-            .to_string();
-            self.core.handle(
-                now,
-                Event::SpawnFailed {
-                    inc: req.inc,
-                    reason,
-                },
-            );
-            return;
+            .to_string());
         }
         let argv0 = main
             .as_ref()
@@ -1032,9 +1003,68 @@ impl Runtime {
             executable,
             req.content.is_some(),
         );
-        let (programs, argv) = match shim {
-            Some(Ok((shim, argv))) => (vec![shim], argv),
-            _ => (programs, argv),
+        Ok((programs, argv))
+    }
+
+    fn spawn_now(&mut self, req: SpawnRequest) {
+        let now = Instant::now();
+        let cwd = self.scanners[req.monitor]
+            .vassal_cwd(&self.cwd)
+            .to_path_buf();
+        let path = self.path_var.as_deref();
+        let shim = crate::shim::plan_for(
+            &req.name,
+            &req.key,
+            req.content.is_some(),
+            self.exe.as_deref(),
+            path,
+            &cwd,
+        );
+        let shim = match shim {
+            Some(Err(reason)) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
+            Some(Ok(plan)) => Some(plan),
+            None => None,
+        };
+        let creds = match crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
+        };
+        let setup = self.isolation.setup(creds);
+        // A shim vassal runs the shim: uWSGI's programs and argv are not looked for.
+        let uwsgi = match shim {
+            Some(plan) => Ok(plan),
+            None => self.uwsgi_command(&req, path, &cwd),
+        };
+        let (programs, argv) = match uwsgi {
+            Ok(command) => command,
+            Err(reason) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
         };
         let (programs, argv) = crate::hooks::wrap_exec_as_vassal(
             &self.hooks.config().exec_as_vassal,

@@ -150,6 +150,9 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// What to execute: the programs to try in order and the argv they all get.
+pub type Exec = (Vec<PathBuf>, Vec<String>);
+
 /// Everything one spawn needs, prepared before the child exists.
 #[derive(Debug, Clone)]
 pub struct Plan {

@@ -192,3 +192,32 @@ fn a_missing_shim_binary_is_reported_with_what_to_do() {
         "{line}"
     );
 }
+
+#[test]
+fn shim_vassals_start_without_uwsgi_on_path() {
+    ensure_shim();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.ini"),
+        "[vassal-shim]\nexec = /bin/sleep 60\nready = immediate\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("u.ini"), "[uwsgi]\nmaster = true\n").unwrap();
+    // PATH is an empty directory: no uwsgi, no shim (it is found beside the emperor).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    cmd.env("PATH", work.path());
+    let (mut emp, _st) = start_emperor_with(cmd, work.path(), &dir, &[]);
+    emp.wait_for_line("vassal p.ini is ready to accept requests", T);
+    // The uWSGI vassal beside it fails, with the reason.
+    emp.wait_for_line(
+        "cannot start vassal u.ini: `uwsgi` was not found on PATH",
+        T,
+    );
+    let out = emp.output();
+    assert!(
+        !out.contains("cannot start vassal p.ini"),
+        "the shim vassal must not need uwsgi:\n{out}"
+    );
+}
