@@ -43,6 +43,11 @@ const CHANNEL_BASE: usize = 1 << 40;
 /// a whole directory changed, before it is examined (coalesces an editor's rename-away + write
 /// into one reload). Events saying a file is there and complete are examined at once.
 const SETTLE: Duration = Duration::from_millis(100);
+/// Starts performed per turn of the event loop. Each start waits for its child's `execve` (a
+/// few ms when hundreds of vassals start at once on a busy machine), so a directory of hundreds
+/// of new configs would otherwise keep the loop from channels, signals and the stats socket
+/// until the last one has started.
+const SPAWN_BATCH: usize = 16;
 /// A stats client that has not been served within this is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -163,6 +168,8 @@ pub struct Runtime {
     ondemand: crate::ondemand::OnDemand,
     command: Option<crate::command::CommandSocket>,
     fork: Option<crate::forkserver::ForkClient>,
+    /// `perform` stopped after a batch of starts with actions still queued.
+    actions_left: bool,
 }
 
 impl Runtime {
@@ -323,6 +330,7 @@ impl Runtime {
             ondemand: crate::ondemand::OnDemand::new(opts),
             command,
             fork,
+            actions_left: false,
         }
         .with_parent_emperor())
     }
@@ -378,7 +386,11 @@ impl Runtime {
                 }
             }
             let now = Instant::now();
-            let mut wake = self.next_rescan;
+            let mut wake = if self.actions_left {
+                now
+            } else {
+                self.next_rescan
+            };
             if let Some(t) = self.core.next_deadline() {
                 wake = wake.min(t);
             }
@@ -870,11 +882,21 @@ impl Runtime {
         }
     }
 
-    /// Performs queued actions until none is left; `Some(code)` to exit.
+    /// Performs queued actions until none is left, or until [`SPAWN_BATCH`] starts (the rest
+    /// waits for the next turn of the loop, which then does not sleep); `Some(code)` to exit.
     fn perform(&mut self) -> Option<i32> {
+        self.actions_left = false;
+        let mut spawns = 0;
         while let Some(a) = self.core.poll_action() {
             match a {
-                Action::Spawn(req) => self.spawn(req),
+                Action::Spawn(req) => {
+                    self.spawn(req);
+                    spawns += 1;
+                    if spawns == SPAWN_BATCH {
+                        self.actions_left = true;
+                        return None;
+                    }
+                }
                 Action::Send { inc, msg } => {
                     if let Some(ch) = self.channels.get_mut(&inc) {
                         match ch.stream.write(&[msg.to_byte()]) {
