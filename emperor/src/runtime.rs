@@ -44,6 +44,11 @@ const CHANNEL_BASE: usize = 1 << 62;
 /// a whole directory changed, before it is examined (coalesces an editor's rename-away + write
 /// into one reload). Events saying a file is there and complete are examined at once.
 const SETTLE: Duration = Duration::from_millis(100);
+/// Starts performed per turn of the event loop. Each start waits for its child's `execve` (a
+/// few ms when hundreds of vassals start at once on a busy machine), so a directory of hundreds
+/// of new configs would otherwise keep the loop from channels, signals and the stats socket
+/// until the last one has started.
+const SPAWN_BATCH: usize = 16;
 /// A stats client that has not been served within this is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -141,6 +146,8 @@ pub struct Runtime {
     argv: ArgvConfig,
     env: Vec<(OsString, OsString)>,
     path_var: Option<OsString>,
+    /// The emperor's own binary (read once: the shim is looked for beside it).
+    exe: Option<PathBuf>,
     cwd: PathBuf,
     signals: Signals,
     listener: Option<Listener>,
@@ -161,6 +168,8 @@ pub struct Runtime {
     ondemand: crate::ondemand::OnDemand,
     command: Option<crate::command::CommandSocket>,
     fork: Option<crate::forkserver::ForkClient>,
+    /// `perform` stopped after a batch of starts with actions still queued.
+    actions_left: bool,
 }
 
 impl Runtime {
@@ -294,6 +303,7 @@ impl Runtime {
             argv,
             env: vassal_env(std::env::vars_os()),
             path_var: std::env::var_os("PATH"),
+            exe: std::env::current_exe().ok(),
             cwd,
             signals,
             listener,
@@ -319,6 +329,7 @@ impl Runtime {
             ondemand: crate::ondemand::OnDemand::new(opts),
             command,
             fork,
+            actions_left: false,
         }
         .with_parent_emperor())
     }
@@ -381,7 +392,11 @@ impl Runtime {
                 }
             }
             let now = Instant::now();
-            let mut wake = self.next_rescan;
+            let mut wake = if self.actions_left {
+                now
+            } else {
+                self.next_rescan
+            };
             if let Some(t) = self.core.next_deadline() {
                 wake = wake.min(t);
             }
@@ -873,11 +888,21 @@ impl Runtime {
         }
     }
 
-    /// Performs queued actions until none is left; `Some(code)` to exit.
+    /// Performs queued actions until none is left, or until [`SPAWN_BATCH`] starts (the rest
+    /// waits for the next turn of the loop, which then does not sleep); `Some(code)` to exit.
     fn perform(&mut self) -> Option<i32> {
+        self.actions_left = false;
+        let mut spawns = 0;
         while let Some(a) = self.core.poll_action() {
             match a {
-                Action::Spawn(req) => self.spawn(req),
+                Action::Spawn(req) => {
+                    self.spawn(req);
+                    spawns += 1;
+                    if spawns == SPAWN_BATCH {
+                        self.actions_left = true;
+                        return None;
+                    }
+                }
                 Action::Send { inc, msg } => {
                     if let Some(ch) = self.channels.get_mut(&inc) {
                         match ch.stream.write(&[msg.to_byte()]) {
@@ -960,66 +985,34 @@ impl Runtime {
         );
     }
 
-    fn spawn_now(&mut self, req: SpawnRequest) {
-        let now = Instant::now();
-        let cwd = self.scanners[req.monitor]
-            .vassal_cwd(&self.cwd)
-            .to_path_buf();
-        let path = self.path_var.as_deref();
-        let shim = crate::shim::plan_for(&req.name, &req.key, req.content.is_some(), path, &cwd);
-        if let Some(Err(reason)) = &shim {
-            let reason = reason.clone();
-            self.core.handle(
-                now,
-                Event::SpawnFailed {
-                    inc: req.inc,
-                    reason,
-                },
-            );
-            return;
-        }
-        let creds = match crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups) {
-            Ok(c) => c,
-            Err(reason) => {
-                self.core.handle(
-                    now,
-                    Event::SpawnFailed {
-                        inc: req.inc,
-                        reason,
-                    },
-                );
-                return;
-            }
-        };
-        let setup = self.isolation.setup(creds);
+    /// The programs to try and the argv of a uWSGI vassal (overrides, `argv[0]`, fallbacks,
+    /// each resolved on `path` from `cwd`), or why none can run.
+    fn uwsgi_command(
+        &self,
+        req: &SpawnRequest,
+        path: Option<&std::ffi::OsStr>,
+        cwd: &Path,
+    ) -> Result<crate::spawn::Exec, String> {
         let binary = self.argv.binary();
-        let main = resolve(binary, path, &cwd);
+        let main = resolve(binary, path, cwd);
         let mut programs: Vec<PathBuf> = self
             .argv
             .overrides
             .iter()
-            .filter_map(|p| resolve(p, path, &cwd))
+            .filter_map(|p| resolve(p, path, cwd))
             .collect();
         programs.extend(main.clone());
         programs.extend(
             self.argv
                 .fallbacks
                 .iter()
-                .filter_map(|p| resolve(p, path, &cwd)),
+                .filter_map(|p| resolve(p, path, cwd)),
         );
-        if main.is_none() && programs.is_empty() && shim.is_none() {
-            let reason = crate::spawn::SpawnError::NotFound {
+        if programs.is_empty() {
+            return Err(crate::spawn::SpawnError::NotFound {
                 program: binary.to_string(),
             }
-            .to_string();
-            self.core.handle(
-                now,
-                Event::SpawnFailed {
-                    inc: req.inc,
-                    reason,
-                },
-            );
-            return;
+            .to_string());
         }
         let argv0 = main
             .as_ref()
@@ -1038,9 +1031,68 @@ impl Runtime {
             executable,
             req.content.is_some(),
         );
-        let (programs, argv) = match shim {
-            Some(Ok((shim, argv))) => (vec![shim], argv),
-            _ => (programs, argv),
+        Ok((programs, argv))
+    }
+
+    fn spawn_now(&mut self, req: SpawnRequest) {
+        let now = Instant::now();
+        let cwd = self.scanners[req.monitor]
+            .vassal_cwd(&self.cwd)
+            .to_path_buf();
+        let path = self.path_var.as_deref();
+        let shim = crate::shim::plan_for(
+            &req.name,
+            &req.key,
+            req.content.is_some(),
+            self.exe.as_deref(),
+            path,
+            &cwd,
+        );
+        let shim = match shim {
+            Some(Err(reason)) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
+            Some(Ok(plan)) => Some(plan),
+            None => None,
+        };
+        let creds = match crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
+        };
+        let setup = self.isolation.setup(creds);
+        // A shim vassal runs the shim: uWSGI's programs and argv are not looked for.
+        let uwsgi = match shim {
+            Some(plan) => Ok(plan),
+            None => self.uwsgi_command(&req, path, &cwd),
+        };
+        let (programs, argv) = match uwsgi {
+            Ok(command) => command,
+            Err(reason) => {
+                self.core.handle(
+                    now,
+                    Event::SpawnFailed {
+                        inc: req.inc,
+                        reason,
+                    },
+                );
+                return;
+            }
         };
         let (programs, argv) = crate::hooks::wrap_exec_as_vassal(
             &self.hooks.config().exec_as_vassal,

@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::spawn::resolve;
+use crate::spawn::{resolve, Exec};
 
 /// The shim's binary name.
 pub const SHIM: &str = "vassal-shim";
@@ -65,25 +65,26 @@ pub fn argv(shim: &Path, name: &str) -> Vec<String> {
     vec![shim.display().to_string(), "--ini".into(), name.to_string()]
 }
 
-/// For a shim vassal (file `key`, named `name`, not a pushed config): the program and argv
-/// to run instead of uWSGI, or why it cannot run. `None` for uWSGI vassals.
+/// For a shim vassal (file `key`, named `name`, not a pushed config): the programs to try (the
+/// shim) and the argv to run instead of uWSGI, or why it cannot run. `None` for uWSGI vassals.
+/// `exe` is the emperor's own binary (the shim is looked for beside it first).
 pub fn plan_for(
     name: &str,
     key: &str,
     pushed: bool,
+    exe: Option<&Path>,
     path: Option<&OsStr>,
     cwd: &Path,
-) -> Option<Result<(PathBuf, Vec<String>), String>> {
+) -> Option<Result<Exec, String>> {
     if pushed || !is_shim_vassal(name, Path::new(key)) {
         return None;
     }
-    let exe = std::env::current_exe().ok();
-    Some(match find_shim(exe.as_deref(), path, cwd) {
+    Some(match find_shim(exe, path, cwd) {
         Some(shim) => {
             let argv = argv(&shim, name);
-            Ok((shim, argv))
+            Ok((vec![shim], argv))
         }
-        None => Err(missing(exe.as_deref())),
+        None => Err(missing(exe)),
     })
 }
 

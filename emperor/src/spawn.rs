@@ -1,16 +1,20 @@
 //! Starting a vassal: argv (uWSGI's rules), environment, and the process itself.
 //!
 //! Everything the child needs (argv, envp, exec candidates, cwd) is built as C strings in the
-//! parent. The child is created with `clone(CLONE_VM | CLONE_VFORK)`: it shares the emperor's
-//! memory until it execs, so no page tables are copied and the cost does not grow with the
-//! emperor's size. Between clone and exec it only makes raw syscalls (signal dispositions, mask,
-//! `prctl(PR_SET_PDEATHSIG)`, `dup2`, `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and reports an exec
-//! failure through shared memory, so a missing binary is an error of the spawn call, not a
-//! mysterious exit status.
+//! parent. The child is created with `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES)`: it shares the
+//! emperor's memory until it execs, so no page tables are copied and the cost does not grow with
+//! the emperor's size; and its first syscall, `close_range(.., CLOSE_RANGE_UNSHARE)`, gives it a
+//! private fd table holding only the emperor's lowest descriptors (0–2, the first few, and three
+//! slots pointed at the child's channel, config socket and stdin), so neither the clone nor the
+//! exec does work per descriptor of the emperor (one channel per vassal). Between clone and exec
+//! it only makes raw syscalls (signal dispositions, mask, `prctl(PR_SET_PDEATHSIG)`, `dup2`,
+//! `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and reports an exec failure through
+//! shared memory, so a missing binary is an error of the spawn call, not a mysterious exit
+//! status.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -149,6 +153,9 @@ fn is_executable(p: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// What to execute: the programs to try in order and the argv they all get.
+pub type Exec = (Vec<PathBuf>, Vec<String>);
 
 /// Everything one spawn needs, prepared before the child exists.
 #[derive(Debug, Clone)]
@@ -291,22 +298,58 @@ pub const HANDLED_SIGNALS: [i32; 9] = [
 pub struct Spawner {
     stack: Vec<u8>,
     devnull: OwnedFd,
+    /// Three descriptors on `/dev/null` (CLOEXEC) at the lowest numbers free when the spawner
+    /// was made. For each spawn they are pointed at the child's channel, config socket and
+    /// stdin, so the child can take a private fd table holding only the descriptors below them
+    /// instead of a copy of the emperor's (one channel per vassal); then pointed back.
+    slots: [OwnedFd; 3],
 }
 
 const STAGE_CHDIR: i32 = 1;
 const STAGE_EXEC: i32 = 2;
+const STAGE_FILES: i32 = 3;
 
 impl Spawner {
-    /// A spawner (opens `/dev/null`, CLOEXEC).
+    /// A spawner (opens `/dev/null` and three low descriptors on it, all CLOEXEC).
     pub fn new() -> io::Result<Spawner> {
-        let devnull = std::fs::OpenOptions::new()
+        let devnull: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .open("/dev/null")?
             .into();
+        let slot = || -> io::Result<OwnedFd> {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one (lowest free
+            // number >= 3) or -1.
+            let fd = unsafe { libc::fcntl(devnull.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just created and is owned by nobody else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let slots = [slot()?, slot()?, slot()?];
         Ok(Spawner {
             stack: vec![0u8; 256 * 1024],
             devnull,
+            slots,
         })
+    }
+
+    /// Points slot `i` at `fd` (or back at `/dev/null` when `fd` is `None`), CLOEXEC.
+    fn point_slot(&self, i: usize, fd: Option<RawFd>) -> io::Result<()> {
+        let src = fd.unwrap_or(self.devnull.as_raw_fd());
+        // SAFETY: dup3 onto a slot we own; it atomically replaces what the slot referred to.
+        if unsafe { libc::dup3(src, self.slots[i].as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Points every slot back at `/dev/null`, so the emperor keeps no reference to a child's
+    /// ends. Nothing to do on failure: the next spawn repoints the slots anyway.
+    fn reset_slots(&self) {
+        for i in 0..self.slots.len() {
+            let _ = self.point_slot(i, None);
+        }
     }
 
     /// Starts `plan`; on success the child runs (exec succeeded).
@@ -331,11 +374,12 @@ impl Spawner {
         } else {
             None
         };
-        let chan_fd = child_chan.as_raw_fd();
-        let cfg_fd = config_pair
-            .as_ref()
-            .map(|(_, c)| c.as_raw_fd())
-            .unwrap_or(-1);
+        // The child finds its channel, config socket and stdin at the slots' numbers.
+        let [chan_fd, slot_cfg, stdin_fd] = [0, 1, 2].map(|i| self.slots[i].as_raw_fd());
+        let cfg_fd = if config_pair.is_some() { slot_cfg } else { -1 };
+        // The child keeps the descriptors below this one (and closes the ones it does not
+        // want at exec); everything above is not even copied into its table.
+        let keep = chan_fd.max(slot_cfg).max(stdin_fd) as libc::c_uint + 1;
 
         let cstr = |b: &[u8]| CString::new(b).map_err(|_| SpawnError::Nul);
         let programs: Vec<CString> = plan
@@ -368,7 +412,17 @@ impl Spawner {
         env_p.push(std::ptr::null());
         let prog_p: Vec<*const libc::c_char> = programs.iter().map(|c| c.as_ptr()).collect();
 
-        let devnull = plan.stdin.unwrap_or(self.devnull.as_raw_fd());
+        let pointed = self
+            .point_slot(0, Some(child_chan.as_raw_fd()))
+            .and_then(|_| match &config_pair {
+                Some((_, c)) => self.point_slot(1, Some(c.as_raw_fd())),
+                None => Ok(()),
+            })
+            .and_then(|_| self.point_slot(2, plan.stdin));
+        if let Err(e) = pointed {
+            self.reset_slots();
+            return Err(e.into());
+        }
         let err_no = AtomicI32::new(0);
         let err_stage = AtomicI32::new(0);
         let err_prog = AtomicI32::new(0);
@@ -392,6 +446,21 @@ impl Spawner {
             // SAFETY: every call below is a raw, async-signal-safe syscall wrapper on valid
             // pointers (C strings and arrays built above, alive until the parent resumes).
             unsafe {
+                // First, before any descriptor is touched: a private fd table holding only
+                // the descriptors below `keep` (CLOSE_RANGE_UNSHARE, Linux 5.9); the shared one
+                // (CLONE_FILES) is the emperor's. Older kernels: a full private copy.
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    keep,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_UNSHARE as libc::c_uint,
+                ) != 0
+                    && libc::unshare(libc::CLONE_FILES) != 0
+                {
+                    err_no.store(*libc::__errno_location(), Ordering::SeqCst);
+                    err_stage.store(STAGE_FILES, Ordering::SeqCst);
+                    libc::_exit(127);
+                }
                 for s in HANDLED_SIGNALS {
                     libc::signal(s, libc::SIG_DFL);
                 }
@@ -407,7 +476,7 @@ impl Spawner {
                 if libc::getppid() != parent && !new_pid {
                     libc::_exit(1);
                 }
-                libc::dup2(devnull, 0);
+                libc::dup2(stdin_fd, 0);
                 // Whatever the emperor inherited or opened without CLOEXEC stays here; only
                 // the channel fds below are meant for the vassal.
                 libc::syscall(
@@ -436,13 +505,15 @@ impl Spawner {
         });
         // SAFETY: CLONE_VM|CLONE_VFORK suspends this thread until the child execs or exits, so
         // the closure's borrows (all locals of this frame) stay valid; the child runs on its own
-        // stack (`self.stack`) and only does async-signal-safe work.
+        // stack (`self.stack`) and only does async-signal-safe work. With CLONE_FILES it shares
+        // our fd table only until its first syscall gives it its own.
         let res = unsafe {
             nix::sched::clone(
                 child,
                 &mut self.stack,
                 nix::sched::CloneFlags::CLONE_VM
                     | nix::sched::CloneFlags::CLONE_VFORK
+                    | nix::sched::CloneFlags::CLONE_FILES
                     | nix::sched::CloneFlags::from_bits_retain(setup.clone_flags),
                 Some(libc::SIGCHLD),
             )
@@ -451,6 +522,9 @@ impl Spawner {
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         }
+        // The child has exec'd or exited: the emperor keeps no reference to its ends (EOF on
+        // the channel must mean the child is gone).
+        self.reset_slots();
         let pid = res.map_err(|e| {
             let err = io::Error::from_raw_os_error(e as i32);
             if setup.clone_flags != 0 {
@@ -473,6 +547,12 @@ impl Spawner {
                 return Err(SpawnError::Io(io::Error::new(
                     err.kind(),
                     crate::isolation::describe(stage, errno, setup),
+                )));
+            }
+            if stage == STAGE_FILES {
+                return Err(SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    format!("cannot give the child its own file descriptor table: {err}"),
                 )));
             }
             return Err(if stage == STAGE_CHDIR {
@@ -674,6 +754,64 @@ mod tests {
                 .to_string()
         };
         assert_eq!(u64::from_str_radix(&line("SigBlk:"), 16).unwrap(), 0);
+    }
+
+    /// `FDSize:` (slots in the fd table) of `/proc/<pid>/status`.
+    fn fd_table_size(pid: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn child_table_is_not_a_copy_of_the_emperor_descriptors() {
+        let mut sp = Spawner::new().unwrap();
+        // One channel per vassal: an emperor with 1,000 vassals holds ~1,000 descriptors.
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let _ = nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(4096),
+            hard,
+        );
+        let many: Vec<(UnixStream, UnixStream)> =
+            (0..600).map(|_| UnixStream::pair().unwrap()).collect();
+        assert!(fd_table_size("self") >= 1024);
+        let mut p = plan("", Path::new("/"));
+        p.programs =
+            vec![resolve("sleep", Some(OsStr::new("/usr/bin:/bin")), Path::new("/")).unwrap()];
+        p.argv = vec!["sleep".into(), "30".into()];
+        let mut st = sp.spawn(&p).unwrap();
+        let pid = st.pid;
+        let proc_ = PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(proc_.join("wchan"))
+            .unwrap_or_default()
+            .contains("nanosleep")
+        {
+            if std::time::Instant::now() >= deadline {
+                let _ = kill_and_reap(pid);
+                panic!("the child did not reach its sleep within 10 s");
+            }
+            std::thread::yield_now();
+        }
+        let size = fd_table_size(&pid.to_string());
+        let fds = std::fs::read_dir(proc_.join("fd")).unwrap().count();
+        let _ = kill_and_reap(pid);
+        drop(many);
+        assert!(size <= 256, "the child's fd table has {size} slots");
+        assert_eq!(fds, 5, "0, 1, 2, channel, config");
+        // The emperor kept no reference to the child's end: its exit is EOF on the channel.
+        st.channel
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut st.channel, &mut b).unwrap(), 0);
     }
 
     #[test]

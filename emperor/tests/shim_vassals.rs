@@ -192,3 +192,85 @@ fn a_missing_shim_binary_is_reported_with_what_to_do() {
         "{line}"
     );
 }
+
+#[test]
+fn shim_vassals_start_without_uwsgi_on_path() {
+    ensure_shim();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.ini"),
+        "[vassal-shim]\nexec = /bin/sleep 60\nready = immediate\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("u.ini"), "[uwsgi]\nmaster = true\n").unwrap();
+    // PATH is an empty directory: no uwsgi, no shim (it is found beside the emperor).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    cmd.env("PATH", work.path());
+    let (mut emp, _st) = start_emperor_with(cmd, work.path(), &dir, &[]);
+    emp.wait_for_line("vassal p.ini is ready to accept requests", T);
+    // The uWSGI vassal beside it fails, with the reason.
+    emp.wait_for_line(
+        "cannot start vassal u.ini: `uwsgi` was not found on PATH",
+        T,
+    );
+    let out = emp.output();
+    assert!(
+        !out.contains("cannot start vassal p.ini"),
+        "the shim vassal must not need uwsgi:\n{out}"
+    );
+}
+
+/// A directory of many new vassals does not hold up the event loop until the last one has
+/// started: the stats socket is served between batches of starts.
+#[test]
+fn the_loop_serves_the_stats_socket_between_batches_of_starts() {
+    ensure_shim();
+    const N: usize = 200;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..N {
+        std::fs::write(
+            dir.join(format!("v{i:03}.ini")),
+            "[vassal-shim]\nexec = sleep 1000\nready = immediate\n",
+        )
+        .unwrap();
+    }
+    // All N are seen by the first scan, so their starts are queued at once.
+    let (mut emp, st) = start_emperor(work.path(), &dir, &[]);
+    emp.wait_for_line("started vassal", T);
+    // Freeze the emperor while it is starting the queued vassals, queue a stats connection,
+    // then let it go on: the answer comes at its next turn of the loop.
+    let pid = emp.pid() as i32;
+    // SAFETY: kill(2) on the emperor we started; no memory is touched.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let conn = std::os::unix::net::UnixStream::connect(&st);
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let mut conn = conn.expect("connect to the stats socket");
+    conn.set_read_timeout(Some(T)).unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let vassals = doc["vassals"].as_array().unwrap();
+    let waiting = vassals.iter().filter(|v| v["pid"] == -1).count();
+    assert_eq!(vassals.len(), N, "{out}");
+    assert!(
+        waiting > 0,
+        "the stats answer came only after all {N} vassals had started (the emperor may also \
+         have finished them before it was stopped, if this test was not scheduled for a long time)"
+    );
+    // The rest still start.
+    for i in 0..N {
+        emp.wait_for_line(
+            &format!("vassal v{i:03}.ini is ready to accept requests"),
+            T,
+        );
+    }
+}

@@ -609,3 +609,42 @@ fn never_ready_program_is_given_up_after_ready_timeout() {
     e.proc.wait_for_line("not ready after", SOON);
     wait_all_gone(&[pid], SOON);
 }
+
+#[test]
+fn dead_shims_private_dirs_are_swept_by_the_first_start_of_a_minute() {
+    let base = tempfile::tempdir().unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = |n: u32| {
+        let d = base.path().join(format!("vassal-shim.{dead}.left{n}"));
+        std::fs::create_dir(&d).unwrap();
+        d
+    };
+    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let start = || {
+        FakeEmperor::start(&shim_args(&["--ready", "immediate"], &prog), false, |c| {
+            c.env("XDG_RUNTIME_DIR", base.path());
+        })
+    };
+    let first = stale(1);
+    let mut a = start();
+    a.expect(READY);
+    assert!(
+        !first.exists(),
+        "the first shim removes a dead shim's directory"
+    );
+    // A burst of starts must not each read the whole directory: the next sweep is a minute
+    // later, so this one stays for now.
+    let second = stale(2);
+    let mut b = start();
+    b.expect(READY);
+    assert!(
+        second.exists(),
+        "a start within the minute does not sweep again"
+    );
+    for e in [&mut a, &mut b] {
+        e.send(0);
+        assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    }
+}
