@@ -6,9 +6,10 @@
 //!
 //! * `heartbeat`, `accepting`, `loyal`: one byte of that kind through `Core::handle` (what the
 //!   runtime does per byte read), plus draining the action queue;
-//! * `read_64B`: the runtime's channel path for a burst: one non-blocking `read` of 64 heartbeat
-//!   bytes from a socketpair into the loop's buffer, then `Core::handle` per byte. Reported per
-//!   byte (throughput in elements).
+//! * `read_1B`, `read_64B`: the runtime's channel path, for one byte (what a vassal sends at a
+//!   time) and for a burst: one non-blocking `read` of 1 or 64 heartbeat bytes from a socketpair
+//!   into the loop's buffer, then `Core::handle` per byte. Reported per byte (throughput in
+//!   elements).
 //!
 //! * `heartbeat_10_active` (10,000 only): all records registered, bytes from 10 of them.
 //! * `line_floor`: the memory floor of any O(1) design under this access pattern: read the
@@ -175,31 +176,33 @@ fn bench(c: &mut Criterion) {
         });
         let (mut vassal_end, mut emperor_end) = UnixStream::pair().unwrap();
         emperor_end.set_nonblocking(true).unwrap();
-        let burst = [26u8; BURST];
         let mut buf = [0u8; 512];
-        g.throughput(Throughput::Elements(BURST as u64));
-        g.bench_with_input(BenchmarkId::new("read_64B", n), &n, |b, _| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    // Untimed: the vassal writes its burst.
-                    vassal_end.write_all(&burst).unwrap();
-                    i = (i + 7919) % incs.len();
-                    let inc = incs[i];
-                    let t0 = Instant::now();
-                    let got = emperor_end.read(&mut buf).unwrap();
-                    for &byte in &buf[..got] {
-                        core.handle(now, Event::Message { inc, byte });
+        for (what, len) in [("read_1B", 1usize), ("read_64B", BURST)] {
+            let burst = vec![26u8; len];
+            g.throughput(Throughput::Elements(len as u64));
+            g.bench_with_input(BenchmarkId::new(what, n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        // Untimed: the vassal writes its bytes.
+                        vassal_end.write_all(&burst).unwrap();
+                        i = (i + 7919) % incs.len();
+                        let inc = incs[i];
+                        let t0 = Instant::now();
+                        let got = emperor_end.read(&mut buf).unwrap();
+                        for &byte in &buf[..got] {
+                            core.handle(now, Event::Message { inc, byte });
+                        }
+                        while let Some(a) = core.poll_action() {
+                            black_box(a);
+                        }
+                        total += t0.elapsed();
+                        assert_eq!(got, len);
                     }
-                    while let Some(a) = core.poll_action() {
-                        black_box(a);
-                    }
-                    total += t0.elapsed();
-                    assert_eq!(got, BURST);
-                }
-                total
-            })
-        });
+                    total
+                })
+            });
+        }
     }
     g.finish();
 }
