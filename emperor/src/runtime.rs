@@ -1036,6 +1036,20 @@ impl Runtime {
 
     fn spawn_now(&mut self, req: SpawnRequest) {
         let now = Instant::now();
+        if let Err(reason) = self.try_spawn(now, &req) {
+            self.core.handle(
+                now,
+                Event::SpawnFailed {
+                    inc: req.inc,
+                    reason,
+                },
+            );
+        }
+    }
+
+    /// Starts `req` (locally, or asynchronously through the fork server); `Err` is the reason
+    /// it cannot start, for the core's `SpawnFailed`.
+    fn try_spawn(&mut self, now: Instant, req: &SpawnRequest) -> Result<(), String> {
         let cwd = self.scanners[req.monitor]
             .vassal_cwd(&self.cwd)
             .to_path_buf();
@@ -1047,52 +1061,14 @@ impl Runtime {
             self.exe.as_deref(),
             path,
             &cwd,
-        );
-        let shim = match shim {
-            Some(Err(reason)) => {
-                self.core.handle(
-                    now,
-                    Event::SpawnFailed {
-                        inc: req.inc,
-                        reason,
-                    },
-                );
-                return;
-            }
-            Some(Ok(plan)) => Some(plan),
-            None => None,
-        };
-        let creds = match crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups) {
-            Ok(c) => c,
-            Err(reason) => {
-                self.core.handle(
-                    now,
-                    Event::SpawnFailed {
-                        inc: req.inc,
-                        reason,
-                    },
-                );
-                return;
-            }
-        };
+        )
+        .transpose()?;
+        let creds = crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups)?;
         let setup = self.isolation.setup(creds);
         // A shim vassal runs the shim: uWSGI's programs and argv are not looked for.
-        let uwsgi = match shim {
-            Some(plan) => Ok(plan),
-            None => self.uwsgi_command(&req, path, &cwd),
-        };
-        let (programs, argv) = match uwsgi {
-            Ok(command) => command,
-            Err(reason) => {
-                self.core.handle(
-                    now,
-                    Event::SpawnFailed {
-                        inc: req.inc,
-                        reason,
-                    },
-                );
-                return;
-            }
+        let (programs, argv) = match shim {
+            Some(plan) => plan,
+            None => self.uwsgi_command(req, path, &cwd)?,
         };
         let (programs, argv) = crate::hooks::wrap_exec_as_vassal(
             &self.hooks.config().exec_as_vassal,
@@ -1117,67 +1093,40 @@ impl Runtime {
                 .ondemand
                 .take_for_spawn(req.vassal, self.poll.registry()),
         };
-        let forked = self
-            .fork
-            .as_ref()
-            .is_some_and(|f| f.handles(&req.name, &req.key));
-        if forked && !setup.is_empty() {
-            let reason = "the fork server cannot apply --emperor-tyrant, --emperor-cap or \
-                          --emperor-use-clone: list this vassal in --vassal-fork-base or drop them"
-                .to_string();
-            self.core.handle(
-                now,
-                Event::SpawnFailed {
-                    inc: req.inc,
-                    reason,
-                },
-            );
-            return;
-        }
         if let Some(f) = self
             .fork
             .as_mut()
             .filter(|f| f.handles(&req.name, &req.key))
         {
+            if !setup.is_empty() {
+                return Err("the fork server cannot apply --emperor-tyrant, --emperor-cap or \
+                            --emperor-use-clone: list this vassal in --vassal-fork-base or drop them"
+                    .to_string());
+            }
             // Asynchronous: answered by `drive_forks` (adopted or failed).
-            if let Err(reason) = f.start(self.poll.registry(), now, &req, &plan) {
-                self.core.handle(
-                    now,
-                    Event::SpawnFailed {
-                        inc: req.inc,
-                        reason,
-                    },
-                );
-            }
-            return;
+            return f.start(self.poll.registry(), now, req, &plan);
         }
-        match self.launcher.launch_isolated(&plan, &setup) {
-            Ok(started) => {
-                let pid = started.pid;
-                self.attach(now, req.inc, &req.name, started);
-                let (uid, gid) = setup
-                    .creds
-                    .as_ref()
-                    .map(|c| (c.uid, c.gid))
-                    .unwrap_or((self.info.uid, self.info.gid));
-                self.hooks.after_start(
-                    self.poll.registry(),
-                    req.inc,
-                    &req.name,
-                    &plan.cwd,
-                    pid,
-                    uid,
-                    gid,
-                );
-            }
-            Err(e) => self.core.handle(
-                now,
-                Event::SpawnFailed {
-                    inc: req.inc,
-                    reason: e.to_string(),
-                },
-            ),
-        }
+        let started = self
+            .launcher
+            .launch_isolated(&plan, &setup)
+            .map_err(|e| e.to_string())?;
+        let pid = started.pid;
+        self.attach(now, req.inc, &req.name, started);
+        let (uid, gid) = setup
+            .creds
+            .as_ref()
+            .map(|c| (c.uid, c.gid))
+            .unwrap_or((self.info.uid, self.info.gid));
+        self.hooks.after_start(
+            self.poll.registry(),
+            req.inc,
+            &req.name,
+            &plan.cwd,
+            pid,
+            uid,
+            gid,
+        );
+        Ok(())
     }
 
     /// Watches the channel of a started process and tells the core (local spawns and fork-server
