@@ -595,6 +595,83 @@ fn sigkilled_shim_leaves_no_program_process() {
     assert!(pids_with_cmdline(&format!("--port {port}")).is_empty());
 }
 
+/// The fields of /proc/PID/stat after the command name (field 3, the state, is index 0).
+fn stat_fields(pid: i32) -> Vec<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = s.rsplit_once(')').unwrap();
+    rest.split_whitespace().map(str::to_string).collect()
+}
+
+/// The sentinel holds nothing of the shim (no emperor channel, no other descriptor, not the
+/// shim's command line or process group), and when the shim is SIGKILLed it kills what is left
+/// of the program and removes the shim's private directory.
+#[test]
+fn sentinel_holds_only_its_pipe_and_cleans_up_after_a_sigkill() {
+    let base = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let prog = py_exec(&format!("--port {port} --children"));
+    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |c| {
+        c.env("XDG_RUNTIME_DIR", base.path());
+    });
+    e.expect(READY);
+    let escaped = pid_in(&e.proc.wait_for_line("escaped=", SOON), "escaped=");
+    let pid = pid_in(&e.proc.wait_for_line("listening on port", SOON), "pid=");
+    let shim_pid = e.proc.pid() as i32;
+    let children =
+        std::fs::read_to_string(format!("/proc/{shim_pid}/task/{shim_pid}/children")).unwrap();
+    let sentinels: Vec<(i32, String)> = children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .filter_map(|c| {
+            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.starts_with("vassal-shim-sentinel").then_some((c, cmd))
+        })
+        .collect();
+    assert_eq!(sentinels.len(), 1, "one sentinel among {children:?}");
+    let (sentinel, cmdline) = sentinels[0].clone();
+    assert!(
+        !cmdline.contains("--port"),
+        "the sentinel does not look like the shim: {cmdline:?}"
+    );
+    let pgid = |p: i32| stat_fields(p)[2].parse::<i32>().unwrap();
+    assert_eq!(pgid(sentinel), sentinel, "the sentinel has its own group");
+    assert_ne!(pgid(sentinel), pgid(shim_pid));
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{sentinel}/fd"))
+        .unwrap()
+        .filter_map(|d| d.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    assert_eq!(
+        fds,
+        vec![0, 1, 2],
+        "the sentinel holds no descriptor of the shim"
+    );
+    let rundir = std::fs::read_dir(base.path())
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .map(|d| d.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("vassal-shim.{shim_pid}.")))
+        })
+        .expect("the shim's private directory");
+
+    e.proc.signal(libc::SIGKILL);
+    e.proc.wait_exit(SOON);
+    // Whatever the shim sent before it died, then EOF: nobody else holds its end.
+    while e.read_byte(SOON).is_some() {}
+    wait_all_gone(&[pid, escaped, sentinel], SOON);
+    assert!(
+        !rundir.exists(),
+        "the sentinel removed {}",
+        rundir.display()
+    );
+    e.proc
+        .wait_for_line("vassal-shim sentinel: the shim died abruptly", SOON);
+}
+
 #[test]
 fn never_ready_program_is_given_up_after_ready_timeout() {
     let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();

@@ -100,13 +100,11 @@ fn pushed_config_reaches_the_program_newest_every_time() {
     assert!(body.contains("version = 1"), "{body}");
     let mut last_mod = v["last_mod"].as_i64().unwrap();
     for version in [2, 3, 4] {
-        // The monitor reloads only when the push is in a later second than the last one.
-        wait_until("the next second", SOON, || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64;
-            (now > last_mod).then_some(())
+        // The monitor reloads only when the push is stamped with a later second than the last
+        // one, and it stamps with time(2), which can lag the precise clock by up to a tick: a
+        // push sent in the first milliseconds of a second by SystemTime would be ignored.
+        wait_until("the emperor's clock to pass last_mod", SOON, || {
+            (emperor_clock() > last_mod).then_some(())
         });
         push(version);
         e.proc.wait_for_new_line(&format!("gen={version}"), SOON);

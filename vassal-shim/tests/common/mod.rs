@@ -78,6 +78,15 @@ pub fn testapp_exec(args: &str) -> String {
     format!("{} {} {args}", python().display(), testapp().display())
 }
 
+/// The Unix time in whole seconds as uWSGI reads it (`time(2)`, its default clock). On Linux
+/// that is the coarse clock, updated once per tick: in the first milliseconds of a second it
+/// still shows the previous one, while `SystemTime::now()` already shows the new one. A value
+/// read here is never ahead of what a process calling `time(2)` afterwards gets.
+pub fn emperor_clock() -> libc::time_t {
+    // SAFETY: time(2) with a null pointer only returns the time; it writes no memory.
+    unsafe { libc::time(std::ptr::null_mut()) }
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

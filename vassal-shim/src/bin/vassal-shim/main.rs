@@ -191,9 +191,6 @@ fn init_logging() {
 }
 
 fn main() {
-    if let Some(rundir) = std::env::var_os(sentinel::ENV_SENTINEL) {
-        sentinel::run(std::path::Path::new(&rundir));
-    }
     init_logging();
     let raw: Vec<OsString> = std::env::args_os().skip(1).collect();
     let args: Vec<String> = raw
