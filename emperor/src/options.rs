@@ -649,19 +649,39 @@ impl IniTable {
 
     /// The value of `entry` with its magic variables and placeholders expanded.
     fn expand(&self, entry: &IniEntry) -> Result<String, OptionsError> {
-        self.expand_in(entry, &mut Vec::new())
+        self.expand_in(entry, &mut Vec::new(), &mut 0)
     }
 
+    /// `stack`: the keys being expanded (cycle check); `lookups`: `%(name)` references
+    /// followed so far for this value (bounded: keys that refer to each other several times
+    /// per value multiply the work at every level).
     fn expand_in<'a>(
         &'a self,
         entry: &'a IniEntry,
         stack: &mut Vec<&'a str>,
+        lookups: &mut usize,
     ) -> Result<String, OptionsError> {
         let err = |message: String| OptionsError::Ini {
             path: entry.file.clone(),
             message,
         };
+        let mut too_long = || {
+            err(format!(
+                "`{}` expands to more than {MAX_VALUE_LEN} bytes or through more than \
+                 {MAX_LOOKUPS} %(...) references (keys that use each other several times?); \
+                 simplify its placeholders",
+                entry.key
+            ))
+        };
         let mut lookup = |name: &str| -> Result<String, OptionsError> {
+            *lookups += 1;
+            if *lookups > MAX_LOOKUPS {
+                return Err(err(format!(
+                    "`{}` expands through more than {MAX_LOOKUPS} %(...) references (keys that \
+                     use each other several times?); simplify its placeholders",
+                    entry.key
+                )));
+            }
             let Some(def) = self.entries.iter().find(|e| e.key == name) else {
                 return Err(err(format!(
                     "`{}` uses %({name}), but no key `{name}` is defined in the ini files; \
@@ -678,32 +698,39 @@ impl IniTable {
                 )));
             }
             stack.push(def.key.as_str());
-            let v = self.expand_in(def, stack);
+            let v = self.expand_in(def, stack, lookups);
             stack.pop();
             v
         };
-        expand_value(&entry.raw, &entry.file, &mut lookup)
+        expand_value(&entry.raw, &entry.file, &mut lookup, &mut too_long)
     }
 }
+
+/// Longest value an ini key may expand to.
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// Most `%(name)` references followed to expand one value (nested ones included).
+const MAX_LOOKUPS: usize = 4096;
 
 /// uWSGI's config magic variables for the file at `path`: %d (its directory, with a trailing
 /// slash), %p (its absolute path), %s (its file name), %n (file name without extension), %%.
-/// `%(name)` is left as it is.
-pub fn expand_magic(value: &str, path: &Path) -> String {
-    let keep = |name: &str| Ok::<_, std::convert::Infallible>(format!("%({name})"));
-    match expand_value(value, path, &mut { keep }) {
-        Ok(v) => v,
-        Err(never) => match never {},
-    }
+/// `%(name)` is left as it is. `None` when the result would exceed [`MAX_VALUE_LEN`].
+pub fn expand_magic(value: &str, path: &Path) -> Option<String> {
+    let keep = |name: &str| Ok::<_, ()>(format!("%({name})"));
+    expand_value(value, path, &mut { keep }, &mut || ()).ok()
 }
 
 /// One left-to-right pass over `value`: the magic variables of `path`, and `%(name)` through
-/// `lookup`. Anything else after a `%` (and a `%(` without its `)`) stays literal.
+/// `lookup`. Anything else after a `%` (and a `%(` without its `)`) stays literal. A result
+/// longer than [`MAX_VALUE_LEN`] is the error `too_long` makes.
 fn expand_value<E>(
     value: &str,
     path: &Path,
     lookup: &mut dyn FnMut(&str) -> Result<String, E>,
+    too_long: &mut dyn FnMut() -> E,
 ) -> Result<String, E> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(too_long());
+    }
     if !value.contains('%') {
         return Ok(value.to_string());
     }
@@ -750,8 +777,14 @@ fn expand_value<E>(
                 out.push(other);
             }
         }
+        if out.len() > MAX_VALUE_LEN {
+            return Err(too_long());
+        }
     }
     out.push_str(rest);
+    if out.len() > MAX_VALUE_LEN {
+        return Err(too_long());
+    }
     Ok(out)
 }
 
@@ -1035,9 +1068,38 @@ mod tests {
     fn magic_alone_keeps_placeholders() {
         let p = Path::new("/etc/e/emperor.ini");
         assert_eq!(
-            expand_magic("%d|%n|%s|%%|%(x)|%q|%", p),
-            "/etc/e/|emperor|emperor.ini|%|%(x)|%q|%"
+            expand_magic("%d|%n|%s|%%|%(x)|%q|%", p).as_deref(),
+            Some("/etc/e/|emperor|emperor.ini|%|%(x)|%q|%")
         );
+        assert_eq!(expand_magic(&"%p".repeat(4000), p), None);
+    }
+
+    #[test]
+    fn placeholder_bombs_are_bounded_errors() {
+        // Each level doubles the previous one: 2^40 bytes, or 2^40 empty lookups.
+        for first in ["x", ""] {
+            let mut text = format!(
+                "[uwsgi]
+a0 = {first}
+"
+            );
+            for k in 1..=40 {
+                text.push_str(&format!(
+                    "a{k} = %(a{})%(a{})
+",
+                    k - 1,
+                    k - 1
+                ));
+            }
+            text.push_str(
+                "emperor = %(a40)
+",
+            );
+            let (_d, ini, r) = parse_ini(&text);
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(&ini.display().to_string()), "{e}");
+            assert!(e.contains("simplify its placeholders"), "{e}");
+        }
     }
 
     #[test]
