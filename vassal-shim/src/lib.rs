@@ -32,6 +32,7 @@
 pub mod channel;
 pub mod ini;
 pub mod notify;
+pub mod wire;
 pub mod words;
 
 pub use channel::{ConfigChannel, Error, Event, Vassal, ENV_EMPEROR_FD, ENV_EMPEROR_FD_CONFIG};

@@ -28,15 +28,16 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, info};
 
+use vassal_shim::wire::{
+    inet_diag_rqueue, messages, parse_proc_tcp, u32_at, unix_diag_fields, unix_diag_vfs, Message,
+    NLMSG_HDRLEN, TCP_LISTEN,
+};
+
 use crate::options::Ready;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_HDRLEN: usize = 16;
-const TCP_LISTEN: u8 = 10;
 const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
-const UNIX_DIAG_VFS: u16 = 1;
-const UNIX_DIAG_RQLEN: u16 = 4;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_S_GE: u8 = 2;
 const INET_DIAG_BC_S_LE: u8 = 3;
@@ -584,114 +585,6 @@ pub fn socket_inode(fd: RawFd) -> Option<u64> {
     ((st.st_mode & libc::S_IFMT) == libc::S_IFSOCK).then_some(st.st_ino)
 }
 
-/// The largest `rx_queue` of a LISTEN entry on `port` in the text of /proc/net/tcp{,6}.
-/// Never panics on bad input.
-pub fn parse_proc_tcp(text: &str, port: u16) -> Option<u32> {
-    let mut found: Option<u32> = None;
-    for line in text.lines().skip(1) {
-        // sl local_address rem_address st tx_queue:rx_queue ...
-        let mut cols = line.split_whitespace();
-        let (Some(_), Some(local), Some(_), Some(st), Some(queues)) = (
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-        ) else {
-            continue;
-        };
-        if st != "0A" {
-            continue;
-        }
-        let p = local.rsplit(':').next().unwrap_or("");
-        if u16::from_str_radix(p, 16).ok() != Some(port) {
-            continue;
-        }
-        let rx = queues
-            .split(':')
-            .nth(1)
-            .and_then(|q| u32::from_str_radix(q, 16).ok());
-        if let Some(n) = rx {
-            found = Some(found.map_or(n, |b| b.max(n)));
-        }
-    }
-    found
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// One netlink message.
-struct Message<'a> {
-    ty: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-/// Walks the netlink messages of a datagram; stops at the first malformed one.
-fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        let len = u32_at(buf, off)? as usize;
-        let ty = u16_at(buf, off + 4)?;
-        let seq = u32_at(buf, off + 8)?;
-        if len < NLMSG_HDRLEN {
-            return None;
-        }
-        let payload = buf.get(off + NLMSG_HDRLEN..off.checked_add(len)?)?;
-        off = off.checked_add((len + 3) & !3)?;
-        Some(Message { ty, seq, payload })
-    })
-}
-
-/// Walks the attributes (type, data) that follow a fixed header of `skip` bytes.
-fn attributes(p: &[u8], skip: usize) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = skip;
-    std::iter::from_fn(move || {
-        let len = u16_at(p, off)? as usize;
-        let ty = u16_at(p, off + 2)? & 0x3fff;
-        if len < 4 {
-            return None;
-        }
-        let data = p.get(off + 4..off + len)?;
-        off += (len + 3) & !3;
-        Some((ty, data))
-    })
-}
-
-/// From a unix_diag_msg payload: (state, socket inode, `UNIX_DIAG_RQLEN` rqueue).
-fn unix_diag_fields(p: &[u8]) -> Option<(u8, u64, Option<u32>)> {
-    // unix_diag_msg: family, type, state, pad, ino u32, cookie [u32; 2]; then attributes.
-    let state = *p.get(2)?;
-    let ino = u64::from(u32_at(p, 4)?);
-    let rq = attributes(p, 16)
-        .find(|(ty, _)| *ty == UNIX_DIAG_RQLEN)
-        .and_then(|(_, d)| u32_at(d, 0));
-    Some((state, ino, rq))
-}
-
-/// From a unix_diag_msg payload: the bound file's (inode, kernel device), `UNIX_DIAG_VFS`.
-fn unix_diag_vfs(p: &[u8]) -> Option<(u32, u32)> {
-    let (_, d) = attributes(p, 16).find(|(ty, _)| *ty == UNIX_DIAG_VFS)?;
-    Some((u32_at(d, 0)?, u32_at(d, 4)?))
-}
-
-/// From an inet_diag_msg payload: the accept queue of a listener on local port `port`.
-fn inet_diag_rqueue(p: &[u8], port: u16) -> Option<u32> {
-    // inet_diag_msg: family, state, timer, retrans, id { sport be16, ... } (48 bytes),
-    // expires u32, rqueue u32, wqueue u32, uid u32, inode u32.
-    let state = *p.get(1)?;
-    let sport = u16::from_be_bytes(p.get(4..6)?.try_into().ok()?);
-    (state == TCP_LISTEN && sport == port)
-        .then(|| u32_at(p, 56))
-        .flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -888,36 +781,5 @@ mod tests {
         // Its answer stays queued while the next measurement starts (the backlog changes).
         let _c = UnixStream::connect(&path).unwrap();
         assert_eq!(measure(&mut m), Some(1), "the stale answer said 0");
-    }
-
-    #[test]
-    fn proc_text_parser() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        assert_eq!(parse_proc_tcp(&text, port), Some(1));
-        assert_eq!(parse_proc_tcp("", port), None);
-        assert_eq!(
-            parse_proc_tcp("hdr\n 0: x y 0A\n1: a:zz b 0A 0:1\n", 0),
-            None
-        );
-    }
-
-    #[test]
-    fn garbage_messages_do_not_panic() {
-        assert_eq!(messages(&[]).count(), 0);
-        assert_eq!(messages(&[0xff; 64]).count(), 0);
-        let mut m = vec![0u8; 40];
-        m[..4].copy_from_slice(&40u32.to_ne_bytes());
-        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        m[20..24].copy_from_slice(&7u32.to_ne_bytes());
-        m[32..34].copy_from_slice(&2u16.to_ne_bytes()); // attribute length < 4
-        let msg = messages(&m).next().unwrap();
-        assert_eq!(unix_diag_fields(msg.payload), Some((0, 7, None)));
-        assert_eq!(unix_diag_vfs(msg.payload), None);
-        assert_eq!(inet_diag_rqueue(msg.payload, 0), None);
-        assert_eq!(unix_diag_fields(&[1]), None);
-        assert_eq!(inet_diag_rqueue(&[0; 8], 0), None);
     }
 }

@@ -9,6 +9,8 @@ use std::time::Instant;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
+use vassal_shim::wire::http_status_ok;
+
 use crate::options::Ready;
 
 #[derive(Debug)]
@@ -91,24 +93,6 @@ pub fn http_request(target: &Ready, out: &mut Vec<u8>) {
             "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: vassal-shim\r\nConnection: close\r\n\r\n"
         );
     }
-}
-
-/// The outcome of an HTTP status line: `Some(ok)` once the line is complete.
-pub fn http_status_ok(buf: &[u8]) -> Option<bool> {
-    let end = buf.windows(2).position(|w| w == b"\r\n").or_else(|| {
-        // Tolerate bare LF.
-        buf.iter().position(|&b| b == b'\n')
-    })?;
-    let line = String::from_utf8_lossy(&buf[..end]);
-    let mut parts = line.split_whitespace();
-    let proto = parts.next().unwrap_or("");
-    let code = parts.next().unwrap_or("");
-    Some(
-        proto.starts_with("HTTP/")
-            && code.len() == 3
-            && code.starts_with('2')
-            && code.bytes().all(|b| b.is_ascii_digit()),
-    )
 }
 
 impl Probe {
@@ -212,13 +196,6 @@ impl Probe {
 mod tests {
     use super::*;
 
-    proptest::proptest! {
-        #[test]
-        fn status_parser_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let _ = http_status_ok(&data);
-        }
-    }
-
     #[test]
     fn request_is_built_once_per_target() {
         let mut out = b"stale".to_vec();
@@ -280,18 +257,5 @@ mod tests {
         assert_eq!(probe_against(b"HTTP/1.0 20"), Some(false));
         // No line end within the response buffer.
         assert_eq!(probe_against(&[b'x'; RESPONSE_MAX + 10]), Some(false));
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(http_status_ok(b"HTTP/1.0 200 OK\r\n"), Some(true));
-        assert_eq!(
-            http_status_ok(b"HTTP/1.1 204 No Content\r\nX: y"),
-            Some(true)
-        );
-        assert_eq!(http_status_ok(b"HTTP/1.1 503 Busy\r\n"), Some(false));
-        assert_eq!(http_status_ok(b"HTTP/1.1 2000 x\r\n"), Some(false));
-        assert_eq!(http_status_ok(b"garbage\n"), Some(false));
-        assert_eq!(http_status_ok(b"HTTP/1.1 200"), None);
     }
 }
