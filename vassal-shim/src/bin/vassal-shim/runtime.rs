@@ -704,8 +704,13 @@ fn claim_sweep(
             let recent = m
                 .modified()
                 .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age < every);
+                .is_some_and(|t| match now.duration_since(t) {
+                    Ok(age) => age < every,
+                    // Slightly ahead of `now` (the file system stamps with a coarser clock, a
+                    // small clock step) is recent; far ahead (the clock was set back) must not
+                    // stop sweeps for good.
+                    Err(ahead) => ahead.duration() < every,
+                });
             if recent {
                 return false;
             }
@@ -787,6 +792,11 @@ mod tests {
             "the first sweep leaves a marker"
         );
         assert!(!claim_sweep(base.path(), t, MIN), "swept just now");
+        // `t` was read before the marker was stamped: the marker may be a little ahead of it.
+        assert!(
+            !claim_sweep(base.path(), t - Duration::from_millis(20), MIN),
+            "a marker slightly ahead of now is recent"
+        );
         assert!(
             !claim_sweep(base.path(), t + MIN / 2, MIN),
             "within the interval"
