@@ -1095,16 +1095,13 @@ impl Core {
         // The hot path (every worker, every few seconds): heartbeat, ready, accepting and a
         // repeated loyal byte read and write one cache line, the record's `Line` (no hashing,
         // no allocation; the record itself only when a log line is enabled).
-        let slot = inc.slot();
-        let Some(l) = self.lines.get_mut(slot) else {
+        let Some(slot) = self.live_slot(inc) else {
             return;
         };
-        if l.inc != inc.0 || inc.0 == 0 {
-            return;
-        }
         let Some(epoch) = self.epoch else {
             return;
         };
+        let l = &mut self.lines[slot];
         let t = enc_time(epoch, now);
         let msg = VassalMsg::from_byte(byte);
         match msg {

@@ -665,7 +665,7 @@ impl IniTable {
             path: entry.file.clone(),
             message,
         };
-        let mut too_long = || {
+        let too_long = || {
             err(format!(
                 "`{}` expands to more than {MAX_VALUE_LEN} bytes or through more than \
                  {MAX_LOOKUPS} %(...) references (keys that use each other several times?); \
@@ -676,11 +676,7 @@ impl IniTable {
         let mut lookup = |name: &str| -> Result<String, OptionsError> {
             *lookups += 1;
             if *lookups > MAX_LOOKUPS {
-                return Err(err(format!(
-                    "`{}` expands through more than {MAX_LOOKUPS} %(...) references (keys that \
-                     use each other several times?); simplify its placeholders",
-                    entry.key
-                )));
+                return Err(too_long());
             }
             let Some(def) = self.entries.iter().find(|e| e.key == name) else {
                 return Err(err(format!(
@@ -702,7 +698,7 @@ impl IniTable {
             stack.pop();
             v
         };
-        expand_value(&entry.raw, &entry.file, &mut lookup, &mut too_long)
+        expand_value(&entry.raw, &entry.file, &mut lookup, &mut || too_long())
     }
 }
 

@@ -344,10 +344,11 @@ impl Spawner {
         Ok(())
     }
 
-    /// Points every slot back at `/dev/null`, so the emperor keeps no reference to a child's
-    /// ends. Nothing to do on failure: the next spawn repoints the slots anyway.
-    fn reset_slots(&self) {
-        for i in 0..self.slots.len() {
+    /// Points the slots in `used` back at `/dev/null` (the others still are), so the emperor
+    /// keeps no reference to a child's ends. Nothing to do on failure: the next spawn repoints
+    /// the slots anyway.
+    fn reset_slots(&self, used: [bool; 3]) {
+        for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
             let _ = self.point_slot(i, None);
         }
     }
@@ -418,9 +419,14 @@ impl Spawner {
                 Some((_, c)) => self.point_slot(1, Some(c.as_raw_fd())),
                 None => Ok(()),
             })
-            .and_then(|_| self.point_slot(2, plan.stdin));
+            .and_then(|_| match plan.stdin {
+                Some(fd) => self.point_slot(2, Some(fd)),
+                None => Ok(()),
+            });
+        // Slots left on /dev/null need no repointing afterwards.
+        let used = [true, config_pair.is_some(), plan.stdin.is_some()];
         if let Err(e) = pointed {
-            self.reset_slots();
+            self.reset_slots(used);
             return Err(e.into());
         }
         let err_no = AtomicI32::new(0);
@@ -524,7 +530,7 @@ impl Spawner {
         }
         // The child has exec'd or exited: the emperor keeps no reference to its ends (EOF on
         // the channel must mean the child is gone).
-        self.reset_slots();
+        self.reset_slots(used);
         let pid = res.map_err(|e| {
             let err = io::Error::from_raw_os_error(e as i32);
             if setup.clone_flags != 0 {
