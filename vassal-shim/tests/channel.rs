@@ -312,6 +312,65 @@ fn reload_by_signal_keeps_the_program() {
     assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
 }
 
+/// `reload = signal:NAME` goes to the program's main process only (like `kill -HUP $MAINPID`):
+/// a worker that keeps the default action for that signal (death) survives the reload, while
+/// a stop still reaches the whole group.
+#[test]
+fn reload_by_signal_reaches_only_the_main_process() {
+    // The worker answers SIGUSR2 with a line. Pending standard signals are delivered lowest
+    // number first, so a SIGHUP that reached the worker kills it before the SIGUSR2 the test
+    // sends after the reload can be answered: either the answer or the death is the event.
+    let py = "import os,signal,socket,time\n\
+              p=os.environ['NOTIFY_SOCKET']\n\
+              s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+              def hup(n,f):\n    print('main got', 'HUP', flush=True)\n    s.sendto(b'READY=1',p)\n\
+              signal.signal(signal.SIGHUP,hup)\n\
+              w=os.fork()\n\
+              if w==0:\n    signal.signal(signal.SIGHUP,signal.SIG_DFL)\n\
+              \x20   signal.signal(signal.SIGUSR2,lambda n,f: print('worker', 'pong', flush=True))\n\
+              \x20   while True: time.sleep(1000)\n\
+              print('wor'+'ker=%d' % w, flush=True)\n\
+              s.sendto(b'READY=1',p)\n\
+              while True: time.sleep(1)\n";
+    let prog = vec![
+        python().display().to_string(),
+        "-c".to_string(),
+        py.to_string(),
+    ];
+    let mut e = FakeEmperor::start(
+        &shim_args(&["--ready", "notify", "--reload", "signal:HUP"], &prog),
+        false,
+        |_| {},
+    );
+    e.expect(READY);
+    e.expect(ACCEPTING);
+    let worker = pid_in(&e.proc.wait_for_line("worker=", SOON), "worker=");
+    for round in 1..=3 {
+        e.send(1);
+        e.proc.wait_for_new_line("main got HUP", SOON);
+        e.expect(READY);
+        e.expect(ACCEPTING);
+        // SAFETY: kill(2) on the program's worker, started by this test's program.
+        unsafe { libc::kill(worker, libc::SIGUSR2) };
+        let answered = wait_until("the worker answers SIGUSR2 or dies", SOON, || {
+            if e.proc.output().matches("worker pong").count() >= round {
+                Some(true)
+            } else if !alive(worker) {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        assert!(
+            answered,
+            "reload {round}: the worker {worker} (default SIGHUP action) was killed by the reload signal"
+        );
+    }
+    e.send(0);
+    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    wait_all_gone(&[worker], SOON);
+}
+
 #[test]
 fn ini_without_shim_section_runs_uwsgi() {
     let uwsgi = require_uwsgi();

@@ -116,8 +116,11 @@ pub enum Action {
     Send(VassalMsg),
     /// Start the program.
     Spawn,
-    /// Send a signal to the program's process group.
+    /// Send a signal to the program's process group (stopping it).
     SignalGroup(Signal),
+    /// Send a signal to the program's main process only (a `signal:NAME` reload: workers that
+    /// keep the default action for that signal must not die of it).
+    SignalMain(Signal),
     /// SIGKILL the program's group and every other descendant.
     KillAll,
     /// Start a readiness / health probe (answer with [`Input::Probe`]).
@@ -370,7 +373,7 @@ impl Core {
     }
 
     fn signal_reload(&mut self, now: Instant, sig: Signal) {
-        self.push(Action::SignalGroup(sig));
+        self.push(Action::SignalMain(sig));
         self.reset_generation();
         self.phase = Phase::Starting;
         self.readiness_start(now);
@@ -910,11 +913,17 @@ mod tests {
         t.input(Input::Notify(Notification::Ready));
         assert_eq!(
             t.input(Input::Signal(ShimSignal::Reload)),
-            vec![SignalGroup(Signal::SIGHUP)]
+            vec![SignalMain(Signal::SIGHUP)],
+            "a reload signal goes to the main process, not the group"
         );
         assert_eq!(
             t.input(Input::Notify(Notification::Ready)),
             vec![Send(M::Ready), Send(M::Accepting)]
+        );
+        assert_eq!(
+            t.input(Input::Emperor(Event::Stop)),
+            vec![SignalGroup(Signal::SIGTERM)],
+            "a stop still goes to the whole group"
         );
     }
 

@@ -51,7 +51,7 @@ pub struct Cli {
     /// Seconds to wait after the stop signal before SIGKILL (default 10).
     #[arg(long, value_name = "SECONDS")]
     pub stop_timeout: Option<String>,
-    /// On reload: `restart` (default) or `signal:NAME` (forward NAME to the program).
+    /// On reload: `restart` (default) or `signal:NAME` (send NAME to the program's main process).
     #[arg(long, value_name = "HOW")]
     pub reload: Option<String>,
     /// Exit codes of the program that mean "do not respawn" (comma list): the shim exits 26.
@@ -149,7 +149,7 @@ impl Ready {
 pub enum ReloadMode {
     /// Stop the program and start it again.
     Restart,
-    /// Send this signal to the program's group.
+    /// Send this signal to the program's main process.
     Signal(Signal),
 }
 

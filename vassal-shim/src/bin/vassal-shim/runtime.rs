@@ -281,6 +281,12 @@ impl Runtime {
                     spawn::signal_group(g, sig);
                 }
             }
+            Action::SignalMain(sig) => {
+                if let Some(p) = self.program {
+                    info!("sending {sig} to the program's main process {}", p.pid);
+                    spawn::signal_process(p.pid, sig);
+                }
+            }
             Action::KillAll => spawn::kill_all(self.pgid, self.sentinel_pid()),
             Action::Probe => self.start_probe(now),
             Action::MeasureBacklog => {

@@ -357,6 +357,14 @@ pub fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
+/// Sends `sig` to the process `pid` alone; a process that is already gone is fine.
+pub fn signal_process(pid: i32, sig: Signal) {
+    // SAFETY: kill(2) on the program's pid, our own unreaped child; no memory involved.
+    unsafe {
+        libc::kill(pid, sig as libc::c_int);
+    }
+}
+
 /// The direct children of this process (adopted orphans included: the shim is a subreaper).
 pub fn children() -> Vec<i32> {
     let me = std::process::id();
