@@ -57,8 +57,16 @@ pub struct ServerConfig {
     pub allowed_uids: Vec<u32>,
     /// How long a client may take to send its whole request (and the reply write). Default 4 s.
     pub io_timeout: Duration,
-    /// Connections served at once; further clients wait in the listen backlog. Default 64.
+    /// Connections served at once. When they are all taken, the oldest *silent* one (nothing
+    /// received, nothing waiting to be read) is closed to make room for a new client; when none
+    /// is silent, further clients wait in the listen backlog. Default 64.
     pub max_connections: usize,
+    /// Silent connections one client process (by `SO_PEERCRED` pid) may hold; a new connection
+    /// beyond that closes that client's oldest silent one. Default 4.
+    pub max_silent_per_peer: usize,
+    /// How long a client may stay connected without sending its first byte. Default 1 s
+    /// (a client sends its whole request right after connecting).
+    pub handshake_timeout: Duration,
     /// Block SIGTERM/SIGINT and return [`Outcome::Stopped`] when one arrives. Default true.
     pub handle_signals: bool,
     /// Permissions for the socket file (e.g. `0o600`); `None` keeps what the umask gives.
@@ -81,6 +89,8 @@ impl Default for ServerConfig {
             allowed_uids,
             io_timeout: Duration::from_secs(4),
             max_connections: 64,
+            max_silent_per_peer: 4,
+            handshake_timeout: Duration::from_secs(1),
             handle_signals: true,
             socket_mode: None,
             reply_after_reparent: true,
@@ -148,8 +158,10 @@ pub struct ServerStats {
     pub refused: u64,
     /// Requests rejected as malformed (or closed early by the client).
     pub rejected: u64,
-    /// Connections dropped for exceeding the I/O timeout.
+    /// Connections dropped for exceeding the I/O or handshake timeout.
     pub timed_out: u64,
+    /// Silent connections closed to make room (all slots taken, or over the per-client limit).
+    pub evicted: u64,
     /// Adoptions handed off (intermediate child exited 0).
     pub forked: u64,
     /// Forks that failed.
@@ -231,10 +243,43 @@ impl std::error::Error for ServerError {
 struct Conn {
     sock: OwnedFd,
     peer: PeerCred,
+    /// When it was accepted (age order for eviction).
+    accepted: Instant,
+    /// The whole request must have arrived by then.
     deadline: Instant,
+    /// The first byte must have arrived by then.
+    handshake_deadline: Instant,
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
     got_bytes: bool,
+}
+
+impl Conn {
+    /// When the connection is dropped if nothing more arrives.
+    fn next_deadline(&self) -> Instant {
+        if self.got_bytes {
+            self.deadline
+        } else {
+            self.deadline.min(self.handshake_deadline)
+        }
+    }
+
+    /// Nothing received so far and nothing waiting to be read (or the client hung up): a
+    /// client that sends its request right after connecting is never silent.
+    fn is_silent(&self) -> bool {
+        if self.got_bytes || !self.fds.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        !matches!(
+            nix::sys::socket::recv(
+                self.sock.as_raw_fd(),
+                &mut b,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Ok(n) if n > 0
+        )
+    }
 }
 
 /// Why a connection is dropped without an adoption.
@@ -377,11 +422,14 @@ impl ForkServer {
         loop {
             let now = Instant::now();
             self.expire(now);
-            let accepting = self.conns.len() < self.config.max_connections.max(1);
+            // Full: keep listening only while some connection may be silent (then a newcomer
+            // evicts it); otherwise newcomers wait in the backlog until a slot frees up.
+            let accepting = self.conns.len() < self.config.max_connections.max(1)
+                || self.conns.iter().any(|c| !c.got_bytes);
             let Some(listener) = self.listener.as_ref() else {
                 return Err(self.err("serve", io::Error::other("server already closed")));
             };
-            let next_deadline = self.conns.iter().map(|c| c.deadline).min();
+            let next_deadline = self.conns.iter().map(Conn::next_deadline).min();
             let timeout = next_deadline
                 .map(|d| poll_timeout(d.saturating_duration_since(now)))
                 .unwrap_or(PollTimeout::NONE);
@@ -507,9 +555,12 @@ impl ForkServer {
 
     fn expire(&mut self, now: Instant) {
         let before = self.conns.len();
+        let mut silent = 0u64;
         self.conns.retain(|c| {
-            let alive = c.deadline > now;
-            if !alive {
+            let alive = c.next_deadline() > now;
+            if !alive && !c.got_bytes {
+                silent += 1;
+            } else if !alive {
                 tracing::warn!(
                     peer_pid = c.peer.pid,
                     peer_uid = c.peer.uid,
@@ -519,11 +570,60 @@ impl ForkServer {
             }
             alive
         });
+        if silent > 0 {
+            // One line for a whole batch of silent clients, not one per connection.
+            tracing::warn!(
+                count = silent,
+                "fork server: closed {silent} connection(s) that sent nothing within {:?}",
+                self.config.handshake_timeout
+            );
+        }
         self.stats.timed_out += (before - self.conns.len()) as u64;
     }
 
+    /// The oldest silent connection (of `peer` only, when given).
+    fn oldest_silent(&self, peer: Option<i32>) -> Option<usize> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| peer.map_or(true, |p| c.peer.pid == p) && c.is_silent())
+            .min_by_key(|(_, c)| c.accepted)
+            .map(|(i, _)| i)
+    }
+
+    fn evict(&mut self, i: usize, evicted: &mut u64) {
+        let c = self.conns.swap_remove(i);
+        tracing::debug!(
+            peer_pid = c.peer.pid,
+            peer_uid = c.peer.uid,
+            "fork server: closing a silent connection to make room"
+        );
+        self.stats.evicted += 1;
+        *evicted += 1;
+    }
+
     fn accept_all(&mut self) -> Result<(), ServerError> {
-        while self.conns.len() < self.config.max_connections.max(1) {
+        let mut evicted = 0u64;
+        let r = self.accept_evicting(&mut evicted);
+        if evicted > 0 {
+            tracing::warn!(
+                count = evicted,
+                "fork server: closed {evicted} silent connection(s) to make room for new clients"
+            );
+        }
+        r
+    }
+
+    fn accept_evicting(&mut self, evicted: &mut u64) -> Result<(), ServerError> {
+        loop {
+            if self.conns.len() >= self.config.max_connections.max(1) {
+                match self.oldest_silent(None) {
+                    Some(i) => self.evict(i, evicted),
+                    // Every slot is busy with a client that sent something: the others wait
+                    // in the backlog.
+                    None => return Ok(()),
+                }
+            }
             let Some(listener) = self.listener.as_ref() else {
                 return Ok(());
             };
@@ -575,16 +675,28 @@ impl ForkServer {
                 peer_gid = cred.gid,
                 "fork server: connection"
             );
+            let own_silent = self
+                .conns
+                .iter()
+                .filter(|c| c.peer.pid == cred.pid && !c.got_bytes)
+                .count();
+            if own_silent >= self.config.max_silent_per_peer.max(1) {
+                if let Some(i) = self.oldest_silent(Some(cred.pid)) {
+                    self.evict(i, evicted);
+                }
+            }
+            let now = Instant::now();
             self.conns.push(Conn {
                 sock: OwnedFd::from(stream),
                 peer: cred,
-                deadline: Instant::now() + self.config.io_timeout,
+                accepted: now,
+                deadline: now + self.config.io_timeout,
+                handshake_deadline: now + self.config.handshake_timeout,
                 buf: Vec::with_capacity(256),
                 fds: Vec::new(),
                 got_bytes: false,
             });
         }
-        Ok(())
     }
 
     /// Reads what the connection has; `Some` once the request is complete and valid.

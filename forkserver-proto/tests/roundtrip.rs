@@ -68,6 +68,10 @@ fn main() {
         ("many_concurrent_requests", many_concurrent_requests),
         ("silent_client_times_out", silent_client_times_out),
         (
+            "a_thousand_silent_clients_do_not_delay_a_request",
+            a_thousand_silent_clients_do_not_delay_a_request,
+        ),
+        (
             "malformed_requests_are_dropped",
             malformed_requests_are_dropped,
         ),
@@ -602,6 +606,78 @@ fn silent_client_times_out() {
     silent.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut b = [0u8; 1];
     assert_eq!((&silent).read(&mut b).unwrap(), 0);
+}
+
+/// A non-blocking unix stream connection to `path`; `None` while the listen backlog is full.
+fn connect_nonblocking(path: &Path) -> Option<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let addr = UnixAddr::new(path).expect("socket path");
+    match connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Some(fd),
+        Err(Errno::EAGAIN) => None,
+        Err(e) => panic!("connect {}: {e}", path.display()),
+    }
+}
+
+fn a_thousand_silent_clients_do_not_delay_a_request() {
+    // The per-client limit alone (all from this process), and the eviction of the oldest
+    // silent connection when every slot is taken alone (as from many processes).
+    for max_silent_per_peer in [ServerConfig::default().max_silent_per_peer, usize::MAX] {
+        silent_clients_then_a_request(ServerConfig {
+            // Far longer than the test's deadline: only making room for new clients can let
+            // the real request through, not the silent ones timing out.
+            io_timeout: Duration::from_secs(3600),
+            handshake_timeout: Duration::from_secs(3600),
+            max_silent_per_peer,
+            ..ServerConfig::default()
+        });
+    }
+}
+
+fn silent_clients_then_a_request(config: ServerConfig) {
+    const SILENT: usize = 1000;
+    let dir = tempdir();
+    let before = open_fds();
+    let server = spawn_server(dir.path(), config, reporting_vassal(before));
+    // 1,000 connections that never send a byte, from an allowed uid; a full backlog is fine
+    // (the client does not wait for it), the connections that got in are kept open.
+    let mut silent = Vec::with_capacity(SILENT);
+    let mut refused = 0;
+    for _ in 0..SILENT {
+        match connect_nonblocking(&server.path) {
+            Some(fd) => silent.push(fd),
+            None => refused += 1,
+        }
+    }
+    assert!(
+        silent.len() > ServerConfig::default().max_connections * 2,
+        "only {} silent connections got in ({refused} found the backlog full)",
+        silent.len()
+    );
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let pid = request_fork(
+        &server.path,
+        &["after-the-silent-ones"],
+        &VassalFds::channel(theirs.as_fd()),
+        DEADLINE,
+    )
+    .expect("a real request is served while 1,000 silent clients are connected");
+    drop(theirs);
+    assert_eq!(read_byte_deadline(&ours), 1);
+    assert_eq!(
+        read_line_deadline(&ours),
+        format!("pid={pid} argv=after-the-silent-ones leaked=[]")
+    );
+    drop(ours);
+    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    drop(silent);
 }
 
 fn malformed_requests_are_dropped() {
