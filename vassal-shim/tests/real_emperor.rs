@@ -131,3 +131,46 @@ fn sos_from_the_program_starts_a_broodlord_zerg() {
     e.proc
         .wait_for_line("vassal brood.ini:zerg is now loyal", SOON);
 }
+
+/// Under the real uWSGI emperor (which always runs the wrapper as `WRAPPER --ini NAME`) the
+/// `[vassal-shim]` form works, and in the emperor's one shared log every line of each shim
+/// names its vassal.
+#[test]
+fn every_shim_log_line_names_its_vassal() {
+    let e = Emperor::uwsgi(&[]);
+    for name in ["one.ini", "two.ini"] {
+        let port = free_port();
+        e.add(
+            name,
+            &format!(
+                "[vassal-shim]\nexec = {}\nready = tcp:127.0.0.1:{port}\nloyal-after = 0.2\n",
+                testapp_exec(&format!("--port {port}"))
+            ),
+        );
+    }
+    for name in ["one.ini", "two.ini"] {
+        e.wait_vassal(name, "loyal", |v| v["loyal"] == 1);
+    }
+    let mut e = e;
+    wait_until("both shims to log their program's start", SOON, || {
+        let out = e.proc.output();
+        (out.contains("vassal=one.ini") && out.contains("vassal=two.ini")).then_some(())
+    });
+    let out = e.proc.output();
+    let shim_lines: Vec<&str> = out.lines().filter(|l| l.contains("vassal-shim{")).collect();
+    for l in &shim_lines {
+        assert!(
+            l.contains("vassal-shim{vassal=one.ini pid=")
+                || l.contains("vassal-shim{vassal=two.ini pid="),
+            "a shim line that does not name its vassal: {l}"
+        );
+    }
+    for name in ["one.ini", "two.ini"] {
+        assert!(
+            shim_lines
+                .iter()
+                .any(|l| l.contains(&format!("vassal={name} ")) && l.contains("started program")),
+            "{name}: no start line in {shim_lines:#?}"
+        );
+    }
+}

@@ -167,6 +167,32 @@ fn decide(args: &[String]) -> Result<Mode, clap::Error> {
     })
 }
 
+/// The vassal's name for the log: what the emperor passed after `--ini` (or another config
+/// loader), without `emperor://`; for `-- PROGRAM` the program's file name. Control characters
+/// (and quotes, backslashes) are escaped, so a file name cannot forge log lines.
+fn vassal_name(args: &[String]) -> String {
+    let name = std::iter::once("--ini")
+        .chain(UWSGI_LOADERS.iter().copied())
+        .find_map(|flag| value_of(args, flag))
+        .map(|v| {
+            v.strip_prefix("emperor://")
+                .map(str::to_string)
+                .unwrap_or(v)
+        })
+        .or_else(|| {
+            let at = args.iter().position(|a| a == "--")?;
+            let prog = args.get(at + 1)?;
+            Some(
+                Path::new(prog)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| prog.clone()),
+            )
+        })
+        .unwrap_or_else(|| "?".to_string());
+    name.escape_debug().to_string()
+}
+
 fn exec_uwsgi(args: &[OsString], why: &str) -> ! {
     let bin = std::env::var_os("VASSAL_SHIM_UWSGI").unwrap_or_else(|| "uwsgi".into());
     info!("{why}: handing over to {}", PathBuf::from(&bin).display());
@@ -197,7 +223,12 @@ fn main() {
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let span = tracing::info_span!("vassal-shim", pid = std::process::id());
+    // Under an emperor every vassal logs to the same stream: each line names its vassal.
+    let span = tracing::info_span!(
+        "vassal-shim",
+        vassal = %vassal_name(&args),
+        pid = std::process::id()
+    );
     let _g = span.enter();
     let (cli, raw, source) = match decide(&args) {
         Ok(Mode::Uwsgi(why)) => exec_uwsgi(&raw, &why),
@@ -286,5 +317,29 @@ mod tests {
             m => panic!("{m:?}"),
         }
         assert!(decide(&s(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn vassal_names() {
+        assert_eq!(vassal_name(&s(&["--ini", "app.ini"])), "app.ini");
+        assert_eq!(
+            vassal_name(&s(&["--set", "a=1", "--ini=app.ini:zerg"])),
+            "app.ini:zerg"
+        );
+        assert_eq!(vassal_name(&s(&["--ini", "emperor://zz.ini"])), "zz.ini");
+        assert_eq!(vassal_name(&s(&["--xml", "app.xml"])), "app.xml");
+        assert_eq!(
+            vassal_name(&s(&[
+                "--heartbeat",
+                "1",
+                "--",
+                "/srv/bin/app",
+                "--ini",
+                "x"
+            ])),
+            "app"
+        );
+        assert_eq!(vassal_name(&s(&["--ini", "a\nb.ini"])), "a\\nb.ini");
+        assert_eq!(vassal_name(&s(&[])), "?");
     }
 }

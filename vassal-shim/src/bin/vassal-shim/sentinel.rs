@@ -404,7 +404,9 @@ fn run(rundir: &Path) -> ! {
         }
         // The private directory (notification socket, pushed config) goes too.
         let _ = std::fs::remove_dir_all(rundir);
-        eprintln!(
+        // Through the shim's logger (its span names the vassal); the shim was single-threaded
+        // when it forked this process, so no logger lock can be held here.
+        tracing::warn!(
             "vassal-shim sentinel: the shim died abruptly; killed what was left of the program"
         );
     }
