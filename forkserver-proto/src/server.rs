@@ -512,11 +512,21 @@ impl ForkServer {
                     Err(why) => {
                         let peer = self.conns[i].peer;
                         self.stats.rejected += 1;
-                        tracing::warn!(
-                            peer_pid = peer.pid,
-                            peer_uid = peer.uid,
-                            "fork server: dropping connection: {why}"
-                        );
+                        if matches!(why, Reject::Eof) && !self.conns[i].got_bytes {
+                            // Connected and hung up without a byte: a readiness probe of the
+                            // socket (e.g. a supervisor's `connect` check), not an error.
+                            tracing::debug!(
+                                peer_pid = peer.pid,
+                                peer_uid = peer.uid,
+                                "fork server: client closed without sending anything"
+                            );
+                        } else {
+                            tracing::warn!(
+                                peer_pid = peer.pid,
+                                peer_uid = peer.uid,
+                                "fork server: dropping connection: {why}"
+                            );
+                        }
                         finished.push((i, None));
                     }
                 }
@@ -847,6 +857,13 @@ impl ForkServer {
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         }
         let pid = getpid();
+        // Leave the base's process group: whatever signals the base's group (its supervisor
+        // stopping or restarting it, a Ctrl-C in its terminal) must not reach the vassals it
+        // handed to the emperor. Failure (EPERM for a session leader) only keeps the group.
+        // SAFETY: setpgid(2) on ourselves, no memory involved.
+        unsafe {
+            libc::setpgid(0, 0);
+        }
         // Reply only once the intermediate child is gone and we have been reparented (to the
         // client's subreaper, normally): then the client can waitpid() us, and check our ppid,
         // as soon as it has the pid. The intermediate child exits right after its fork, so this

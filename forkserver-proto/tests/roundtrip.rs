@@ -350,6 +350,9 @@ fn round_trip_adopts_a_grandchild() {
     assert_eq!(ppid_of(pid), getpid().as_raw());
     assert_eq!(forkserver_proto::parent_of(pid).unwrap(), getpid());
     assert_ne!(pid, server.pid);
+    // Its own process group: signals to the base's group do not reach it.
+    assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
+    assert_ne!(nix::unistd::getpgid(Some(server.pid)).unwrap(), pid);
     assert_eq!(
         waitpid(pid, Some(WaitPidFlag::WNOHANG)).unwrap(),
         WaitStatus::StillAlive

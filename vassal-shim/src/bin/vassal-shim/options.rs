@@ -77,6 +77,10 @@ pub struct Cli {
     /// Seconds a readiness or health probe may take (default 2).
     #[arg(long, value_name = "SECONDS")]
     pub probe_timeout: Option<String>,
+    /// The program is a fork-server base (`true`/`false`, default false): the vassals it forks
+    /// for the emperor are the emperor's, so the shim is no subreaper and does not tag them.
+    #[arg(long, value_name = "BOOL")]
+    pub fork_base: Option<String>,
     /// The program and its arguments.
     #[arg(last = true, value_name = "PROGRAM")]
     pub program: Vec<String>,
@@ -109,6 +113,7 @@ impl Cli {
         take(&mut self.watchdog, s, "watchdog");
         take(&mut self.sos_backlog, s, "sos-backlog");
         take(&mut self.probe_timeout, s, "probe-timeout");
+        take(&mut self.fork_base, s, "fork-base");
         if self.config_file.is_none() {
             self.config_file = s.get("config-file").map(PathBuf::from);
         }
@@ -171,6 +176,7 @@ pub struct Settings {
     pub sos_backlog: Option<u32>,
     pub config_file: Option<PathBuf>,
     pub probe_timeout: Duration,
+    pub fork_base: bool,
 }
 
 fn seconds(opt: &Option<String>, name: &str, default: Duration) -> Result<Duration, String> {
@@ -186,6 +192,18 @@ fn seconds(opt: &Option<String>, name: &str, default: Duration) -> Result<Durati
             }
             Ok(Duration::from_secs_f64(f))
         }
+    }
+}
+
+fn boolean(opt: &Option<String>, name: &str) -> Result<bool, String> {
+    match opt
+        .as_deref()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("false" | "no" | "off" | "0") => Ok(false),
+        Some("" | "true" | "yes" | "on" | "1") => Ok(true),
+        Some(v) => Err(format!("{name} = {v:?}: expected true or false")),
     }
 }
 
@@ -324,6 +342,7 @@ impl Settings {
             sos_backlog,
             config_file: cli.config_file.clone(),
             probe_timeout: seconds(&cli.probe_timeout, "probe-timeout", Duration::from_secs(2))?,
+            fork_base: boolean(&cli.fork_base, "fork-base")?,
         })
     }
 }
@@ -410,6 +429,14 @@ mod tests {
         assert!(bad(&["vassal-shim", "--env", "X", "--", "a"]).contains("K=V"));
         assert!(bad(&["vassal-shim", "--reload", "x", "--", "a"]).contains("reload"));
         assert!(bad(&["vassal-shim", "--exile-codes", "a", "--", "a"]).contains("exile"));
+        assert!(bad(&["vassal-shim", "--fork-base", "maybe", "--", "a"]).contains("fork-base"));
+        let ok = |args: &[&str]| Settings::from_cli(&Cli::try_parse_from(args).unwrap()).unwrap();
+        assert!(!ok(&["vassal-shim", "--", "a"]).fork_base);
+        assert!(ok(&["vassal-shim", "--fork-base", "yes", "--", "a"]).fork_base);
+        let ini = Ini::parse("[vassal-shim]\nexec = a\nfork-base = true\n");
+        let mut cli = Cli::try_parse_from(["vassal-shim"]).unwrap();
+        cli.merge_section(&ini.section(SECTION).unwrap());
+        assert!(Settings::from_cli(&cli).unwrap().fork_base);
         assert!(bad(&["vassal-shim", "--exec", "'a", "--ready", "immediate"]).contains("unclosed"));
     }
 }

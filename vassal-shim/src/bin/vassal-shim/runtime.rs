@@ -173,7 +173,13 @@ impl Runtime {
         let listener_watch = listener.and_then(Watch::held);
         let meter = Meter::new();
 
-        if let Err(e) = spawn::become_subreaper() {
+        if settings.fork_base {
+            // The program's fork server double-forks vassals for the emperor: they must be
+            // re-parented to the emperor (the nearest subreaper above us), not to the shim.
+            info!(
+                "fork-base: not a subreaper, so the vassals the program forks are re-parented to the emperor"
+            );
+        } else if let Err(e) = spawn::become_subreaper() {
             warn!("cannot become a child subreaper ({e}); orphans of the program may escape");
         }
 
@@ -412,7 +418,11 @@ impl Runtime {
             extra.push(("LISTEN_FDS".into(), "1".into()));
             extra.push(("LISTEN_FDNAMES".into(), "emperor".into()));
         }
-        extra.push((sentinel::ENV_INSTANCE.into(), self.tag.clone().into()));
+        if !self.settings.fork_base {
+            // A fork base's adopted vassals inherit its environment: with the tag the sentinel
+            // would kill them, although they belong to the emperor.
+            extra.push((sentinel::ENV_INSTANCE.into(), self.tag.clone().into()));
+        }
         extra.push((
             "VASSAL_SHIM_GENERATION".into(),
             self.generation.to_string().into(),
