@@ -35,3 +35,20 @@ pub mod shim;
 pub mod spawn;
 pub mod stats;
 pub mod tyrant;
+
+/// `emperor --version`: the crate version and the git commit it was built from ("unknown" in a
+/// build outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("EMPEROR_GIT_COMMIT"),
+    ")"
+);
+
+/// The stats document's `version`: like uWSGI's, then ours and the commit.
+pub const STATS_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "-emperor-rs (git ",
+    env!("EMPEROR_GIT_COMMIT"),
+    ")"
+);

@@ -24,7 +24,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
 #[command(
     name = "emperor",
-    version,
+    version = crate::VERSION,
     args_override_self = true,
     after_help = "Every option can also be given as a key of the [uwsgi] section of an --ini file \
                   (uWSGI's own names), so an existing emperor.ini works unchanged: keys of \

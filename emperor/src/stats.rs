@@ -185,7 +185,7 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
         })
         .collect();
     let doc = Doc {
-        version: concat!(env!("CARGO_PKG_VERSION"), "-emperor-rs"),
+        version: crate::STATS_VERSION,
         pid: info.pid,
         uid: info.uid,
         gid: info.gid,
