@@ -5,8 +5,8 @@
 //! and nothing left behind after SIGTERM.
 //!
 //! Bounded for CI by default. `scripts/chaos N` runs it with N kills and prints the figures;
-//! the knobs are environment variables: `CHAOS_KILLS` (default 40), `CHAOS_UWSGI` (real uWSGI
-//! python vassals, default 3), `CHAOS_SHIMS` (shim vassals, default 5), `CHAOS_SEED` (the RNG
+//! the knobs are environment variables: `CHAOS_KILLS` (default 150), `CHAOS_UWSGI` (real uWSGI
+//! python vassals, default 4), `CHAOS_SHIMS` (shim vassals, default 8), `CHAOS_SEED` (the RNG
 //! seed; every run prints the one it used).
 
 mod common;
@@ -246,6 +246,7 @@ struct Run {
     dir: PathBuf,
     vassals: Vec<Vassal>,
     rng: Rng,
+    seed: u64,
     /// Pids already SIGKILLed: a dead process still listed (not reaped yet) is not a target.
     killed: HashSet<i32>,
     tally: Tally,
@@ -307,7 +308,8 @@ impl Run {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "vassal {name}: no new process within {T:?} after SIGKILL of {old}; stats: {doc:#}\n{}",
+                    "vassal {name}: no new process within {T:?} after SIGKILL of {old} (seed {}); stats: {doc:#}\n{}",
+                    self.seed,
                     tail(&mut self.emp)
                 );
             }
@@ -510,7 +512,7 @@ impl Run {
                 Ok(c) => return (c, t0.elapsed()),
                 Err(why) if Instant::now() > deadline => panic!(
                     "no convergence within {timeout:?} (seed {}): {why}\n{}",
-                    seed_note(),
+                    self.seed,
                     tail(&mut self.emp)
                 ),
                 // Poll interval of a deadline-bounded wait on the emperor's state.
@@ -522,10 +524,6 @@ impl Run {
 
 fn marker(dir: &Path) -> Vec<u8> {
     format!("EMPEROR_CHAOS_RUN={}", dir.display()).into_bytes()
-}
-
-fn seed_note() -> String {
-    std::env::var("CHAOS_SEED").unwrap_or_else(|_| "printed at the start".into())
 }
 
 /// The last lines the emperor printed.
@@ -540,9 +538,9 @@ fn tail(emp: &mut Proc) -> String {
 fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leave_nothing() {
     require_uwsgi();
     let shim = ensure_shim();
-    let kills = env_usize("CHAOS_KILLS", 40);
-    let n_uwsgi = env_usize("CHAOS_UWSGI", 3);
-    let n_shims = env_usize("CHAOS_SHIMS", 5);
+    let kills = env_usize("CHAOS_KILLS", 150);
+    let n_uwsgi = env_usize("CHAOS_UWSGI", 4);
+    let n_shims = env_usize("CHAOS_SHIMS", 8);
     let seed = match std::env::var("CHAOS_SEED") {
         Ok(s) => s.parse().expect("CHAOS_SEED is a number"),
         Err(_) => {
@@ -623,6 +621,7 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
         dir: dir.clone(),
         vassals,
         rng: Rng::new(seed),
+        seed,
         killed: HashSet::new(),
         tally: Tally::default(),
     };
