@@ -399,6 +399,16 @@ impl Run {
         }
     }
 
+    /// Leaves at least one config removed, so the converged state also proves removals.
+    fn remove_one_unless_some_are_gone(&mut self) {
+        if self.vassals.iter().all(|v| v.present) {
+            let i = self.rng.below(self.vassals.len());
+            std::fs::remove_file(self.dir.join(&self.vassals[i].name)).unwrap();
+            self.vassals[i].present = false;
+            self.tally.removes += 1;
+        }
+    }
+
     fn readd_all(&mut self) {
         for v in &mut self.vassals {
             if !v.present {
@@ -412,7 +422,8 @@ impl Run {
     /// Checks the converged state once; the error says what does not hold yet.
     fn check(&mut self) -> Result<Converged, String> {
         let doc = self.stats_doc();
-        let want: BTreeSet<&str> = self.vassals.iter().map(|v| v.name.as_str()).collect();
+        let present: Vec<&Vassal> = self.vassals.iter().filter(|v| v.present).collect();
+        let want: BTreeSet<&str> = present.iter().map(|v| v.name.as_str()).collect();
         let ids: Vec<&str> = doc["vassals"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v["id"].as_str()).collect())
@@ -422,7 +433,7 @@ impl Run {
             return Err(format!("stats list {ids:?}, want {want:?}"));
         }
         let mut stats_pid = BTreeMap::new();
-        for v in &self.vassals {
+        for v in &present {
             let e = vassal(&doc, &v.name).unwrap();
             let pid = e["pid"].as_i64().unwrap_or(-1) as i32;
             if e["state"] != "running" || pid <= 0 || e["accepting"] != 1 {
@@ -443,7 +454,7 @@ impl Run {
                 None => return Err(format!("emperor child {c} {:?} runs no config", argv(c))),
             }
         }
-        for v in &self.vassals {
+        for v in &present {
             let got = per_config.get(&v.name).cloned().unwrap_or_default();
             if got != [stats_pid[&v.name]] {
                 return Err(format!(
@@ -467,7 +478,7 @@ impl Run {
                 }
             }
         }
-        if per_config.len() != self.vassals.len() {
+        if per_config.len() != present.len() {
             return Err(format!("emperor children per config: {per_config:?}"));
         }
         // Nothing else of the run anywhere on the machine: per uWSGI vassal a master and a
@@ -500,7 +511,10 @@ impl Run {
     }
 
     fn count(&self, k: Kind) -> usize {
-        self.vassals.iter().filter(|v| v.kind == k).count()
+        self.vassals
+            .iter()
+            .filter(|v| v.present && v.kind == k)
+            .count()
     }
 
     /// Waits (bounded) for the converged state; returns it and how long it took.
@@ -638,9 +652,14 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
 
     let t0 = Instant::now();
     run.storm(kills);
-    run.readd_all();
+    run.remove_one_unless_some_are_gone();
     let storm_time = t0.elapsed();
-    let (conv, converge_time) = run.converge(settle);
+    // Converged with the configs the storm left: the removed ones gone, the others running.
+    let (conv_partial, converge_time) = run.converge(settle);
+    let gone = run.vassals.iter().filter(|v| !v.present).count();
+    // And once all are back, the same fleet as the baseline.
+    run.readd_all();
+    let (conv, converge_readd) = run.converge(settle);
     let fds_after = fd_count(emp_pid);
     let rss_after = rss_kib(emp_pid);
     let doc = run.stats_doc();
@@ -689,13 +708,18 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
         storm_time.as_secs_f64()
     );
     println!(
-        "chaos:   converge time       {:.2} s",
-        converge_time.as_secs_f64()
+        "chaos:   converge time       {:.2} s with {gone} configs removed ({:?}), then {:.2} s once all were back",
+        converge_time.as_secs_f64(),
+        conv_partial.census,
+        converge_readd.as_secs_f64()
     );
     println!("chaos:   emperor fds         {fds_before} before, {fds_after} after");
     println!("chaos:   emperor VmRSS       {rss_before} KiB before, {rss_after} KiB after");
     println!("chaos:   processes at end    {:?}", conv.census);
-    println!("chaos:   zombies             {}", conv.zombies);
+    println!(
+        "chaos:   zombies             {} and {}",
+        conv_partial.zombies, conv.zombies
+    );
     println!(
         "chaos:   leftovers           {} at emperor exit, {} after 10 s",
         at_exit.len(),
