@@ -670,8 +670,25 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
         .filter_map(|v| v["restarts"].as_i64())
         .sum();
 
-    // SIGTERM: the emperor stops everything and exits; nothing of the run may stay behind.
+    // SIGTERM: the emperor stops everything and exits; nothing of the run may stay behind,
+    // also when vassals and programs are SIGKILLed while it shuts down.
+    let mut targets: Vec<i32> = run.live(None).into_iter().map(|(_, p)| p).collect();
+    targets.extend(
+        run.live(Some(Kind::Shim))
+            .into_iter()
+            .flat_map(|(_, shim)| kids(shim))
+            .filter(|&p| comm(p) == "sleep"),
+    );
     run.emp.signal(libc::SIGTERM);
+    let mut shutdown_kills = 0;
+    for _ in 0..3 {
+        let Some(&p) = run.rng.pick(&targets) else {
+            break;
+        };
+        if run.kill(p) {
+            shutdown_kills += 1;
+        }
+    }
     let st = run.emp.wait_exit(T * 2);
     let at_exit = run_pids(&sweeper.marker, work.path());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -725,7 +742,7 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
         at_exit.len(),
         left.len()
     );
-    println!("chaos:   emperor exit        {st}");
+    println!("chaos:   emperor exit        {st} ({shutdown_kills} kills during the shutdown)");
 
     assert!(st.success(), "emperor exit after SIGTERM: {st}");
     assert!(
