@@ -7,7 +7,7 @@
 //! Bounded for CI by default. `scripts/chaos N` runs it with N kills and prints the figures;
 //! the knobs are environment variables: `CHAOS_KILLS` (default 150), `CHAOS_UWSGI` (real uWSGI
 //! python vassals, default 4), `CHAOS_SHIMS` (shim vassals, default 8), `CHAOS_SEED` (the RNG
-//! seed; every run prints the one it used).
+//! seed; every run prints the one it used), `CHAOS_LOG` (a file to write the emperor's log to).
 
 mod common;
 
@@ -703,6 +703,9 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
         .map(|&p| format!("{p} {} {:?} ppid {:?}", comm(p), argv(p), stat(p)))
         .collect();
 
+    if let Ok(path) = std::env::var("CHAOS_LOG") {
+        std::fs::write(&path, run.emp.output()).unwrap_or_else(|e| panic!("CHAOS_LOG={path}: {e}"));
+    }
     let t = &run.tally;
     println!("chaos: summary (seed {seed})");
     println!("chaos:   vassals             {n_uwsgi} uWSGI + {n_shims} shim");
