@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info, trace, warn};
 
 use crate::core::{Entry, FileStamp};
+use crate::sanitize::esc;
 
 /// The config extensions uWSGI recognises, and the flag each one gets.
 pub const EXTENSIONS: [(&str, &str); 6] = [
@@ -510,14 +511,25 @@ impl Scanner {
         };
         let ft = meta.file_type();
         if !(ft.is_file() || (self.nofollow && ft.is_symlink())) {
-            self.skip(name, "not a regular file".into());
+            self.skip(name, ConfigError::NotRegular(kind_of(ft)).to_string());
             return None;
         }
         let stamp = stamp_of(&meta);
         let verdict = match self.known.get(name) {
             Some(k) if k.stamp == stamp => k.verdict.clone(),
             _ => {
-                let v = readable(path);
+                let v = readable(path).map(|size| {
+                    if size > MAX_CONFIG as u64 && name.ends_with(".ini") {
+                        warn!(
+                            monitor = %self.spec.arg,
+                            file = %esc(name),
+                            "{}: {size} bytes: only its first {} KiB are searched for a [vassal-shim] \
+                             section (the emperor reads no more of a config); keep vassal configs small",
+                            esc(name),
+                            MAX_CONFIG / 1024
+                        );
+                    }
+                });
                 self.known.insert(
                     name.to_string(),
                     Known {
@@ -563,13 +575,94 @@ impl Scanner {
     }
 }
 
-fn readable(path: &Path) -> Result<(), String> {
-    std::fs::OpenOptions::new()
+/// Whether `path` can be read as a config; its size when it can.
+fn readable(path: &Path) -> Result<u64, String> {
+    open_config(path)
+        .map(|(_, m)| m.size())
+        .map_err(|e| e.to_string())
+}
+
+/// Most bytes of a vassal config the emperor reads (a pushed config may not be larger either).
+pub const MAX_CONFIG: usize = 64 * 1024;
+
+/// Why a vassal config could not be read.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// `stat` or `open` failed (missing, permissions, symlink loop).
+    Open(io::Error),
+    /// It (or what its symlink points to) is not a regular file; what it is.
+    NotRegular(&'static str),
+    /// `fstat` or `read` failed.
+    Read(io::Error),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Open(e) | ConfigError::Read(e) => write!(f, "cannot read it: {e}"),
+            ConfigError::NotRegular(what) => write!(
+                f,
+                "it is {what}, not a regular file: the emperor reads vassal configs only from \
+                 regular files (replace it, or what its symlink points to, with one)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a file type is, for messages.
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens a vassal config for reading without ever blocking on it: `stat` first (a FIFO or a
+/// device is never opened), then `open` with `O_NONBLOCK | O_NOCTTY | O_CLOEXEC`, then `fstat`
+/// of the descriptor (the file may have been swapped in between): regular files only.
+pub fn open_config(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), ConfigError> {
+    let m = std::fs::metadata(path).map_err(ConfigError::Open)?;
+    if !m.file_type().is_file() {
+        return Err(ConfigError::NotRegular(kind_of(m.file_type())));
+    }
+    let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
-        .map(drop)
-        .map_err(|e| format!("cannot read it: {e}"))
+        .map_err(ConfigError::Open)?;
+    let m = f.metadata().map_err(ConfigError::Read)?;
+    if !m.file_type().is_file() {
+        return Err(ConfigError::NotRegular(kind_of(m.file_type())));
+    }
+    Ok((f, m))
+}
+
+/// The first [`MAX_CONFIG`] bytes of a vassal config (opened with [`open_config`]), and
+/// whether the file is longer than that.
+pub fn read_config_head(path: &Path) -> Result<(Vec<u8>, bool), ConfigError> {
+    use std::io::Read;
+    let (f, m) = open_config(path)?;
+    let mut buf = Vec::with_capacity(m.size().min(MAX_CONFIG as u64 + 1) as usize);
+    f.take(MAX_CONFIG as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(ConfigError::Read)?;
+    let longer = buf.len() > MAX_CONFIG;
+    buf.truncate(MAX_CONFIG);
+    Ok((buf, longer))
 }
 
 /// The deepest directory of `pattern` without glob metacharacters.
