@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info, trace, warn};
 
 use crate::core::{Entry, FileStamp};
-use crate::sanitize::esc;
+use crate::sanitize::{esc, esc_path, has_control};
 
 /// The config extensions uWSGI recognises, and the flag each one gets.
 pub const EXTENSIONS: [(&str, &str); 6] = [
@@ -246,16 +246,16 @@ impl Scanner {
             return true;
         }
         let Some(last) = self.dir_stamp else {
-            debug!(monitor = %self.spec.arg, "safety pass: full rescan of {} (its stamp at the last full scan was too recent to trust)", dir.display());
+            debug!(monitor = %esc(&self.spec.arg), "safety pass: full rescan of {} (its stamp at the last full scan was too recent to trust)", esc_path(dir));
             return true;
         };
         match dir_stamp(dir) {
             Ok((now, _)) if now == last => {
-                trace!(monitor = %self.spec.arg, "safety pass: {} unchanged, no rescan", dir.display());
+                trace!(monitor = %esc(&self.spec.arg), "safety pass: {} unchanged, no rescan", esc_path(dir));
                 false
             }
             _ => {
-                debug!(monitor = %self.spec.arg, "safety pass: full rescan of {} (it changed since the last full scan)", dir.display());
+                debug!(monitor = %esc(&self.spec.arg), "safety pass: full rescan of {} (it changed since the last full scan)", esc_path(dir));
                 true
             }
         }
@@ -288,14 +288,14 @@ impl Scanner {
         if self.inotify_complete != Some(complete) {
             match kind {
                 Ok(()) => info!(
-                    monitor = %self.spec.arg,
+                    monitor = %esc(&self.spec.arg),
                     "monitor {}: local filesystem, inotify sees every change: the periodic safety pass only stats the directory",
-                    dir.display()
+                    esc_path(dir)
                 ),
                 Err(fs) => info!(
-                    monitor = %self.spec.arg,
+                    monitor = %esc(&self.spec.arg),
                     "monitor {}: {fs} filesystem, inotify may miss changes made elsewhere: full rescan every --emperor-freq",
-                    dir.display()
+                    esc_path(dir)
                 ),
             }
             self.inotify_complete = Some(complete);
@@ -385,14 +385,14 @@ impl Scanner {
         let rd = match std::fs::read_dir(dir) {
             Ok(rd) => {
                 if self.listing_error.take().is_some() {
-                    info!(monitor = %self.spec.arg, "monitor directory {} is back", dir.display());
+                    info!(monitor = %esc(&self.spec.arg), "monitor directory {} is back", esc_path(dir));
                 }
                 rd
             }
             Err(e) => {
                 let msg = e.to_string();
                 if self.listing_error.as_deref() != Some(msg.as_str()) {
-                    warn!(monitor = %self.spec.arg, "cannot read monitor directory {}: {msg}", dir.display());
+                    warn!(monitor = %esc(&self.spec.arg), "cannot read monitor directory {}: {msg}", esc_path(dir));
                     self.listing_error = Some(msg);
                 }
                 // A missing directory holds no configs: its vassals stop, and come back with
@@ -423,8 +423,9 @@ impl Scanner {
         self.full_scans += 1;
         if self.inotify_complete.is_none() {
             info!(
-                monitor = %self.spec.arg,
-                "monitor {pattern}: glob, inotify sees only the directories of its matches: full rescan every --emperor-freq"
+                monitor = %esc(&self.spec.arg),
+                "monitor {}: glob, inotify sees only the directories of its matches: full rescan every --emperor-freq",
+                esc(pattern)
             );
             self.inotify_complete = Some(false);
         }
@@ -435,7 +436,7 @@ impl Scanner {
             Err(e) => {
                 let msg = format!("invalid glob pattern: {e}");
                 if self.listing_error.as_deref() != Some(msg.as_str()) {
-                    warn!(monitor = %self.spec.arg, "{msg}");
+                    warn!(monitor = %esc(&self.spec.arg), "{}", esc(&msg));
                     self.listing_error = Some(msg);
                 }
                 return out;
@@ -475,11 +476,20 @@ impl Scanner {
 
     /// Validates one candidate; logs (once) and returns `None` when it is skipped.
     fn check(&mut self, name: &str, path: &Path) -> Option<Entry> {
+        if has_control(name) {
+            // A name with a newline or an escape sequence would forge or garble every log
+            // line, status table and argv it appears in: refused (and shown escaped).
+            self.skip(
+                name,
+                "its name contains control characters (shown escaped here): rename it".into(),
+            );
+            return None;
+        }
         if config_flag(name, &self.extra).is_none() {
             if self.reported.get(name) != Some(&self.bad_name) {
                 // Other files next to configs (apps, READMEs) are normal: info, not a warning.
                 let reason = &self.bad_name;
-                info!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
+                info!(monitor = %esc(&self.spec.arg), file = %esc(name), "skipping {}: {reason}", esc(name));
                 self.reported.insert(name.to_string(), reason.clone());
             }
             return None;
@@ -521,7 +531,7 @@ impl Scanner {
                 let v = readable(path).map(|size| {
                     if size > MAX_CONFIG as u64 && name.ends_with(".ini") {
                         warn!(
-                            monitor = %self.spec.arg,
+                            monitor = %esc(&self.spec.arg),
                             file = %esc(name),
                             "{}: {size} bytes: only its first {} KiB are searched for a [vassal-shim] \
                              section (the emperor reads no more of a config); keep vassal configs small",
@@ -545,7 +555,7 @@ impl Scanner {
             return None;
         }
         if self.reported.remove(name).is_some() {
-            info!(monitor = %self.spec.arg, "{name} is now a valid vassal config");
+            info!(monitor = %esc(&self.spec.arg), "{} is now a valid vassal config", esc(name));
         }
         let owner = match self.owner_nofollow {
             true => std::fs::symlink_metadata(path)
@@ -569,7 +579,7 @@ impl Scanner {
 
     fn skip(&mut self, name: &str, reason: String) {
         if self.reported.get(name) != Some(&reason) {
-            warn!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
+            warn!(monitor = %esc(&self.spec.arg), file = %esc(name), "skipping {}: {}", esc(name), esc(&reason));
             self.reported.insert(name.to_string(), reason);
         }
     }

@@ -32,6 +32,11 @@ fn needs_escape(c: char) -> bool {
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// True when `s` has a character [`esc`] would escape.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(needs_escape)
+}
+
 fn write_escaped(s: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let mut rest = s;
     while let Some((at, c)) = rest.char_indices().find(|&(_, c)| needs_escape(c)) {
@@ -88,5 +93,6 @@ mod tests {
             "/v/x\\ny.ini"
         );
         assert_eq!(format!("{:?}", esc("a\nb")), "a\\nb");
+        assert!(has_control("a\nb.ini") && has_control("\u{202e}x") && !has_control("é.ini"));
     }
 }

@@ -153,3 +153,42 @@ fn a_nofollow_link_to_dev_zero_is_skipped() {
         "the emperor's peak memory grew from {before} KiB to {after} KiB"
     );
 }
+
+#[test]
+fn control_characters_in_file_names_cannot_forge_log_lines() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
+    let (mut emp, stats_path) = start(work.path(), &dir, &[]);
+    good_vassal_ready(&mut emp, &stats_path);
+    // `touch $'a\nb.ini'`, with a plausible forged line after the newline, and a terminal
+    // escape sequence.
+    let evil = "a\n2026-01-01T00:00:00.000000Z  INFO FORGED vassal line.ini";
+    std::fs::write(dir.join(evil), "[uwsgi]\n").unwrap();
+    std::fs::write(dir.join("b\x1b[2Jc.ini"), "[uwsgi]\n").unwrap();
+    let line = emp.wait_for_line("INFO FORGED vassal line.ini: its name contains control", T);
+    assert!(
+        line.contains("skipping a\\n2026-01-01T00:00:00.000000Z"),
+        "{line}"
+    );
+    assert!(line.contains("rename it"), "{line}");
+    let line = emp.wait_for_line("skipping b\\u{1b}[2Jc.ini", T);
+    assert!(
+        line.contains("its name contains control characters"),
+        "{line}"
+    );
+    // SIGWINCH: a full rescan (no line repeats: one line per skipped file).
+    emp.signal(libc::SIGWINCH);
+    still_responsive(&mut emp, &stats_path);
+    let out = emp.output();
+    for l in out.lines() {
+        assert!(!l.starts_with("FORGED"), "forged line: {l:?}\n{out}");
+        assert!(!l.starts_with("2026-01-01T"), "forged line: {l:?}\n{out}");
+        assert!(!l.contains('\x1b'), "raw escape sequence: {l:?}\n{out}");
+    }
+    let doc = stats(&stats_path);
+    assert!(vassal(&doc, evil).is_none(), "{doc:#}");
+    assert_eq!(out.matches("skipping b\\u{1b}[2Jc.ini").count(), 1, "{out}");
+}
