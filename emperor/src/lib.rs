@@ -19,6 +19,7 @@
 //!   `emperor ctl` front (the lifecycle rules for them, and broodlord, are in [`core`]).
 //! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
 //! * [`process`]: the emperor process itself (`daemonize`, `logto`, `pidfile`, `uid`/`gid`).
+//! * [`sanitize`]: control characters of outside strings escaped before they are logged.
 
 pub mod command;
 pub mod core;
@@ -31,6 +32,7 @@ pub mod ondemand;
 pub mod options;
 pub mod process;
 pub mod runtime;
+pub mod sanitize;
 pub mod shim;
 pub mod spawn;
 pub mod stats;

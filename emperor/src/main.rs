@@ -19,6 +19,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if opts.all_monitors().is_empty() {
+        // A usage error like any other: clap's format and exit status (2).
+        emperor::options::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no monitor given: pass a vassal directory or glob (e.g. `emperor /etc/uwsgi/vassals`), \
+                 or an `emperor = DIR` key in the --ini file",
+            )
+            .exit();
+    }
     // Everything that can be refused is refused here, on the terminal, before detaching.
     let identity = match Identity::resolve(&opts).and_then(|id| {
         if let Some(id) = &id {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info, trace, warn};
 
 use crate::core::{Entry, FileStamp};
+use crate::sanitize::{esc, esc_path, has_control};
 
 /// The config extensions uWSGI recognises, and the flag each one gets.
 pub const EXTENSIONS: [(&str, &str); 6] = [
@@ -245,16 +246,16 @@ impl Scanner {
             return true;
         }
         let Some(last) = self.dir_stamp else {
-            debug!(monitor = %self.spec.arg, "safety pass: full rescan of {} (its stamp at the last full scan was too recent to trust)", dir.display());
+            debug!(monitor = %esc(&self.spec.arg), "safety pass: full rescan of {} (its stamp at the last full scan was too recent to trust)", esc_path(dir));
             return true;
         };
         match dir_stamp(dir) {
             Ok((now, _)) if now == last => {
-                trace!(monitor = %self.spec.arg, "safety pass: {} unchanged, no rescan", dir.display());
+                trace!(monitor = %esc(&self.spec.arg), "safety pass: {} unchanged, no rescan", esc_path(dir));
                 false
             }
             _ => {
-                debug!(monitor = %self.spec.arg, "safety pass: full rescan of {} (it changed since the last full scan)", dir.display());
+                debug!(monitor = %esc(&self.spec.arg), "safety pass: full rescan of {} (it changed since the last full scan)", esc_path(dir));
                 true
             }
         }
@@ -287,14 +288,14 @@ impl Scanner {
         if self.inotify_complete != Some(complete) {
             match kind {
                 Ok(()) => info!(
-                    monitor = %self.spec.arg,
+                    monitor = %esc(&self.spec.arg),
                     "monitor {}: local filesystem, inotify sees every change: the periodic safety pass only stats the directory",
-                    dir.display()
+                    esc_path(dir)
                 ),
                 Err(fs) => info!(
-                    monitor = %self.spec.arg,
+                    monitor = %esc(&self.spec.arg),
                     "monitor {}: {fs} filesystem, inotify may miss changes made elsewhere: full rescan every --emperor-freq",
-                    dir.display()
+                    esc_path(dir)
                 ),
             }
             self.inotify_complete = Some(complete);
@@ -384,14 +385,14 @@ impl Scanner {
         let rd = match std::fs::read_dir(dir) {
             Ok(rd) => {
                 if self.listing_error.take().is_some() {
-                    info!(monitor = %self.spec.arg, "monitor directory {} is back", dir.display());
+                    info!(monitor = %esc(&self.spec.arg), "monitor directory {} is back", esc_path(dir));
                 }
                 rd
             }
             Err(e) => {
                 let msg = e.to_string();
                 if self.listing_error.as_deref() != Some(msg.as_str()) {
-                    warn!(monitor = %self.spec.arg, "cannot read monitor directory {}: {msg}", dir.display());
+                    warn!(monitor = %esc(&self.spec.arg), "cannot read monitor directory {}: {msg}", esc_path(dir));
                     self.listing_error = Some(msg);
                 }
                 // A missing directory holds no configs: its vassals stop, and come back with
@@ -422,8 +423,9 @@ impl Scanner {
         self.full_scans += 1;
         if self.inotify_complete.is_none() {
             info!(
-                monitor = %self.spec.arg,
-                "monitor {pattern}: glob, inotify sees only the directories of its matches: full rescan every --emperor-freq"
+                monitor = %esc(&self.spec.arg),
+                "monitor {}: glob, inotify sees only the directories of its matches: full rescan every --emperor-freq",
+                esc(pattern)
             );
             self.inotify_complete = Some(false);
         }
@@ -434,7 +436,7 @@ impl Scanner {
             Err(e) => {
                 let msg = format!("invalid glob pattern: {e}");
                 if self.listing_error.as_deref() != Some(msg.as_str()) {
-                    warn!(monitor = %self.spec.arg, "{msg}");
+                    warn!(monitor = %esc(&self.spec.arg), "{}", esc(&msg));
                     self.listing_error = Some(msg);
                 }
                 return out;
@@ -474,11 +476,20 @@ impl Scanner {
 
     /// Validates one candidate; logs (once) and returns `None` when it is skipped.
     fn check(&mut self, name: &str, path: &Path) -> Option<Entry> {
+        if has_control(name) {
+            // A name with a newline or an escape sequence would forge or garble every log
+            // line, status table and argv it appears in: refused (and shown escaped).
+            self.skip(
+                name,
+                "its name contains control characters (shown escaped here): rename it".into(),
+            );
+            return None;
+        }
         if config_flag(name, &self.extra).is_none() {
             if self.reported.get(name) != Some(&self.bad_name) {
                 // Other files next to configs (apps, READMEs) are normal: info, not a warning.
                 let reason = &self.bad_name;
-                info!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
+                info!(monitor = %esc(&self.spec.arg), file = %esc(name), "skipping {}: {reason}", esc(name));
                 self.reported.insert(name.to_string(), reason.clone());
             }
             return None;
@@ -510,14 +521,25 @@ impl Scanner {
         };
         let ft = meta.file_type();
         if !(ft.is_file() || (self.nofollow && ft.is_symlink())) {
-            self.skip(name, "not a regular file".into());
+            self.skip(name, ConfigError::NotRegular(kind_of(ft)).to_string());
             return None;
         }
         let stamp = stamp_of(&meta);
         let verdict = match self.known.get(name) {
             Some(k) if k.stamp == stamp => k.verdict.clone(),
             _ => {
-                let v = readable(path);
+                let v = readable(path).map(|size| {
+                    if size > MAX_CONFIG as u64 && name.ends_with(".ini") {
+                        warn!(
+                            monitor = %esc(&self.spec.arg),
+                            file = %esc(name),
+                            "{}: {size} bytes: only its first {} KiB are searched for a [vassal-shim] \
+                             section (the emperor reads no more of a config); keep vassal configs small",
+                            esc(name),
+                            MAX_CONFIG / 1024
+                        );
+                    }
+                });
                 self.known.insert(
                     name.to_string(),
                     Known {
@@ -533,7 +555,7 @@ impl Scanner {
             return None;
         }
         if self.reported.remove(name).is_some() {
-            info!(monitor = %self.spec.arg, "{name} is now a valid vassal config");
+            info!(monitor = %esc(&self.spec.arg), "{} is now a valid vassal config", esc(name));
         }
         let owner = match self.owner_nofollow {
             true => std::fs::symlink_metadata(path)
@@ -557,19 +579,100 @@ impl Scanner {
 
     fn skip(&mut self, name: &str, reason: String) {
         if self.reported.get(name) != Some(&reason) {
-            warn!(monitor = %self.spec.arg, file = %name, "skipping {name}: {reason}");
+            warn!(monitor = %esc(&self.spec.arg), file = %esc(name), "skipping {}: {}", esc(name), esc(&reason));
             self.reported.insert(name.to_string(), reason);
         }
     }
 }
 
-fn readable(path: &Path) -> Result<(), String> {
-    std::fs::OpenOptions::new()
+/// Whether `path` can be read as a config; its size when it can.
+fn readable(path: &Path) -> Result<u64, String> {
+    open_config(path)
+        .map(|(_, m)| m.size())
+        .map_err(|e| e.to_string())
+}
+
+/// Most bytes of a vassal config the emperor reads (a pushed config may not be larger either).
+pub const MAX_CONFIG: usize = 64 * 1024;
+
+/// Why a vassal config could not be read.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// `stat` or `open` failed (missing, permissions, symlink loop).
+    Open(io::Error),
+    /// It (or what its symlink points to) is not a regular file; what it is.
+    NotRegular(&'static str),
+    /// `fstat` or `read` failed.
+    Read(io::Error),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Open(e) | ConfigError::Read(e) => write!(f, "cannot read it: {e}"),
+            ConfigError::NotRegular(what) => write!(
+                f,
+                "it is {what}, not a regular file: the emperor reads vassal configs only from \
+                 regular files (replace it, or what its symlink points to, with one)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a file type is, for messages.
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens a vassal config for reading without ever blocking on it: `stat` first (a FIFO or a
+/// device is never opened), then `open` with `O_NONBLOCK | O_NOCTTY | O_CLOEXEC`, then `fstat`
+/// of the descriptor (the file may have been swapped in between): regular files only.
+pub fn open_config(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), ConfigError> {
+    let m = std::fs::metadata(path).map_err(ConfigError::Open)?;
+    if !m.file_type().is_file() {
+        return Err(ConfigError::NotRegular(kind_of(m.file_type())));
+    }
+    let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
-        .map(drop)
-        .map_err(|e| format!("cannot read it: {e}"))
+        .map_err(ConfigError::Open)?;
+    let m = f.metadata().map_err(ConfigError::Read)?;
+    if !m.file_type().is_file() {
+        return Err(ConfigError::NotRegular(kind_of(m.file_type())));
+    }
+    Ok((f, m))
+}
+
+/// The first [`MAX_CONFIG`] bytes of a vassal config (opened with [`open_config`]), and
+/// whether the file is longer than that.
+pub fn read_config_head(path: &Path) -> Result<(Vec<u8>, bool), ConfigError> {
+    use std::io::Read;
+    let (f, m) = open_config(path)?;
+    let mut buf = Vec::with_capacity(m.size().min(MAX_CONFIG as u64 + 1) as usize);
+    f.take(MAX_CONFIG as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(ConfigError::Read)?;
+    let longer = buf.len() > MAX_CONFIG;
+    buf.truncate(MAX_CONFIG);
+    Ok((buf, longer))
 }
 
 /// The deepest directory of `pattern` without glob metacharacters.

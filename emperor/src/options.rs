@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
+use crate::sanitize::{esc, esc_path};
+
 /// A drop-in replacement for `uwsgi --emperor`: supervises uWSGI vassals described by config
 /// files in directories or glob patterns.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
@@ -422,6 +424,69 @@ pub const IGNORED_KEYS: &[&str] = &[
     "disable-logging",
 ];
 
+/// The [`IGNORED_KEYS`] that uWSGI takes without a value (`--master`, `--die-on-term`): on the
+/// command line they take an optional `=VALUE`, the others one value (`--workers 2`).
+const IGNORED_FLAGS: &[&str] = &[
+    "master",
+    "enable-threads",
+    "thunder-lock",
+    "autoload",
+    "no-orphans",
+    "vacuum",
+    "die-on-term",
+    "chmod-socket",
+    "lazy",
+    "lazy-apps",
+    "harakiri-verbose",
+    "single-interpreter",
+    "need-app",
+    "memory-report",
+    "manage-script-name",
+    "disable-logging",
+];
+
+/// The clap id of the hidden command-line option of an ignored key.
+fn ignored_id(key: &str) -> String {
+    format!("ignored:{key}")
+}
+
+/// The full command line: the options of [`Options`], plus every [`IGNORED_KEYS`] key as a
+/// hidden option (accepted, warned about, ignored), so a key an ini file accepts is accepted
+/// on the command line too (Debian's init script passes `--die-on-term`).
+pub fn command() -> clap::Command {
+    let mut cmd = Options::command();
+    for &key in IGNORED_KEYS {
+        let arg = clap::Arg::new(ignored_id(key))
+            .long(key)
+            .hide(true)
+            .action(ArgAction::Append);
+        let arg = if IGNORED_FLAGS.contains(&key) {
+            arg.num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true")
+        } else {
+            arg.num_args(1)
+        };
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+/// Notes for the ignored keys given on the command line (in [`IGNORED_KEYS`] order).
+fn command_line_notes(matches: &clap::ArgMatches) -> Vec<IniNote> {
+    IGNORED_KEYS
+        .iter()
+        .filter(|key| {
+            matches.value_source(&ignored_id(key)) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(|key| IniNote {
+            path: PathBuf::new(),
+            key: key.to_string(),
+            kind: IniNoteKind::IgnoredOption,
+        })
+        .collect()
+}
+
 /// Something worth logging about an ini file, found while reading it (before logging exists).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IniNote {
@@ -440,12 +505,18 @@ pub enum IniNoteKind {
     Ignored,
     /// Any other key: kept as a `%(key)` placeholder.
     Placeholder,
+    /// A uWSGI master/worker key given on the command line (`--die-on-term`); `path` is empty.
+    IgnoredOption,
 }
 
 impl std::fmt::Display for IniNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (p, k) = (self.path.display(), &self.key);
+        let (p, k) = (esc_path(&self.path), esc(&self.key));
         match self.kind {
+            IniNoteKind::IgnoredOption => write!(
+                f,
+                "command line: `--{k}` only configures a uWSGI master or its workers and has no meaning for the emperor; ignored"
+            ),
             IniNoteKind::Ignored => write!(f, "{p}: `{k}` has no meaning for the emperor; ignored"),
             IniNoteKind::Placeholder => write!(
                 f,
@@ -474,7 +545,12 @@ impl std::fmt::Display for OptionsError {
         match self {
             OptionsError::Clap(e) => write!(f, "{e}"),
             OptionsError::Ini { path, message } => {
-                write!(f, "cannot use ini file {}: {message}", path.display())
+                write!(
+                    f,
+                    "cannot use ini file {}: {}",
+                    esc_path(path),
+                    esc(message)
+                )
             }
         }
     }
@@ -490,8 +566,12 @@ impl Options {
         T: Into<OsString> + Clone,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let first = Options::try_parse_from(&args).map_err(OptionsError::Clap)?;
+        let matches = command()
+            .try_get_matches_from(&args)
+            .map_err(OptionsError::Clap)?;
+        let mut first = Options::from_arg_matches(&matches).map_err(OptionsError::Clap)?;
         if first.ini.is_empty() {
+            first.ini_notes = command_line_notes(&matches);
             return Ok(first.finish());
         }
         let ini = read_ini_files(&first.ini)?;
@@ -499,12 +579,12 @@ impl Options {
             vec![args.first().cloned().unwrap_or_else(|| "emperor".into())];
         merged.extend(ini.args);
         merged.extend(args.iter().skip(1).cloned());
-        let cmd = Options::command();
-        let matches = cmd
+        let matches = command()
             .try_get_matches_from(merged)
             .map_err(OptionsError::Clap)?;
         let mut opts = Options::from_arg_matches(&matches).map_err(OptionsError::Clap)?;
         opts.ini_notes = ini.notes;
+        opts.ini_notes.extend(command_line_notes(&matches));
         Ok(opts.finish())
     }
 
@@ -554,6 +634,7 @@ pub fn read_ini_files(files: &[PathBuf]) -> Result<IniArgs, OptionsError> {
         let arg = cmd.get_arguments().find(|a| {
             a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key))
         });
+        let arg = arg.filter(|_| !IGNORED_KEYS.contains(&key));
         let Some(arg) = arg else {
             let kind = if IGNORED_KEYS.contains(&key) {
                 IniNoteKind::Ignored
@@ -950,8 +1031,10 @@ mod tests {
         // On the command line, an unknown option is still refused.
         let e = Options::parse_from_args(["emperor", "--bogus-key", "1", "/x"]).unwrap_err();
         assert!(e.to_string().contains("--bogus-key"), "{e}");
-        let e = Options::parse_from_args(["emperor", "--workers", "2", "/x"]).unwrap_err();
-        assert!(e.to_string().contains("--workers"), "{e}");
+        // A master/worker key is accepted there too, with the same warning.
+        let o = Options::parse_from_args(["emperor", "--workers", "2", "/x"]).unwrap();
+        assert_eq!(o.all_monitors(), vec!["/x"]);
+        assert_eq!(o.ini_notes[0].kind, IniNoteKind::IgnoredOption);
     }
 
     #[test]

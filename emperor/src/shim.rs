@@ -4,9 +4,11 @@
 //! plain programs, and only the uWSGI ones need uWSGI installed.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use crate::monitor::{read_config_head, ConfigError};
+use crate::sanitize::esc_path;
 use crate::spawn::{resolve, Exec};
 
 /// The shim's binary name.
@@ -28,14 +30,24 @@ pub fn has_shim_section<R: BufRead>(r: R) -> bool {
 
 /// True when the vassal file at `path` (named `name`) is an ini file with a shim section.
 pub fn is_shim_vassal(name: &str, path: &Path) -> bool {
+    shim_section(name, path).unwrap_or(false)
+}
+
+/// Whether the vassal file at `path` (named `name`) is an ini file with a shim section in its
+/// first [`MAX_CONFIG`](crate::monitor::MAX_CONFIG) bytes. Read without blocking and bounded ([`read_config_head`]); a file
+/// that is not a regular file is an error saying so (a FIFO or a device put behind a config
+/// must not freeze the emperor), one that cannot be read is left to uWSGI to report.
+pub fn shim_section(name: &str, path: &Path) -> Result<bool, String> {
     // A zerg (`app.ini:zerg`) is a shim vassal when its base file is.
     let base = name.split_once(':').map_or(name, |(b, _)| b);
     if !base.ends_with(".ini") {
-        return false;
+        return Ok(false);
     }
-    std::fs::File::open(path)
-        .map(|f| has_shim_section(BufReader::new(f)))
-        .unwrap_or(false)
+    match read_config_head(path) {
+        Ok((head, _)) => Ok(has_shim_section(&head[..])),
+        Err(e @ ConfigError::NotRegular(_)) => Err(format!("{}: {e}", esc_path(path))),
+        Err(_) => Ok(false),
+    }
 }
 
 /// The shim binary: beside `exe` (the emperor's own binary), else on `path`.
@@ -76,8 +88,13 @@ pub fn plan_for(
     path: Option<&OsStr>,
     cwd: &Path,
 ) -> Option<Result<Exec, String>> {
-    if pushed || !is_shim_vassal(name, Path::new(key)) {
+    if pushed {
         return None;
+    }
+    match shim_section(name, Path::new(key)) {
+        Ok(false) => return None,
+        Ok(true) => {}
+        Err(e) => return Some(Err(e)),
     }
     Some(match find_shim(exe, path, cwd) {
         Some(shim) => {
@@ -91,6 +108,7 @@ pub fn plan_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::monitor::MAX_CONFIG;
 
     #[test]
     fn section_detection() {
@@ -112,6 +130,74 @@ mod tests {
         assert!(is_shim_vassal("a.ini", &p));
         assert!(is_shim_vassal("a.ini:zerg", &p));
         assert!(!is_shim_vassal("b.ini", &d.path().join("b.ini")));
+    }
+
+    /// Runs `f` on another thread and fails (instead of hanging) if it blocks.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading the config blocked")
+    }
+
+    #[test]
+    fn a_fifo_or_device_behind_a_config_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = d.path().join("x.ini");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let l = link.clone();
+        let r = within_10s(move || {
+            plan_for(
+                "x.ini",
+                l.to_str().unwrap(),
+                false,
+                None,
+                None,
+                Path::new("/"),
+            )
+        });
+        let e = r.unwrap().unwrap_err();
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        assert!(e.contains("x.ini"), "{e}");
+        let zero = d.path().join("zero.ini");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = within_10s(move || shim_section("zero.ini", &zero)).unwrap_err();
+        assert!(e.contains("a character device"), "{e}");
+        // A directory named like a config, too.
+        std::fs::create_dir(d.path().join("dir.ini")).unwrap();
+        assert!(shim_section("dir.ini", &d.path().join("dir.ini"))
+            .unwrap_err()
+            .contains("a directory"));
+    }
+
+    #[test]
+    fn a_huge_config_is_read_only_up_to_the_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.ini");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let (head, longer) = read_config_head(&p).unwrap();
+        assert_eq!((head.len(), longer), (MAX_CONFIG, true));
+        assert_eq!(head.capacity(), MAX_CONFIG + 1);
+        assert_eq!(shim_section("big.ini", &p), Ok(false));
+        // A shim section within the limit is found; one after it is not.
+        let mut text = b"[vassal-shim]\nexec = sleep 1\n".to_vec();
+        text.resize(MAX_CONFIG * 2, b'#');
+        std::fs::write(&p, &text).unwrap();
+        assert_eq!(shim_section("big.ini", &p), Ok(true));
+        let mut text = vec![b'#'; MAX_CONFIG];
+        text.extend_from_slice(b"\n[vassal-shim]\n");
+        std::fs::write(&p, &text).unwrap();
+        assert_eq!(shim_section("big.ini", &p), Ok(false));
+        // Missing: uWSGI reports it.
+        assert_eq!(
+            shim_section("nope.ini", &d.path().join("nope.ini")),
+            Ok(false)
+        );
     }
 
     #[test]
