@@ -20,6 +20,7 @@
 //! * [`options`]: the command line and `--ini` `[uwsgi]` section, with uWSGI's option names.
 //! * [`process`]: the emperor process itself (`daemonize`, `logto`, `pidfile`, `uid`/`gid`).
 
+pub mod cgroup;
 pub mod command;
 pub mod core;
 pub mod ctl;

@@ -308,6 +308,7 @@ pub struct Spawner {
 const STAGE_CHDIR: i32 = 1;
 const STAGE_EXEC: i32 = 2;
 const STAGE_FILES: i32 = 3;
+const STAGE_CGROUP: i32 = 4;
 
 impl Spawner {
     /// A spawner (opens `/dev/null` and three low descriptors on it, all CLOEXEC).
@@ -443,6 +444,7 @@ impl Spawner {
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
+        let cg_fd = setup.cgroup_procs.unwrap_or(-1);
         let parent = std::process::id() as libc::pid_t;
         let new_pid = setup.clone_flags & libc::CLONE_NEWPID != 0;
         let old_ref = &old;
@@ -452,7 +454,18 @@ impl Spawner {
             // SAFETY: every call below is a raw, async-signal-safe syscall wrapper on valid
             // pointers (C strings and arrays built above, alive until the parent resumes).
             unsafe {
-                // First, before any descriptor is touched: a private fd table holding only
+                // First, before anything can fork: join the vassal's cgroup (writing "0" to
+                // its cgroup.procs moves the writer), while the fd table is still the
+                // emperor's and the credentials still allow it.
+                if cg_fd >= 0 && libc::write(cg_fd, c"0".as_ptr().cast(), 1) != 1 {
+                    err_no.store(*libc::__errno_location(), Ordering::SeqCst);
+                    err_stage.store(STAGE_CGROUP, Ordering::SeqCst);
+                    libc::_exit(127);
+                }
+                // Its own session and process group: what it leaves behind can be found (and
+                // killed) by group, and a terminal's Ctrl-C reaches only the emperor.
+                libc::setsid();
+                // Then, before any descriptor is touched: a private fd table holding only
                 // the descriptors below `keep` (CLOSE_RANGE_UNSHARE, Linux 5.9); the shared one
                 // (CLONE_FILES) is the emperor's. Older kernels: a full private copy.
                 if libc::syscall(
@@ -553,6 +566,12 @@ impl Spawner {
                 return Err(SpawnError::Io(io::Error::new(
                     err.kind(),
                     crate::isolation::describe(stage, errno, setup),
+                )));
+            }
+            if stage == STAGE_CGROUP {
+                return Err(SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    format!("cannot join the vassal's cgroup: {err}; pass --emperor-process-tree=pgroup if cgroups cannot be used here"),
                 )));
             }
             if stage == STAGE_FILES {
