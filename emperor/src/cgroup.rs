@@ -536,7 +536,62 @@ impl Cgroups {
             cg.undo();
             return Err(e);
         }
+        if cg.created_base {
+            cg.remove_stale();
+        }
         Ok(cg)
+    }
+
+    /// `emperor.PID` siblings left by emperors that died without cleaning up (SIGKILL): what is
+    /// still in them is killed and they are removed. One whose pid still exists is left alone.
+    fn remove_stale(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.original) else {
+            return;
+        };
+        for e in rd.flatten().take(4096) {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("emperor."))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let dir = e.path();
+            if dir == self.base || !dir.join("emperor").is_dir() {
+                continue;
+            }
+            // A process with that pid may be an emperor still setting up its cgroups: left
+            // alone (a reused pid only delays the removal to a later start).
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let vassals = dir.join("vassals");
+            if vassals.is_dir() {
+                self.kill(&vassals);
+            }
+            self.kill(&dir.join("emperor"));
+            // Bounded: what does not empty at once is left for a later start.
+            let mut removed = remove_tree(&dir, 0).is_ok();
+            for _ in 0..100 {
+                if removed {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                removed = remove_tree(&dir, 0).is_ok();
+            }
+            if removed {
+                info!(
+                    "removed cgroup {} left by an emperor that is gone (pid {pid})",
+                    dir.display()
+                );
+            } else {
+                warn!(
+                    "cannot remove cgroup {} left by an emperor that is gone (pid {pid})",
+                    dir.display()
+                );
+            }
+        }
     }
 
     fn build(&mut self) -> Result<(), CgroupError> {

@@ -7,8 +7,9 @@
 //! private fd table holding only the emperor's lowest descriptors (0–2, the first few, and three
 //! slots pointed at the child's channel, config socket and stdin), so neither the clone nor the
 //! exec does work per descriptor of the emperor (one channel per vassal). Between clone and exec
-//! it only makes raw syscalls (signal dispositions, mask, `prctl(PR_SET_PDEATHSIG)`, `dup2`,
-//! `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and reports an exec failure through
+//! it only makes raw syscalls (`write` to join its cgroup, `setsid`, signal dispositions, mask,
+//! `prctl(PR_SET_PDEATHSIG)`, `dup2`, `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and
+//! reports an exec failure through
 //! shared memory, so a missing binary is an error of the spawn call, not a mysterious exit
 //! status.
 

@@ -267,3 +267,28 @@ fn where_cgroups_are_unusable_auto_falls_back_and_cgroup_is_refused() {
     let line = emperor.wait_for_line("process tree:", T);
     assert!(line.contains("process tree: pgroup"), "{line}");
 }
+
+#[test]
+fn cgroups_of_a_sigkilled_emperor_are_cleaned_up_by_the_next_one() {
+    let Some(mount) = cgroup_mount() else { return };
+    let mut s = start("cgroup", 50, 5);
+    let base = stats(&s.stats)["process_tree"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("cgroup2:")
+        .unwrap()
+        .to_string();
+    let pid = s.emperor.pid() as i32;
+    signal(pid, libc::SIGKILL);
+    s.emperor.wait_exit(T);
+    // Its vassal dies with it (PDEATHSIG); what the vassal forked is left in its cgroup.
+    assert!(dir_of(&mount, &base).exists());
+    assert!(!tree(&s.tag).is_empty());
+    let d = tempfile::tempdir().unwrap();
+    let (mut next, _) = start_emperor(d.path(), d.path(), &["--emperor-process-tree=cgroup"]);
+    next.wait_for_line(&format!("left by an emperor that is gone (pid {pid})"), T);
+    assert!(!dir_of(&mount, &base).exists(), "{base} is left");
+    wait_tree(&mut next, &s.tag, 0, "after the next emperor started");
+    next.signal(libc::SIGTERM);
+    assert!(next.wait_exit(T).success());
+}
