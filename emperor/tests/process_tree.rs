@@ -292,3 +292,64 @@ fn cgroups_of_a_sigkilled_emperor_are_cleaned_up_by_the_next_one() {
     next.signal(libc::SIGTERM);
     assert!(next.wait_exit(T).success());
 }
+
+/// A plain program as the vassal (through `--emperor-wrapper`): its first run forks `n`
+/// background children and exits 1; later runs wait for the emperor's stop byte and exit 0.
+fn write_exiting_wrapper(work: &Path, tag: &str, n: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let w = work.join("wrapper.sh");
+    std::fs::write(
+        &w,
+        format!(
+            "#!/bin/sh\nif [ ! -e {once} ]; then\n  : > {once}\n  \
+             i=0; while [ $i -lt {n} ]; do sleep 9999.{tag} & i=$((i+1)); done\n  exit 1\nfi\n\
+             eval \"head -c 1 <&$UWSGI_EMPEROR_FD\" > /dev/null\nexit 0\n",
+            once = work.join("once").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    w
+}
+
+/// The issue's case: a vassal forks many children and exits. They go with its exit (before
+/// it is started again), not only at `rm`.
+fn exiting_vassal_takes_its_children_with_it(mode: &str, n: u32) {
+    let d = tempfile::tempdir().unwrap();
+    let vassals = d.path().join("vassals");
+    std::fs::create_dir(&vassals).unwrap();
+    let tag = tag();
+    let w = write_exiting_wrapper(d.path(), &tag, n);
+    std::fs::write(vassals.join("forker.ini"), "[uwsgi]\n").unwrap();
+    let (mut emperor, _stats) = start_emperor(
+        d.path(),
+        &vassals,
+        &[
+            &format!("--emperor-process-tree={mode}"),
+            "--emperor-wrapper",
+            w.to_str().unwrap(),
+            "--emperor-throttle",
+            "100",
+        ],
+    );
+    emperor.wait_for_line("started vassal forker.ini", T);
+    emperor.wait_for_new_line("started vassal forker.ini", T);
+    wait_tree(&mut emperor, &tag, 0, "after the vassal exited");
+    std::fs::remove_file(vassals.join("forker.ini")).unwrap();
+    emperor.wait_for_line("removed uwsgi instance forker.ini", T);
+    emperor.signal(libc::SIGTERM);
+    assert!(emperor.wait_exit(T).success());
+}
+
+#[test]
+fn cgroup_a_vassal_that_forks_1000_children_and_exits_leaves_none() {
+    if cgroup_mount().is_none() {
+        return;
+    }
+    exiting_vassal_takes_its_children_with_it("cgroup", 1000);
+}
+
+#[test]
+fn pgroup_a_vassal_that_forks_children_and_exits_leaves_none() {
+    exiting_vassal_takes_its_children_with_it("pgroup", 200);
+}
