@@ -310,6 +310,7 @@ const STAGE_CHDIR: i32 = 1;
 const STAGE_EXEC: i32 = 2;
 const STAGE_FILES: i32 = 3;
 const STAGE_CGROUP: i32 = 4;
+const STAGE_CGROUPNS: i32 = 5;
 
 impl Spawner {
     /// A spawner (opens `/dev/null` and three low descriptors on it, all CLOEXEC).
@@ -446,6 +447,15 @@ impl Spawner {
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
         let cg_fd = setup.cgroup_procs.unwrap_or(-1);
+        // A new cgroup namespace (--emperor-use-clone=cgroup) is made after joining the
+        // vassal's cgroup, so it is rooted there (and the join is not refused as a move out of
+        // the namespace, as with `nsdelegate`).
+        let late_cgroupns = cg_fd >= 0 && setup.clone_flags & libc::CLONE_NEWCGROUP != 0;
+        let clone_flags = if late_cgroupns {
+            setup.clone_flags & !libc::CLONE_NEWCGROUP
+        } else {
+            setup.clone_flags
+        };
         let parent = std::process::id() as libc::pid_t;
         let new_pid = setup.clone_flags & libc::CLONE_NEWPID != 0;
         let old_ref = &old;
@@ -461,6 +471,11 @@ impl Spawner {
                 if cg_fd >= 0 && libc::write(cg_fd, c"0".as_ptr().cast(), 1) != 1 {
                     err_no.store(*libc::__errno_location(), Ordering::SeqCst);
                     err_stage.store(STAGE_CGROUP, Ordering::SeqCst);
+                    libc::_exit(127);
+                }
+                if late_cgroupns && libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    err_no.store(*libc::__errno_location(), Ordering::SeqCst);
+                    err_stage.store(STAGE_CGROUPNS, Ordering::SeqCst);
                     libc::_exit(127);
                 }
                 // Its own session and process group: what it leaves behind can be found (and
@@ -534,7 +549,7 @@ impl Spawner {
                 nix::sched::CloneFlags::CLONE_VM
                     | nix::sched::CloneFlags::CLONE_VFORK
                     | nix::sched::CloneFlags::CLONE_FILES
-                    | nix::sched::CloneFlags::from_bits_retain(setup.clone_flags),
+                    | nix::sched::CloneFlags::from_bits_retain(clone_flags),
                 Some(libc::SIGCHLD),
             )
         };
@@ -573,6 +588,12 @@ impl Spawner {
                 return Err(SpawnError::Io(io::Error::new(
                     err.kind(),
                     format!("cannot join the vassal's cgroup: {err}; pass --emperor-process-tree=pgroup if cgroups cannot be used here"),
+                )));
+            }
+            if stage == STAGE_CGROUPNS {
+                return Err(SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    format!("cannot create the vassal's cgroup namespace (--emperor-use-clone={}): {err}; the emperor needs CAP_SYS_ADMIN", setup.clone_names),
                 )));
             }
             if stage == STAGE_FILES {

@@ -353,3 +353,59 @@ fn cgroup_a_vassal_that_forks_1000_children_and_exits_leaves_none() {
 fn pgroup_a_vassal_that_forks_children_and_exits_leaves_none() {
     exiting_vassal_takes_its_children_with_it("pgroup", 200);
 }
+
+#[test]
+fn a_cgroup_namespace_of_a_vassal_is_rooted_at_its_own_cgroup() {
+    use std::os::unix::fs::PermissionsExt;
+    if cgroup_mount().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let vassals = d.path().join("vassals");
+    std::fs::create_dir(&vassals).unwrap();
+    let out = d.path().join("seen");
+    let w = d.path().join("wrapper.sh");
+    std::fs::write(
+        &w,
+        format!(
+            "#!/bin/sh\ngrep ^0:: /proc/self/cgroup > {out}.tmp && mv {out}.tmp {out}\n\
+             eval \"head -c 1 <&$UWSGI_EMPEROR_FD\" > /dev/null\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(vassals.join("ns.ini"), "[uwsgi]\n").unwrap();
+    let (mut emperor, st) = start_emperor(
+        d.path(),
+        &vassals,
+        &[
+            "--emperor-process-tree=cgroup",
+            "--emperor-wrapper",
+            w.to_str().unwrap(),
+            "--emperor-use-clone",
+            "cgroup",
+        ],
+    );
+    let v = wait_vassal(&mut emperor, &st, "ns.ini", T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0
+    });
+    let deadline = Instant::now() + T;
+    while !out.exists() {
+        assert!(Instant::now() < deadline, "{}", emperor.output());
+        // Poll interval of a deadline-bounded wait on the vassal writing its file.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Inside: its own cgroup is the root of its namespace; outside: vassals/ns.ini.
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "0::/\n");
+    assert!(
+        v["cgroup"].as_str().unwrap().ends_with("/vassals/ns.ini"),
+        "{v}"
+    );
+    assert_eq!(
+        cgroup_of(v["pid"].as_i64().unwrap() as i32).as_deref(),
+        v["cgroup"].as_str()
+    );
+    emperor.signal(libc::SIGTERM);
+    assert!(emperor.wait_exit(T).success());
+}
