@@ -310,6 +310,30 @@ impl Tree {
         Ok(t)
     }
 
+    /// Before the emperor drops privileges to `uid`:`gid` (`--uid`/`--gid`): gives it the
+    /// cgroup files it needs to go on creating, joining, killing and removing vassal cgroups
+    /// (what systemd's `Delegate=yes` gives a `User=` unit). Failures are logged; the vassals
+    /// then fall back to their process groups.
+    pub fn hand_over(&self, uid: u32, gid: u32) {
+        let Some(cg) = &self.cg else { return };
+        let v = cg.base.join("vassals");
+        let files = [
+            cg.base.clone(),
+            cg.base.join("cgroup.procs"),
+            cg.base.join("emperor").join("cgroup.procs"),
+            v.clone(),
+            v.join("cgroup.procs"),
+            v.join("cgroup.threads"),
+            v.join("cgroup.subtree_control"),
+            v.join("cgroup.kill"),
+        ];
+        for f in files.iter().filter(|f| f.exists()) {
+            if let Err(e) = std::os::unix::fs::chown(f, Some(uid), Some(gid)) {
+                warn!("cannot hand {} to uid {uid}: {e}; vassal cgroups may fail after privileges are dropped", f.display());
+            }
+        }
+    }
+
     /// `cgroup2:/PATH` or `pgroup`, for the stats.
     pub fn label(&self) -> String {
         match &self.cg {

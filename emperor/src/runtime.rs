@@ -349,6 +349,11 @@ impl Runtime {
         self.info.gid = gid;
     }
 
+    /// About to run as `uid`:`gid`: hands it the vassal cgroups (see [`crate::cgroup::Tree::hand_over`]).
+    pub fn hand_process_tree_to(&self, uid: u32, gid: u32) {
+        self.tree.hand_over(uid, gid);
+    }
+
     /// Replaces the local spawner (seam for the fork server).
     pub fn set_launcher(&mut self, launcher: Box<dyn Launcher>) {
         self.launcher = launcher;

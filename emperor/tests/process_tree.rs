@@ -409,3 +409,51 @@ fn a_cgroup_namespace_of_a_vassal_is_rooted_at_its_own_cgroup() {
     emperor.signal(libc::SIGTERM);
     assert!(emperor.wait_exit(T).success());
 }
+
+#[test]
+fn an_emperor_that_drops_privileges_keeps_its_vassal_cgroups() {
+    use std::os::unix::fs::PermissionsExt;
+    if cgroup_mount().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let vassals = d.path().join("vassals");
+    std::fs::create_dir(&vassals).unwrap();
+    let tag = tag();
+    let w = write_exiting_wrapper(d.path(), &tag, 100);
+    std::fs::write(vassals.join("forker.ini"), "[uwsgi]\n").unwrap();
+    let (mut emperor, st) = start_emperor(
+        d.path(),
+        &vassals,
+        &[
+            "--emperor-process-tree=cgroup",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--emperor-wrapper",
+            w.to_str().unwrap(),
+            "--emperor-throttle",
+            "100",
+        ],
+    );
+    emperor.wait_for_line("dropped privileges", T);
+    emperor.wait_for_line("started vassal forker.ini", T);
+    emperor.wait_for_new_line("started vassal forker.ini", T);
+    wait_tree(&mut emperor, &tag, 0, "after the vassal exited");
+    let v = wait_vassal(&mut emperor, &st, "forker.ini", T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0
+    });
+    let cg = v["cgroup"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}\n{}", emperor.output()));
+    assert_eq!(
+        cgroup_of(v["pid"].as_i64().unwrap() as i32).as_deref(),
+        Some(cg)
+    );
+    let out = emperor.output();
+    assert!(!out.contains("cannot create a cgroup"), "{out}");
+    emperor.signal(libc::SIGTERM);
+    assert!(emperor.wait_exit(T).success());
+}
