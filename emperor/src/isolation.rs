@@ -188,6 +188,10 @@ pub struct ChildSetup {
     pub cap_drop: Vec<u32>,
     /// Switch to these credentials.
     pub creds: Option<Creds>,
+    /// An open `cgroup.procs` (CLOEXEC) the child joins first (see [`crate::cgroup`]). Not
+    /// isolation proper: launchers that cannot apply it ignore it and the runtime moves the
+    /// process afterwards.
+    pub cgroup_procs: Option<std::os::fd::RawFd>,
 }
 
 impl ChildSetup {
@@ -344,6 +348,7 @@ impl Isolation {
             clone_names: self.clone.names.join(","),
             cap_drop: self.cap_drop.clone(),
             creds,
+            cgroup_procs: None,
         }
     }
 }

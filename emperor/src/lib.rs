@@ -21,6 +21,7 @@
 //! * [`process`]: the emperor process itself (`daemonize`, `logto`, `pidfile`, `uid`/`gid`).
 //! * [`sanitize`]: control characters of outside strings escaped before they are logged.
 
+pub mod cgroup;
 pub mod command;
 pub mod core;
 pub mod ctl;

@@ -91,6 +91,10 @@ fn main() {
         }
     };
     if let Some(id) = &identity {
+        rt.hand_process_tree_to(
+            id.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+            id.gid,
+        );
         if let Err(e) = id.drop_privileges() {
             tracing::error!("{e}");
             remove_pidfiles(&pidfiles);

@@ -290,6 +290,14 @@ pub struct Options {
     #[arg(long = "emperor-subreaper")]
     pub subreaper: bool,
 
+    /// How each vassal's process tree is owned, so that stopping it leaves nothing behind:
+    /// `cgroup` (a cgroup v2 per vassal, in a subtree the emperor may write: root, or systemd's
+    /// Delegate=yes; refused at startup when unusable), `pgroup` (the vassal's process group,
+    /// with the emperor as child subreaper), or `auto` (cgroup where usable, else pgroup).
+    #[arg(long = "emperor-process-tree", value_name = "auto|cgroup|pgroup", default_value = "auto",
+          value_parser = ["auto", "cgroup", "pgroup"])]
+    pub process_tree: String,
+
     /// Run the emperor (and so every vassal not in tyrant mode) as this user, a name or a
     /// number, once its log, pidfiles, stats and command sockets are set up. The groups become
     /// the user's (initgroups); the group is --gid, else the user's primary group. Needs root;

@@ -170,6 +170,8 @@ pub struct Runtime {
     fork: Option<crate::forkserver::ForkClient>,
     /// `perform` stopped after a batch of starts with actions still queued.
     actions_left: bool,
+    /// Owns each vassal's process tree (cgroup or process group).
+    tree: crate::cgroup::Tree,
 }
 
 impl Runtime {
@@ -265,6 +267,9 @@ impl Runtime {
                 s.set_owner_nofollow(true);
             }
         }
+        let mode: crate::cgroup::Mode = opts.process_tree.parse().map_err(RunError)?;
+        // Before anything is spawned: the emperor moves into its own leaf cgroup.
+        let tree = crate::cgroup::Tree::setup(mode).map_err(|e| RunError(e.to_string()))?;
         let pid = std::process::id();
         if let Some(p) = &opts.pidfile {
             std::fs::write(p, format!("{pid}\n"))
@@ -280,6 +285,8 @@ impl Runtime {
             gid: nix::unistd::getgid().as_raw(),
             cwd: cwd.display().to_string(),
             monitors,
+            process_tree: tree.label(),
+            cgroups: HashMap::new(),
         };
         Ok(Runtime {
             poll,
@@ -330,6 +337,7 @@ impl Runtime {
             command,
             fork,
             actions_left: false,
+            tree,
         }
         .with_parent_emperor())
     }
@@ -339,6 +347,11 @@ impl Runtime {
     pub fn set_credentials(&mut self, uid: u32, gid: u32) {
         self.info.uid = uid;
         self.info.gid = gid;
+    }
+
+    /// About to run as `uid`:`gid`: hands it the vassal cgroups (see [`crate::cgroup::Tree::hand_over`]).
+    pub fn hand_process_tree_to(&self, uid: u32, gid: u32) {
+        self.tree.hand_over(uid, gid);
     }
 
     /// Replaces the local spawner (seam for the fork server).
@@ -412,6 +425,9 @@ impl Runtime {
             if let Some(t) = self.fork.as_ref().and_then(|f| f.next_deadline()) {
                 wake = wake.min(t);
             }
+            if let Some(t) = self.tree.next_deadline() {
+                wake = wake.min(t);
+            }
             let timeout = wake.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -458,6 +474,7 @@ impl Runtime {
                 self.drive_forks(None);
             }
             let now = Instant::now();
+            self.tree.poll(now);
             self.core.handle_timeout(now);
             let evs = self.ondemand.expire(now, self.poll.registry());
             self.on_demand_events(evs);
@@ -926,6 +943,9 @@ impl Runtime {
                     }
                 }
                 Action::Release { inc } => {
+                    // The incarnation is over: whatever it left behind goes with it.
+                    self.tree.sweep(inc);
+                    self.info.cgroups.remove(&inc);
                     self.hooks.released(self.poll.registry(), inc);
                     if let Some(mut ch) = self.channels.remove(&inc) {
                         if ch.open {
@@ -1064,7 +1084,7 @@ impl Runtime {
         )
         .transpose()?;
         let creds = crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups)?;
-        let setup = self.isolation.setup(creds);
+        let mut setup = self.isolation.setup(creds);
         // A shim vassal runs the shim: uWSGI's programs and argv are not looked for.
         let (programs, argv) = match shim {
             Some(plan) => plan,
@@ -1106,11 +1126,22 @@ impl Runtime {
             // Asynchronous: answered by `drive_forks` (adopted or failed).
             return f.start(self.poll.registry(), now, req, &plan);
         }
-        let started = self
-            .launcher
-            .launch_isolated(&plan, &setup)
-            .map_err(|e| e.to_string())?;
+        let placement = self.tree.place(req.inc, &req.name);
+        setup.cgroup_procs = placement.as_ref().map(|p| p.procs_fd());
+        let started = match self.launcher.launch_isolated(&plan, &setup) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(p) = placement {
+                    self.tree.discard(p);
+                }
+                return Err(e.to_string());
+            }
+        };
         let pid = started.pid;
+        self.tree.started(req.inc, pid, placement);
+        if let Some(c) = self.tree.cgroup_of(req.inc) {
+            self.info.cgroups.insert(req.inc, c.to_string());
+        }
         self.attach(now, req.inc, &req.name, started);
         let (uid, gid) = setup
             .creds
@@ -1192,6 +1223,10 @@ impl Runtime {
                     cwd,
                 } => {
                     let pid = started.pid;
+                    self.tree.adopted(inc, &name, pid);
+                    if let Some(c) = self.tree.cgroup_of(inc) {
+                        self.info.cgroups.insert(inc, c.to_string());
+                    }
                     self.core.mark_adopted(inc);
                     self.attach(now, inc, &name, started);
                     // As after a fork: --exec-as-emperor and the stop hook's ledger.
@@ -1364,6 +1399,8 @@ impl Runtime {
     }
 
     fn cleanup(&mut self) {
+        // Every vassal is reaped by now: kill what they left and remove the cgroups.
+        self.tree.shutdown();
         self.ondemand.cleanup();
         if let Some(c) = &self.command {
             c.cleanup();

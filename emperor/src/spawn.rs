@@ -7,8 +7,9 @@
 //! private fd table holding only the emperor's lowest descriptors (0–2, the first few, and three
 //! slots pointed at the child's channel, config socket and stdin), so neither the clone nor the
 //! exec does work per descriptor of the emperor (one channel per vassal). Between clone and exec
-//! it only makes raw syscalls (signal dispositions, mask, `prctl(PR_SET_PDEATHSIG)`, `dup2`,
-//! `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and reports an exec failure through
+//! it only makes raw syscalls (`write` to join its cgroup, `setsid`, signal dispositions, mask,
+//! `prctl(PR_SET_PDEATHSIG)`, `dup2`, `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and
+//! reports an exec failure through
 //! shared memory, so a missing binary is an error of the spawn call, not a mysterious exit
 //! status.
 
@@ -308,6 +309,8 @@ pub struct Spawner {
 const STAGE_CHDIR: i32 = 1;
 const STAGE_EXEC: i32 = 2;
 const STAGE_FILES: i32 = 3;
+const STAGE_CGROUP: i32 = 4;
+const STAGE_CGROUPNS: i32 = 5;
 
 impl Spawner {
     /// A spawner (opens `/dev/null` and three low descriptors on it, all CLOEXEC).
@@ -443,6 +446,16 @@ impl Spawner {
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
+        let cg_fd = setup.cgroup_procs.unwrap_or(-1);
+        // A new cgroup namespace (--emperor-use-clone=cgroup) is made after joining the
+        // vassal's cgroup, so it is rooted there (and the join is not refused as a move out of
+        // the namespace, as with `nsdelegate`).
+        let late_cgroupns = cg_fd >= 0 && setup.clone_flags & libc::CLONE_NEWCGROUP != 0;
+        let clone_flags = if late_cgroupns {
+            setup.clone_flags & !libc::CLONE_NEWCGROUP
+        } else {
+            setup.clone_flags
+        };
         let parent = std::process::id() as libc::pid_t;
         let new_pid = setup.clone_flags & libc::CLONE_NEWPID != 0;
         let old_ref = &old;
@@ -452,7 +465,23 @@ impl Spawner {
             // SAFETY: every call below is a raw, async-signal-safe syscall wrapper on valid
             // pointers (C strings and arrays built above, alive until the parent resumes).
             unsafe {
-                // First, before any descriptor is touched: a private fd table holding only
+                // First, before anything can fork: join the vassal's cgroup (writing "0" to
+                // its cgroup.procs moves the writer), while the fd table is still the
+                // emperor's and the credentials still allow it.
+                if cg_fd >= 0 && libc::write(cg_fd, c"0".as_ptr().cast(), 1) != 1 {
+                    err_no.store(*libc::__errno_location(), Ordering::SeqCst);
+                    err_stage.store(STAGE_CGROUP, Ordering::SeqCst);
+                    libc::_exit(127);
+                }
+                if late_cgroupns && libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    err_no.store(*libc::__errno_location(), Ordering::SeqCst);
+                    err_stage.store(STAGE_CGROUPNS, Ordering::SeqCst);
+                    libc::_exit(127);
+                }
+                // Its own session and process group: what it leaves behind can be found (and
+                // killed) by group, and a terminal's Ctrl-C reaches only the emperor.
+                libc::setsid();
+                // Then, before any descriptor is touched: a private fd table holding only
                 // the descriptors below `keep` (CLOSE_RANGE_UNSHARE, Linux 5.9); the shared one
                 // (CLONE_FILES) is the emperor's. Older kernels: a full private copy.
                 if libc::syscall(
@@ -520,7 +549,7 @@ impl Spawner {
                 nix::sched::CloneFlags::CLONE_VM
                     | nix::sched::CloneFlags::CLONE_VFORK
                     | nix::sched::CloneFlags::CLONE_FILES
-                    | nix::sched::CloneFlags::from_bits_retain(setup.clone_flags),
+                    | nix::sched::CloneFlags::from_bits_retain(clone_flags),
                 Some(libc::SIGCHLD),
             )
         };
@@ -553,6 +582,18 @@ impl Spawner {
                 return Err(SpawnError::Io(io::Error::new(
                     err.kind(),
                     crate::isolation::describe(stage, errno, setup),
+                )));
+            }
+            if stage == STAGE_CGROUP {
+                return Err(SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    format!("cannot join the vassal's cgroup: {err}; pass --emperor-process-tree=pgroup if cgroups cannot be used here"),
+                )));
+            }
+            if stage == STAGE_CGROUPNS {
+                return Err(SpawnError::Io(io::Error::new(
+                    err.kind(),
+                    format!("cannot create the vassal's cgroup namespace (--emperor-use-clone={}): {err}; the emperor needs CAP_SYS_ADMIN", setup.clone_names),
                 )));
             }
             if stage == STAGE_FILES {

@@ -21,6 +21,10 @@ pub struct ProcessInfo {
     pub cwd: String,
     /// Monitor arguments as given.
     pub monitors: Vec<String>,
+    /// How vassals' process trees are owned: `cgroup2:/PATH` or `pgroup`.
+    pub process_tree: String,
+    /// The cgroup (path in the hierarchy) of each running incarnation that has one.
+    pub cgroups: std::collections::HashMap<crate::core::Inc, String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -34,6 +38,8 @@ struct Doc<'a> {
     emperor_tyrant: u8,
     /// The largest current backoff in ms (uWSGI 2.0 always says 0 here).
     throttle_level: u64,
+    /// `cgroup2:/PATH` (each vassal in `PATH/vassals/NAME`) or `pgroup`.
+    process_tree: &'a str,
     vassals: Vec<VassalDoc<'a>>,
     blacklist: Vec<BlacklistDoc<'a>>,
 }
@@ -74,6 +80,8 @@ struct VassalDoc<'a> {
     next_attempt_in_ms: Option<u64>,
     sos: u64,
     channel_unknown_bytes: u64,
+    /// The cgroup of the running process (path in the hierarchy), `null` without one.
+    cgroup: Option<&'a str>,
 }
 
 #[derive(Serialize, Debug)]
@@ -170,6 +178,12 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 next_attempt_in_ms: next,
                 sos: v.sos,
                 channel_unknown_bytes: v.unknown_bytes,
+                cgroup: match v.state {
+                    State::Running { inc, .. } | State::Stopping { inc, .. } => {
+                        info.cgroups.get(&inc).map(String::as_str)
+                    }
+                    _ => None,
+                },
             }
         })
         .collect();
@@ -197,6 +211,7 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
             .map(|b| b.throttle_level)
             .max()
             .unwrap_or(0),
+        process_tree: &info.process_tree,
         vassals,
         blacklist,
     };
@@ -242,6 +257,8 @@ mod tests {
             gid: 0,
             cwd: "/".into(),
             monitors: vec!["/v".into()],
+            process_tree: "pgroup".into(),
+            cgroups: Default::default(),
         };
         let s = render(
             &core,
@@ -261,6 +278,7 @@ mod tests {
             "emperor",
             "emperor_tyrant",
             "throttle_level",
+            "process_tree",
             "vassals",
             "blacklist",
         ] {
