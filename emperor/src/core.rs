@@ -1214,6 +1214,12 @@ impl Core {
             self.lines[v.slot as usize].inc = 0;
             self.actions.push_back(Action::Release { inc });
         }
+        // Ready, accepting and loyal describe the current process: with it gone, nothing
+        // serves (the stats and `ctl status` must not say otherwise). Loyalty still decides
+        // below whether this death earns a backoff.
+        let l = &mut self.lines[v.slot as usize];
+        let loyal = l.loyal;
+        (l.ready, l.accepting, l.loyal) = (false, false, false);
         let name = v.name.clone();
         match state {
             State::Stopping {
@@ -1228,7 +1234,6 @@ impl Core {
                 }
             }
             State::Running { .. } | State::Stopping { .. } => {
-                let loyal = self.lines[v.slot as usize].loyal;
                 if exit == ExitKind::Code(EXILE_CODE) && !shutting && v.wanted {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
                     set_state(&mut self.lines, v, State::Exiled);

@@ -806,3 +806,45 @@ fn beyond_the_vassal_limit_a_config_is_refused_until_a_slot_frees() {
     assert_eq!(spawns(&a), 1, "the refused config gets the freed slot");
     assert!(h.core.vassal(&format!("/v/{refused}")).is_some());
 }
+
+#[test]
+fn ready_accepting_and_loyal_are_cleared_when_the_process_is_gone() {
+    let mut h = Harness::new(cfg());
+    let serving = |h: &Harness| {
+        let ch = h.core.channel(h.core.vassal("/v/app.ini").unwrap());
+        (ch.ready, ch.accepting, ch.loyal)
+    };
+    // A crash before loyalty: waiting for its backoff, with no process.
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 1 });
+    h.ev(Event::Message { inc, byte: 5 });
+    assert_eq!(serving(&h), (true, true, false));
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    assert!(matches!(h.state("app.ini"), State::Waiting { .. }));
+    assert_eq!(serving(&h), (false, false, false));
+    // A loyal one stopped by a command: suspended, with no process.
+    let a = h.run_until_deadline(Duration::from_secs(10));
+    let (inc, pid) = h.spawn_all(&a).expect("respawned after its backoff");
+    for b in [1u8, 5, 17] {
+        h.ev(Event::Message { inc, byte: b });
+    }
+    assert_eq!(serving(&h), (true, true, true));
+    h.core
+        .command(h.now, VassalCommand::Stop, "app.ini")
+        .unwrap();
+    // Still the running process until it is reaped.
+    assert_eq!(serving(&h), (true, true, true));
+    h.actions();
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(h.state("app.ini"), State::Suspended);
+    assert_eq!(serving(&h), (false, false, false));
+    // The times of the last process stay (they say when it last served).
+    let ch = h.core.channel(h.core.vassal("/v/app.ini").unwrap());
+    assert!(ch.last_ready.is_some() && ch.last_loyal.is_some());
+}
