@@ -103,3 +103,96 @@ fn crashed_and_stopped_vassals_are_not_reported_ready() {
     assert_eq!(ready_cell(&table, "crash.ini"), "-", "{table}");
     assert_eq!(ready_cell(&table, "stop.ini"), "-", "{table}");
 }
+
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Lines of the emperor's output containing `needle`.
+fn count(emp: &mut Proc, needle: &str) -> usize {
+    emp.output().lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_vassal_flooding_its_channel_cannot_stop_the_loop() {
+    let uwsgi = require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("app.sock");
+    write_vassal(&dir, "app.ini", &sock, "");
+    std::fs::write(dir.join("hb.ini"), "[uwsgi]\n").unwrap();
+    // hb.ini floods valid heartbeat bytes (26) without pause; flood.ini random bytes; anything
+    // else is a real uWSGI vassal.
+    let wrap = work.path().join("wrap.sh");
+    script(
+        &wrap,
+        &format!(
+            "case \"$2\" in\n\
+             hb.ini) exec tr '\\000' '\\032' </dev/zero >&$UWSGI_EMPEROR_FD ;;\n\
+             flood.ini) exec cat /dev/urandom >&$UWSGI_EMPEROR_FD ;;\n\
+             *) exec {} \"$@\" ;;\n\
+             esac",
+            uwsgi.display()
+        ),
+    );
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &["--emperor-wrapper", wrap.to_str().unwrap()],
+    );
+    wait_vassal(&mut emp, &st, "hb.ini", T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0 && v["last_heartbeat"] != 0
+    });
+    // While hb.ini floods: stats answer, a request makes app.ini loyal, and once killed its
+    // process is reaped (not left a zombie) and a new one serves.
+    let v = wait_vassal(&mut emp, &st, "app.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    assert_eq!(hello(&sock).0, 200);
+    wait_vassal(&mut emp, &st, "app.ini", T, "loyal", |v| v["loyal"] == 1);
+    let old = v["pid"].as_i64().unwrap() as i32;
+    signal(old, libc::SIGKILL);
+    wait_vassal(&mut emp, &st, "app.ini", T, "respawned", |v| {
+        v["pid"]
+            .as_i64()
+            .is_some_and(|p| p > 0 && p != i64::from(old))
+            && v["accepting"] == 1
+    });
+    wait_gone(old, T);
+    assert_eq!(hello(&sock).0, 200);
+
+    // Random bytes: killed as broken and retried with backoff; few log lines.
+    std::fs::write(dir.join("flood.ini"), "[uwsgi]\n").unwrap();
+    emp.wait_for_line("vassal flood.ini sent unknown byte", T);
+    emp.wait_for_line("killing it as broken", T);
+    let f = wait_vassal(&mut emp, &st, "flood.ini", T, "backing off", |v| {
+        v["attempt"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        f["channel_unknown_bytes"].as_u64().unwrap() >= 4096,
+        "{f:#}"
+    );
+    assert_eq!(hello(&sock).0, 200);
+    // Retried after its backoff, and killed again.
+    wait_vassal(&mut emp, &st, "flood.ini", T, "retried", |v| {
+        v["attempt"].as_u64().unwrap_or(0) >= 2
+    });
+    let warnings = count(&mut emp, "unknown byte");
+    let kills = count(&mut emp, "killing it as broken");
+    assert!(kills >= 2, "{kills}");
+    // One warning per start (the rest are counted), not one per byte.
+    assert!(
+        warnings <= 2 * kills + 2,
+        "{warnings} warnings for {kills} floods"
+    );
+    let log = emp.output().len();
+    assert!(log < 256 * 1024, "log of {log} bytes");
+    assert!(
+        vassal(&stats(&st), "hb.ini").unwrap()["pid"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+}
