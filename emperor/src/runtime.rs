@@ -242,8 +242,13 @@ impl Runtime {
         };
         let command = match &opts.command_socket {
             Some(addr) => Some(
-                crate::command::CommandSocket::bind(addr, &cwd, poll.registry())
-                    .map_err(RunError)?,
+                crate::command::CommandSocket::bind(
+                    addr,
+                    &cwd,
+                    poll.registry(),
+                    opts.command_allow_udp,
+                )
+                .map_err(RunError)?,
             ),
             None => None,
         };

@@ -196,3 +196,162 @@ fn a_vassal_flooding_its_channel_cannot_stop_the_loop() {
             > 0
     );
 }
+
+const NOBODY: u32 = 65534;
+
+/// `emperor ctl ARGS` run as `nobody` (the tests run as root).
+fn ctl_as_nobody(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    c.arg("ctl")
+        .args(args)
+        .env_remove("EMPEROR_STATS")
+        .env_remove("EMPEROR_COMMAND_SOCKET");
+    // SAFETY: only async-signal-safe syscalls (setgroups, setgid, setuid) run in the child.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_command_socket_obeys_only_root_and_the_emperors_user_and_logs_safely() {
+    require_uwsgi();
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to send as another user");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // `nobody` must reach the socket's directory (the sockets' own modes are what is tested).
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("w.sock");
+    write_vassal(&dir, "w.ini", &sock, "");
+    let cmd = work.path().join("cmd.sock");
+    let c = cmd.to_str().unwrap();
+    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-command-socket", c]);
+    let v = wait_vassal(&mut emp, &st, "w.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    let pid = v["pid"].clone();
+    assert_eq!(mode(&cmd), 0o600, "only its owner may write to it");
+
+    // Another user cannot even send (mode 0600)...
+    let out = ctl_as_nobody(&["--command-socket", c, "stop", "w.ini"]);
+    assert!(!out.status.success(), "{out:?}");
+    // ...and if the socket is opened up by mistake, its datagrams are refused by credentials.
+    std::fs::set_permissions(&cmd, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = ctl_as_nobody(&["--command-socket", c, "stop", "w.ini"]);
+    assert!(out.status.success(), "{out:?}");
+    emp.wait_for_line(
+        &format!("command socket: refused a datagram from uid {NOBODY}"),
+        T,
+    );
+    // A marker from root, read after nobody's datagram: the stop was not obeyed.
+    send(&cmd, &datagram(&[("cmd", "log"), ("msg", "marker one")]));
+    emp.wait_for_line("marker one", T);
+    let v = vassal(&stats(&st), "w.ini").unwrap();
+    assert_eq!((&v["state"], &v["pid"]), (&"running".into(), &pid), "{v:#}");
+
+    // A `log` message cannot forge a line: its newline is escaped.
+    send(
+        &cmd,
+        &datagram(&[
+            ("cmd", "log"),
+            ("msg", "deploy 42\n2026-01-01T00:00:00Z  INFO FORGED line"),
+        ]),
+    );
+    let line = emp.wait_for_line("deploy 42", T);
+    assert!(
+        line.contains("deploy 42\\n2026-01-01T00:00:00Z  INFO FORGED line"),
+        "{line}"
+    );
+    assert_eq!(count(&mut emp, "FORGED"), 1);
+    assert!(!emp.output().lines().any(|l| l.starts_with("2026-01-01")));
+
+    // A burst of malformed datagrams: a few lines, not one per datagram.
+    for _ in 0..500 {
+        send(&cmd, b"\0\0");
+    }
+    send(&cmd, &datagram(&[("cmd", "log"), ("msg", "marker two")]));
+    emp.wait_for_line("marker two", T);
+    let malformed = count(&mut emp, "ignoring a malformed datagram");
+    assert!(
+        (1..=10).contains(&malformed),
+        "{malformed} lines for 500 datagrams"
+    );
+
+    // The emperor's own user (root here) is obeyed.
+    send(&cmd, &datagram(&[("cmd", "stop"), ("vassal", "w.ini")]));
+    wait_vassal(&mut emp, &st, "w.ini", T, "suspended", |v| {
+        v["state"] == "suspended"
+    });
+}
+
+#[test]
+fn a_udp_command_socket_needs_an_explicit_option_and_binds_loopback() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!(":{port}");
+    let mut refused = Proc::spawn({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
+        c.arg(&dir)
+            .args(["--emperor-command-socket", &addr])
+            .env("EMPEROR_LOG", "info")
+            .current_dir(work.path());
+        c
+    });
+    assert!(!refused.wait_exit(T).success());
+    refused.wait_for_line("--emperor-command-allow-udp", T);
+    let (mut emp, _st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-command-socket",
+            &addr,
+            "--emperor-command-allow-udp",
+        ],
+    );
+    emp.wait_for_line(&format!("command socket 127.0.0.1:{port} is UDP"), T);
+    // Only loopback is bound, not every interface.
+    let local = format!(":{port:04X} ");
+    let udp_table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let bound: Vec<&str> = udp_table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|a| format!("{a} ").ends_with(&local))
+        .collect();
+    assert_eq!(bound, [format!("0100007F:{port:04X}")], "{udp_table}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(
+        &datagram(&[("cmd", "log"), ("msg", "over udp")]),
+        ("127.0.0.1", port),
+    )
+    .unwrap();
+    emp.wait_for_line("over udp", T);
+}

@@ -20,26 +20,35 @@ pub const GARBAGE_WINDOW: Duration = Duration::from_secs(10);
 /// At most one warning line per vassal (or per command socket) per interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A rate limit for one kind of log line: one line per interval, the rest counted.
+/// A rate limit for one kind of log line: at most `burst` lines per interval, the rest counted
+/// and reported by the next line written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogLimit {
-    /// When the next line may be written (`None`: now).
-    next: Option<Instant>,
+    /// End of the current interval (`None`: none started).
+    window_end: Option<Instant>,
+    /// Lines written in it.
+    written: u32,
     /// Occurrences not logged since the last line.
     suppressed: u64,
 }
 
 impl LogLimit {
     /// One more occurrence at `now`: `Some(n)` when it is to be logged (`n` occurrences were
-    /// not logged since the previous line), `None` when it is only counted.
-    pub fn hit(&mut self, now: Instant, interval: Duration) -> Option<u64> {
-        match self.next {
-            Some(t) if now < t => {
-                self.suppressed = self.suppressed.saturating_add(1);
-                None
+    /// not logged before it), `None` when it is only counted.
+    pub fn hit(&mut self, now: Instant, interval: Duration, burst: u32) -> Option<u64> {
+        match self.window_end {
+            Some(end) if now < end => {
+                if self.written < burst {
+                    self.written += 1;
+                    Some(0)
+                } else {
+                    self.suppressed = self.suppressed.saturating_add(1);
+                    None
+                }
             }
             _ => {
-                self.next = Some(now + interval);
+                self.window_end = Some(now + interval);
+                self.written = 1;
                 Some(std::mem::take(&mut self.suppressed))
             }
         }
@@ -78,7 +87,7 @@ impl Core {
         };
         v.unknown_bytes = v.unknown_bytes.saturating_add(1);
         let g = &mut v.garbage;
-        if let Some(more) = g.warn.hit(now, WARN_INTERVAL) {
+        if let Some(more) = g.warn.hit(now, WARN_INTERVAL, 1) {
             if more == 0 {
                 warn!(vassal = %v.name, byte = b, "vassal {} sent unknown byte {b}: ignored", v.name);
             } else {
@@ -154,16 +163,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_line_per_interval_with_the_count_of_the_rest() {
-        let mut l = LogLimit::default();
+    fn a_burst_per_interval_then_one_line_with_the_count_of_the_rest() {
         let t0 = Instant::now();
         let i = Duration::from_secs(10);
-        assert_eq!(l.hit(t0, i), Some(0));
+        let mut l = LogLimit::default();
+        assert_eq!(l.hit(t0, i, 1), Some(0));
         for k in 1..1000 {
-            assert_eq!(l.hit(t0 + Duration::from_millis(k), i), None);
+            assert_eq!(l.hit(t0 + Duration::from_millis(k), i, 1), None);
         }
-        assert_eq!(l.hit(t0 + i, i), Some(999));
-        assert_eq!(l.hit(t0 + i, i), None);
-        assert_eq!(l.hit(t0 + i * 3, i), Some(1));
+        assert_eq!(l.hit(t0 + i, i, 1), Some(999));
+        assert_eq!(l.hit(t0 + i, i, 1), None);
+        assert_eq!(l.hit(t0 + i * 3, i, 1), Some(1));
+        let mut l = LogLimit::default();
+        let logged = (0..100).filter(|_| l.hit(t0, i, 10).is_some()).count();
+        assert_eq!(logged, 10);
+        assert_eq!(l.hit(t0 + i, i, 10), Some(90));
     }
 }
