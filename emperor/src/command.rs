@@ -4,25 +4,37 @@
 //! A datagram is a 4-byte uwsgi header (not checked) followed by a vars body with the keys
 //! `cmd` (or `command`), `vassal` and `msg`. Commands: `spawn` (start a suspended or on-demand
 //! vassal), `respawn` (reload), `stop` (stop it and keep it suspended until a `spawn`),
-//! `reset` (lift its backoff; an addition of this emperor) and `log` (print `msg`). A malformed
-//! datagram or an unknown command/vassal is logged and dropped; nothing is answered.
+//! `reset` (lift its backoff; an addition of this emperor) and `log` (print `msg`, control
+//! characters escaped). A malformed datagram or an unknown command/vassal is logged (at most
+//! [`WARN_BURST`] lines per 10 s, then one with a count) and dropped; nothing is answered. Only root and the emperor's own
+//! user may command (checked by credentials on a unix socket; UDP must be allowed explicitly).
 
-use std::io;
+use std::borrow::Cow;
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mio::net::{UdpSocket, UnixDatagram};
 use mio::{Interest, Registry, Token};
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
+};
 use tracing::{info, warn};
 use uwsgi_proto::header::HEADER_LEN;
 use uwsgi_proto::vars::{self, VarsBuilder};
 
+use crate::core::garbage::{LogLimit, WARN_INTERVAL};
 use crate::core::{Core, VassalCommand};
 
 /// The command socket's token in the loop.
 pub const TOKEN: Token = Token(1 << 33);
 /// Largest datagram read (as uWSGI).
 pub const MAX_DATAGRAM: usize = 4096;
+/// Warnings about datagrams (malformed, failed, refused) written per [`WARN_INTERVAL`]; the
+/// rest are counted in the next one.
+pub const WARN_BURST: u32 = 10;
 
 /// One parsed command datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +86,27 @@ pub fn encode(cmd: &str, vassal: Option<&str>, msg: Option<&str>) -> Result<Vec<
     Ok(b.into_packet(0, 0))
 }
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`, ...), for log lines made of
+/// outside input: a datagram cannot forge a line or drive a terminal.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Applies one request to the core; returns what happened (also logged).
 pub fn apply(core: &mut Core, now: Instant, req: &Request<'_>) -> Result<String, String> {
     if req.cmd == "log" {
-        let msg = req.msg.unwrap_or("");
+        let msg = printable(req.msg.unwrap_or(""));
         info!("{msg}");
         return Ok(format!("logged {msg}"));
     }
@@ -93,6 +122,12 @@ pub fn apply(core: &mut Core, now: Instant, req: &Request<'_>) -> Result<String,
     core.command(now, cmd, name)
 }
 
+/// Whether a datagram from `uid` is obeyed by an emperor running as `own`: root and the
+/// emperor's own user only.
+pub fn may_command(uid: u32, own: u32) -> bool {
+    uid == 0 || uid == own
+}
+
 #[derive(Debug)]
 enum Sock {
     Unix(UnixDatagram, PathBuf),
@@ -103,20 +138,40 @@ enum Sock {
 #[derive(Debug)]
 pub struct CommandSocket {
     sock: Sock,
+    /// Malformed or failed commands.
+    warn: LogLimit,
+    /// Datagrams from a user who may not command.
+    refused: LogLimit,
 }
 
 impl CommandSocket {
-    /// Binds `addr` (a unix path relative to `cwd`, or `host:port` for UDP) and registers it.
-    pub fn bind(addr: &str, cwd: &Path, registry: &Registry) -> Result<CommandSocket, String> {
+    /// Binds `addr` (a unix path relative to `cwd`, or `host:port` for UDP, which needs
+    /// `allow_udp`) and registers it.
+    ///
+    /// A unix socket gets mode 0600 and passes its senders' credentials, checked per datagram
+    /// ([`may_command`]). UDP senders cannot be identified, so UDP is refused unless allowed;
+    /// `:PORT` means 127.0.0.1, never every interface.
+    pub fn bind(
+        addr: &str,
+        cwd: &Path,
+        registry: &Registry,
+        allow_udp: bool,
+    ) -> Result<CommandSocket, String> {
         let mut sock = if crate::ondemand::is_tcp(addr) {
+            if !allow_udp {
+                return Err(format!(
+                    "command socket {addr} is UDP: any local user (and any host that reaches it) could stop and start vassals, as its senders cannot be identified; use a unix socket path, or pass --emperor-command-allow-udp to accept that"
+                ));
+            }
             let a = match addr.strip_prefix(':') {
-                Some(port) => format!("0.0.0.0:{port}"),
+                Some(port) => format!("127.0.0.1:{port}"),
                 None => addr.to_string(),
             };
             let sa = std::net::ToSocketAddrs::to_socket_addrs(&a)
                 .map_err(|e| format!("bad command socket address {addr}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("bad command socket address {addr}"))?;
+            warn!("command socket {sa} is UDP (--emperor-command-allow-udp): every local user can send it commands");
             Sock::Udp(
                 UdpSocket::bind(sa)
                     .map_err(|e| format!("cannot bind the command socket {addr}: {e}"))?,
@@ -133,6 +188,20 @@ impl CommandSocket {
             let _ = std::fs::remove_file(&path);
             let s = UnixDatagram::bind(&path)
                 .map_err(|e| format!("cannot bind the command socket {}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| {
+                    format!(
+                        "cannot make the command socket {} private (chmod 600): {e}",
+                        path.display()
+                    )
+                },
+            )?;
+            setsockopt(&s, sockopt::PassCred, &true).map_err(|e| {
+                format!(
+                    "cannot ask for the senders' credentials on the command socket {}: {e}",
+                    path.display()
+                )
+            })?;
             Sock::Unix(s, path)
         };
         let src: &mut dyn mio::event::Source = match &mut sock {
@@ -143,19 +212,53 @@ impl CommandSocket {
             .register(src, TOKEN, Interest::READABLE)
             .map_err(|e| format!("cannot watch the command socket: {e}"))?;
         info!("command socket enabled on {addr}");
-        Ok(CommandSocket { sock })
+        Ok(CommandSocket {
+            sock,
+            warn: LogLimit::default(),
+            refused: LogLimit::default(),
+        })
     }
 
-    /// Reads every pending datagram and applies it.
+    /// Reads one datagram into `buf`: its length and, on a unix socket, the sender's
+    /// `(uid, pid)` (`None` if it sent none).
+    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<(u32, i32)>)> {
+        let s = match &self.sock {
+            Sock::Udp(s) => return s.recv(buf).map(|n| (n, None)),
+            Sock::Unix(s, _) => s,
+        };
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let mut cred = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmCredentials(u) = c {
+                    cred = Some((u.uid(), u.pid()));
+                }
+            }
+        }
+        let n = if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+            // Longer than any command: dropped as malformed below.
+            0
+        } else {
+            msg.bytes
+        };
+        Ok((n, cred))
+    }
+
+    /// Reads every pending datagram and applies those its sender may send.
     pub fn drain(&mut self, core: &mut Core) {
         let mut buf = [0u8; MAX_DATAGRAM];
+        let own = nix::unistd::geteuid().as_raw();
         loop {
-            let r = match &self.sock {
-                Sock::Unix(s, _) => s.recv(&mut buf),
-                Sock::Udp(s) => s.recv(&mut buf),
-            };
-            let n = match r {
-                Ok(n) => n,
+            let (n, cred) = match self.recv(&mut buf) {
+                Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -163,13 +266,34 @@ impl CommandSocket {
                     return;
                 }
             };
-            match parse(&buf[..n]) {
-                Ok(req) => {
-                    if let Err(e) = apply(core, Instant::now(), &req) {
-                        warn!("command socket: {}: {e}", req.cmd);
+            let now = Instant::now();
+            if let Sock::Unix(..) = self.sock {
+                let refused = match cred {
+                    Some((uid, _)) => !may_command(uid, own),
+                    None => true,
+                };
+                if refused {
+                    if let Some(more) = self.refused.hit(now, WARN_INTERVAL, WARN_BURST) {
+                        let who = match cred {
+                            Some((uid, pid)) => format!("uid {uid} (pid {pid})"),
+                            None => "a sender without credentials".to_string(),
+                        };
+                        warn!(
+                            "command socket: refused a datagram from {who}: only root and the emperor's user (uid {own}) may send commands{}",
+                            suppressed(more)
+                        );
                     }
+                    continue;
                 }
-                Err(e) => warn!("command socket: ignoring a malformed datagram ({n} bytes): {e}"),
+            }
+            let result = match parse(&buf[..n]) {
+                Ok(req) => apply(core, now, &req).map_err(|e| format!("{}: {e}", req.cmd)),
+                Err(e) => Err(format!("ignoring a malformed datagram ({n} bytes): {e}")),
+            };
+            if let Err(e) = result {
+                if let Some(more) = self.warn.hit(now, WARN_INTERVAL, WARN_BURST) {
+                    warn!("command socket: {}{}", printable(&e), suppressed(more));
+                }
             }
         }
     }
@@ -179,6 +303,18 @@ impl CommandSocket {
         if let Sock::Unix(_, p) = &self.sock {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// The tail of a rate-limited line: how many like it were not logged.
+fn suppressed(more: u64) -> String {
+    if more == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({more} more like it not logged in the last {} s)",
+            WARN_INTERVAL.as_secs()
+        )
     }
 }
 
@@ -226,5 +362,21 @@ mod tests {
         for i in 0..d.len() {
             let _ = parse(&d[..i]);
         }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_the_log() {
+        assert!(matches!(printable("plain text é"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\nb\r\u{1b}[2J\0"), "a\\nb\\r\\u{1b}[2J\\0");
+        assert!(!printable("x\ny").contains('\n'));
+    }
+
+    #[test]
+    fn only_root_and_the_emperors_user_may_command() {
+        assert!(may_command(0, 1000));
+        assert!(may_command(1000, 1000));
+        assert!(!may_command(65534, 1000));
+        assert!(may_command(0, 0));
+        assert!(!may_command(1000, 0));
     }
 }

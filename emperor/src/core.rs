@@ -479,6 +479,8 @@ pub struct Vassal {
     pub sos: u64,
     /// Unknown bytes received.
     pub unknown_bytes: u64,
+    /// Garbage accounting of the current process ([`garbage`]).
+    garbage: garbage::Garbage,
     /// The current process was adopted from a fork server (not forked by us).
     pub adopted: bool,
     /// A reload byte was sent to the current process (an adopted one then exits).
@@ -897,6 +899,7 @@ impl Core {
             backoff: Backoff::default(),
             sos: 0,
             unknown_bytes: 0,
+            garbage: garbage::Garbage::default(),
             adopted: false,
             reload_sent: false,
             on_demand: None,
@@ -983,6 +986,7 @@ impl Core {
         l.inc = inc.0;
         v.adopted = false;
         v.reload_sent = false;
+        v.garbage.begin(v.backoff);
         self.actions.push_back(Action::Spawn(SpawnRequest {
             inc,
             vassal: id,
@@ -1172,10 +1176,7 @@ impl Core {
             },
             VassalMsg::StopMe => self.stop_me(now, id),
             VassalMsg::Sos => self.on_sos(now, id),
-            VassalMsg::Unknown(b) => {
-                v.unknown_bytes += 1;
-                warn!(vassal = %v.name, byte = b, "vassal {} sent unknown byte {b}: ignored", v.name);
-            }
+            VassalMsg::Unknown(b) => self.on_unknown_byte(now, id, b),
         }
     }
 
@@ -1214,7 +1215,24 @@ impl Core {
             self.lines[v.slot as usize].inc = 0;
             self.actions.push_back(Action::Release { inc });
         }
+        // Ready, accepting and loyal describe the current process: with it gone, nothing
+        // serves (the stats and `ctl status` must not say otherwise). Loyalty still decides
+        // below whether this death earns a backoff.
+        let l = &mut self.lines[v.slot as usize];
+        let loyal = l.loyal;
+        (l.ready, l.accepting, l.loyal) = (false, false, false);
         let name = v.name.clone();
+        let shutting_or_unwanted = shutting || !v.wanted;
+        if !shutting_or_unwanted
+            && state.pid().is_some()
+            && exit != ExitKind::Code(EXILE_CODE)
+            && self.reaped_broken(now, id, pid, exit)
+        {
+            return;
+        }
+        let Some(v) = self.vassals.get_mut(&id) else {
+            return;
+        };
         match state {
             State::Stopping {
                 requested: true, ..
@@ -1228,7 +1246,6 @@ impl Core {
                 }
             }
             State::Running { .. } | State::Stopping { .. } => {
-                let loyal = self.lines[v.slot as usize].loyal;
                 if exit == ExitKind::Code(EXILE_CODE) && !shutting && v.wanted {
                     warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
                     set_state(&mut self.lines, v, State::Exiled);
@@ -1512,6 +1529,7 @@ impl Core {
 
 mod activation;
 mod broodlord;
+pub mod garbage;
 mod tyrant;
 pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent, VassalCommand};
 

@@ -292,7 +292,13 @@ pub fn table(doc: &Value) -> String {
             state,
             if pid > 0 { pid.to_string() } else { "-".into() },
             if num(&v["loyal"]) != 0 { "yes" } else { "no" }.into(),
-            format!("{}/{}", num(&v["ready"]), num(&v["accepting"])),
+            // Ready and accepting describe a process: none runs, none serves (whatever an
+            // emperor that keeps the last process's flags says).
+            if pid > 0 {
+                format!("{}/{}", num(&v["ready"]), num(&v["accepting"]))
+            } else {
+                "-".into()
+            },
             num(&v["restarts"]).to_string(),
             backoff,
             v["last_exit"].as_str().unwrap_or("-").to_string(),

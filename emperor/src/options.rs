@@ -242,6 +242,11 @@ pub struct Options {
     #[arg(long = "emperor-command-socket", value_name = "PATH")]
     pub command_socket: Option<String>,
 
+    /// Accept a UDP (host:port) command socket, whose senders cannot be identified: every
+    /// local user can then command vassals. `:PORT` binds 127.0.0.1. [default: refused]
+    #[arg(long = "emperor-command-allow-udp")]
+    pub command_allow_udp: bool,
+
     /// New vassals start suspended, until a `spawn` command. [default: off]
     #[arg(long = "emperor-wait-for-command")]
     pub wait_for_command: bool,

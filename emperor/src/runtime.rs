@@ -2,7 +2,8 @@
 //!
 //! Sources: signals (signal-hook-mio), the inotify fd, the stats listener and its clients, and
 //! one channel per running vassal (plus its config socket while a push is pending). Every
-//! readable source is drained until `WouldBlock`; timers are the core's deadline heap plus the
+//! readable source is drained until `WouldBlock`, except a vassal channel, which is read at most
+//! `CHANNEL_BUDGET` bytes per turn (the rest at the next turn); timers are the core's deadline heap plus the
 //! safety rescan and stats client deadlines. Children are reaped with `waitpid(-1, WNOHANG)` in a
 //! loop on SIGCHLD (and on channel EOF, which is only a hint).
 
@@ -51,6 +52,9 @@ const SETTLE: Duration = Duration::from_millis(100);
 const SPAWN_BATCH: usize = 16;
 /// A stats client that has not been served within this is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes read from one vassal channel per turn of the loop (a well-behaved vassal sends a few
+/// bytes a second; a flooding one waits for the next turn, after every other source).
+const CHANNEL_BUDGET: usize = 16 * 1024;
 
 fn channel_token(inc: Inc) -> Token {
     Token(CHANNEL_BASE + (inc.0 as usize) * 2)
@@ -172,6 +176,8 @@ pub struct Runtime {
     actions_left: bool,
     /// Owns each vassal's process tree (cgroup or process group).
     tree: crate::cgroup::Tree,
+    /// Channels whose read budget ran out before `WouldBlock` (see [`Runtime::on_channel`]).
+    busy_channels: HashSet<Inc>,
 }
 
 impl Runtime {
@@ -238,8 +244,13 @@ impl Runtime {
         };
         let command = match &opts.command_socket {
             Some(addr) => Some(
-                crate::command::CommandSocket::bind(addr, &cwd, poll.registry())
-                    .map_err(RunError)?,
+                crate::command::CommandSocket::bind(
+                    addr,
+                    &cwd,
+                    poll.registry(),
+                    opts.command_allow_udp,
+                )
+                .map_err(RunError)?,
             ),
             None => None,
         };
@@ -338,6 +349,7 @@ impl Runtime {
             fork,
             actions_left: false,
             tree,
+            busy_channels: HashSet::new(),
         }
         .with_parent_emperor())
     }
@@ -405,7 +417,7 @@ impl Runtime {
                 }
             }
             let now = Instant::now();
-            let mut wake = if self.actions_left {
+            let mut wake = if self.actions_left || !self.busy_channels.is_empty() {
                 now
             } else {
                 self.next_rescan
@@ -429,6 +441,8 @@ impl Runtime {
                 wake = wake.min(t);
             }
             let timeout = wake.saturating_duration_since(now);
+            // Read after this turn's events: every other ready source goes first.
+            let busy: Vec<Inc> = self.busy_channels.drain().collect();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     error!("event loop failed: {e}");
@@ -466,6 +480,9 @@ impl Runtime {
                     }
                     tok => self.on_client(tok),
                 }
+            }
+            for inc in busy {
+                self.on_channel(inc);
             }
             if self.reap_needed {
                 self.reap();
@@ -834,9 +851,14 @@ impl Runtime {
         }
     }
 
+    /// Reads at most [`CHANNEL_BUDGET`] bytes of `inc`'s channel: a vassal writing without
+    /// pause cannot keep the loop from the other sources. A channel left unread (the budget
+    /// ran out before `WouldBlock`) is noted in `busy_channels` and read again at the next turn,
+    /// which then does not sleep: mio reports a source again only once it has new data.
     fn on_channel(&mut self, inc: Inc) {
         let mut buf = [0u8; 512];
         let now = Instant::now();
+        let mut budget = CHANNEL_BUDGET;
         loop {
             let Some(ch) = self.channels.get_mut(&inc) else {
                 return;
@@ -844,7 +866,12 @@ impl Runtime {
             if !ch.open {
                 return;
             }
-            match ch.stream.read(&mut buf) {
+            if budget == 0 {
+                self.busy_channels.insert(inc);
+                return;
+            }
+            let want = budget.min(buf.len());
+            match ch.stream.read(&mut buf[..want]) {
                 Ok(0) => {
                     ch.open = false;
                     let _ = self.poll.registry().deregister(&mut ch.stream);
@@ -854,6 +881,7 @@ impl Runtime {
                     return;
                 }
                 Ok(n) => {
+                    budget -= n;
                     for &byte in &buf[..n] {
                         self.core.handle(now, Event::Message { inc, byte });
                     }

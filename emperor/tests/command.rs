@@ -251,6 +251,7 @@ fn udp_command_socket_with_ctl() {
             fake.to_str().unwrap(),
             "--emperor-command-socket",
             &addr,
+            "--emperor-command-allow-udp",
         ],
     );
     emp.wait_for_line(&format!("command socket enabled on {addr}"), T);

@@ -806,3 +806,118 @@ fn beyond_the_vassal_limit_a_config_is_refused_until_a_slot_frees() {
     assert_eq!(spawns(&a), 1, "the refused config gets the freed slot");
     assert!(h.core.vassal(&format!("/v/{refused}")).is_some());
 }
+
+#[test]
+fn ready_accepting_and_loyal_are_cleared_when_the_process_is_gone() {
+    let mut h = Harness::new(cfg());
+    let serving = |h: &Harness| {
+        let ch = h.core.channel(h.core.vassal("/v/app.ini").unwrap());
+        (ch.ready, ch.accepting, ch.loyal)
+    };
+    // A crash before loyalty: waiting for its backoff, with no process.
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 1 });
+    h.ev(Event::Message { inc, byte: 5 });
+    assert_eq!(serving(&h), (true, true, false));
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    assert!(matches!(h.state("app.ini"), State::Waiting { .. }));
+    assert_eq!(serving(&h), (false, false, false));
+    // A loyal one stopped by a command: suspended, with no process.
+    let a = h.run_until_deadline(Duration::from_secs(10));
+    let (inc, pid) = h.spawn_all(&a).expect("respawned after its backoff");
+    for b in [1u8, 5, 17] {
+        h.ev(Event::Message { inc, byte: b });
+    }
+    assert_eq!(serving(&h), (true, true, true));
+    h.core
+        .command(h.now, VassalCommand::Stop, "app.ini")
+        .unwrap();
+    // Still the running process until it is reaped.
+    assert_eq!(serving(&h), (true, true, true));
+    h.actions();
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(h.state("app.ini"), State::Suspended);
+    assert_eq!(serving(&h), (false, false, false));
+    // The times of the last process stay (they say when it last served).
+    let ch = h.core.channel(h.core.vassal("/v/app.ini").unwrap());
+    assert!(ch.last_ready.is_some() && ch.last_loyal.is_some());
+}
+
+/// `n` bytes from `inc`, cycling through `bytes`, `step` apart; the actions they caused.
+fn flood(h: &mut Harness, inc: Inc, bytes: &[u8], n: usize, step: Duration) -> Vec<Action> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        out.extend(h.ev(Event::Message {
+            inc,
+            byte: bytes[k % bytes.len()],
+        }));
+        h.now += step;
+    }
+    out
+}
+
+fn kills(a: &[Action]) -> usize {
+    a.iter()
+        .filter(|a| matches!(a, Action::Kill { .. }))
+        .count()
+}
+
+#[test]
+fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
+    use super::garbage::{GARBAGE_LIMIT, GARBAGE_WINDOW};
+    let mut h = Harness::new(CoreConfig {
+        throttle_ms: 1000,
+        ..cfg()
+    });
+    let (inc, pid) = h.start_one("app.ini");
+    // Garbage with the loyal, ready and accepting bytes mixed in (as /dev/urandom has).
+    let garbage = [99u8, 17, 200, 1, 5, 255, 42, 7];
+    let unknown_per_cycle = 5;
+    let n = (GARBAGE_LIMIT as usize / unknown_per_cycle + 1) * garbage.len();
+    let a = flood(&mut h, inc, &garbage, n, Duration::from_micros(10));
+    assert_eq!(kills(&a), 1, "killed once, not once per byte: {a:?}");
+    assert!(a.contains(&Action::Kill { pid }));
+    assert!(matches!(
+        h.state("app.ini"),
+        State::Stopping {
+            requested: false,
+            ..
+        }
+    ));
+    // More garbage while it dies: no second kill.
+    let a = flood(&mut h, inc, &garbage, 10_000, Duration::from_micros(10));
+    assert_eq!(kills(&a), 0);
+    // Reaped: a failure with backoff, although its garbage said "loyal".
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    assert_eq!(spawns(&a), 0, "not respawned at once: {a:?}");
+    assert!(matches!(h.state("app.ini"), State::Waiting { .. }));
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 1);
+    // The next flood doubles the backoff: the garbage's loyal byte earns no clean slate.
+    let a = h.run_until_deadline(Duration::from_secs(2));
+    let (inc, pid) = h.spawn_all(&a).expect("retried after its backoff");
+    let a = flood(&mut h, inc, &garbage, n, Duration::from_micros(10));
+    assert_eq!(kills(&a), 1);
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert_eq!((v.backoff.attempt, v.backoff.level_ms), (2, 2000));
+    assert!(v.unknown_bytes > u64::from(GARBAGE_LIMIT) * 2);
+    // A few stray bytes per window are only counted, for ever.
+    let mut h = Harness::new(cfg());
+    let (inc, _) = h.start_one("app.ini");
+    let step = GARBAGE_WINDOW / (GARBAGE_LIMIT / 2);
+    let a = flood(&mut h, inc, &[99], GARBAGE_LIMIT as usize * 10, step);
+    assert_eq!(kills(&a), 0);
+    assert!(matches!(h.state("app.ini"), State::Running { .. }));
+}

@@ -1,0 +1,357 @@
+//! Hostile or unlucky conditions against real uWSGI vassals: dead vassals are not reported as
+//! serving, a vassal flooding its channel cannot stop the loop, stats clients cannot exhaust
+//! the fd table, and command sockets obey only their owner and root, logging safely.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use uwsgi_proto::vars::VarsBuilder;
+
+fn datagram(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = VarsBuilder::new();
+    for (k, v) in pairs {
+        b.push(k, v).unwrap();
+    }
+    b.into_packet(0, 0)
+}
+
+fn send(sock: &Path, packet: &[u8]) {
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(packet, sock)
+        .unwrap_or_else(|e| panic!("command socket {sock:?}: {e}"));
+}
+
+fn ctl_status(stats: &Path) -> String {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_emperor"))
+        .args(["ctl", "--stats", stats.to_str().unwrap(), "status"])
+        .env_remove("EMPEROR_STATS")
+        .env_remove("EMPEROR_COMMAND_SOCKET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The READY/ACC cell of `name`'s row in a `ctl status` table.
+fn ready_cell(table: &str, name: &str) -> String {
+    let head = table.lines().next().unwrap();
+    let col = head.find("READY/ACC").unwrap();
+    let row = table.lines().find(|l| l.starts_with(name)).unwrap();
+    row[col..].split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn crashed_and_stopped_vassals_are_not_reported_ready() {
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let (csock, ssock) = (work.path().join("c.sock"), work.path().join("s.sock"));
+    write_vassal(&dir, "crash.ini", &csock, "");
+    write_vassal(&dir, "stop.ini", &ssock, "");
+    let cmd = work.path().join("cmd.sock");
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-command-socket",
+            cmd.to_str().unwrap(),
+            // A crash before loyalty waits a minute: long enough to look at it.
+            "--emperor-throttle",
+            "60000",
+        ],
+    );
+    let c = wait_vassal(&mut emp, &st, "crash.ini", T, "accepting", |v| {
+        v["ready"] == 1 && v["accepting"] == 1
+    });
+    wait_vassal(&mut emp, &st, "stop.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    assert_eq!(ready_cell(&ctl_status(&st), "crash.ini"), "1/1");
+
+    // A crash (no request served, so not loyal): waiting for its backoff, with no process.
+    let pid = c["pid"].as_i64().unwrap() as i32;
+    signal(pid, libc::SIGKILL);
+    let c = wait_vassal(&mut emp, &st, "crash.ini", T, "waiting", |v| {
+        v["state"] == "waiting"
+    });
+    assert_eq!(
+        (&c["pid"], &c["ready"], &c["accepting"], &c["loyal"]),
+        (&(-1).into(), &0.into(), &0.into(), &0.into()),
+        "{c:#}"
+    );
+    assert_ne!(c["last_ready"], 0, "when it last was ready stays known");
+
+    // Loyal (it served a request), then stopped by a command: suspended, with no process.
+    assert_eq!(hello(&ssock).0, 200);
+    wait_vassal(&mut emp, &st, "stop.ini", T, "loyal", |v| v["loyal"] == 1);
+    send(&cmd, &datagram(&[("cmd", "stop"), ("vassal", "stop.ini")]));
+    let s = wait_vassal(&mut emp, &st, "stop.ini", T, "suspended", |v| {
+        v["state"] == "suspended"
+    });
+    assert_eq!(
+        (&s["pid"], &s["ready"], &s["accepting"], &s["loyal"]),
+        (&(-1).into(), &0.into(), &0.into(), &0.into()),
+        "{s:#}"
+    );
+    let table = ctl_status(&st);
+    assert_eq!(ready_cell(&table, "crash.ini"), "-", "{table}");
+    assert_eq!(ready_cell(&table, "stop.ini"), "-", "{table}");
+}
+
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Lines of the emperor's output containing `needle`.
+fn count(emp: &mut Proc, needle: &str) -> usize {
+    emp.output().lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_vassal_flooding_its_channel_cannot_stop_the_loop() {
+    let uwsgi = require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("app.sock");
+    write_vassal(&dir, "app.ini", &sock, "");
+    std::fs::write(dir.join("hb.ini"), "[uwsgi]\n").unwrap();
+    // hb.ini floods valid heartbeat bytes (26) without pause; flood.ini random bytes; anything
+    // else is a real uWSGI vassal.
+    let wrap = work.path().join("wrap.sh");
+    script(
+        &wrap,
+        &format!(
+            "case \"$2\" in\n\
+             hb.ini) exec tr '\\000' '\\032' </dev/zero >&$UWSGI_EMPEROR_FD ;;\n\
+             flood.ini) exec cat /dev/urandom >&$UWSGI_EMPEROR_FD ;;\n\
+             *) exec {} \"$@\" ;;\n\
+             esac",
+            uwsgi.display()
+        ),
+    );
+    let (mut emp, st) = start_emperor(
+        work.path(),
+        &dir,
+        &["--emperor-wrapper", wrap.to_str().unwrap()],
+    );
+    wait_vassal(&mut emp, &st, "hb.ini", T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0 && v["last_heartbeat"] != 0
+    });
+    // While hb.ini floods: stats answer, a request makes app.ini loyal, and once killed its
+    // process is reaped (not left a zombie) and a new one serves.
+    let v = wait_vassal(&mut emp, &st, "app.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    assert_eq!(hello(&sock).0, 200);
+    wait_vassal(&mut emp, &st, "app.ini", T, "loyal", |v| v["loyal"] == 1);
+    let old = v["pid"].as_i64().unwrap() as i32;
+    signal(old, libc::SIGKILL);
+    wait_vassal(&mut emp, &st, "app.ini", T, "respawned", |v| {
+        v["pid"]
+            .as_i64()
+            .is_some_and(|p| p > 0 && p != i64::from(old))
+            && v["accepting"] == 1
+    });
+    wait_gone(old, T);
+    assert_eq!(hello(&sock).0, 200);
+
+    // Random bytes: killed as broken and retried with backoff; few log lines.
+    std::fs::write(dir.join("flood.ini"), "[uwsgi]\n").unwrap();
+    emp.wait_for_line("vassal flood.ini sent unknown byte", T);
+    emp.wait_for_line("killing it as broken", T);
+    let f = wait_vassal(&mut emp, &st, "flood.ini", T, "backing off", |v| {
+        v["attempt"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        f["channel_unknown_bytes"].as_u64().unwrap() >= 4096,
+        "{f:#}"
+    );
+    assert_eq!(hello(&sock).0, 200);
+    // Retried after its backoff, and killed again.
+    wait_vassal(&mut emp, &st, "flood.ini", T, "retried", |v| {
+        v["attempt"].as_u64().unwrap_or(0) >= 2
+    });
+    let warnings = count(&mut emp, "unknown byte");
+    let kills = count(&mut emp, "killing it as broken");
+    assert!(kills >= 2, "{kills}");
+    // One warning per start (the rest are counted), not one per byte.
+    assert!(
+        warnings <= 2 * kills + 2,
+        "{warnings} warnings for {kills} floods"
+    );
+    let log = emp.output().len();
+    assert!(log < 256 * 1024, "log of {log} bytes");
+    assert!(
+        vassal(&stats(&st), "hb.ini").unwrap()["pid"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+}
+
+const NOBODY: u32 = 65534;
+
+/// `emperor ctl ARGS` run as `nobody` (the tests run as root).
+fn ctl_as_nobody(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    c.arg("ctl")
+        .args(args)
+        .env_remove("EMPEROR_STATS")
+        .env_remove("EMPEROR_COMMAND_SOCKET");
+    // SAFETY: only async-signal-safe syscalls (setgroups, setgid, setuid) run in the child.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_command_socket_obeys_only_root_and_the_emperors_user_and_logs_safely() {
+    require_uwsgi();
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to send as another user");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // `nobody` must reach the socket's directory (the sockets' own modes are what is tested).
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("w.sock");
+    write_vassal(&dir, "w.ini", &sock, "");
+    let cmd = work.path().join("cmd.sock");
+    let c = cmd.to_str().unwrap();
+    let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-command-socket", c]);
+    let v = wait_vassal(&mut emp, &st, "w.ini", T, "accepting", |v| {
+        v["accepting"] == 1
+    });
+    let pid = v["pid"].clone();
+    assert_eq!(mode(&cmd), 0o600, "only its owner may write to it");
+
+    // Another user cannot even send (mode 0600)...
+    let out = ctl_as_nobody(&["--command-socket", c, "stop", "w.ini"]);
+    assert!(!out.status.success(), "{out:?}");
+    // ...and if the socket is opened up by mistake, its datagrams are refused by credentials.
+    std::fs::set_permissions(&cmd, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = ctl_as_nobody(&["--command-socket", c, "stop", "w.ini"]);
+    assert!(out.status.success(), "{out:?}");
+    emp.wait_for_line(
+        &format!("command socket: refused a datagram from uid {NOBODY}"),
+        T,
+    );
+    // A marker from root, read after nobody's datagram: the stop was not obeyed.
+    send(&cmd, &datagram(&[("cmd", "log"), ("msg", "marker one")]));
+    emp.wait_for_line("marker one", T);
+    let v = vassal(&stats(&st), "w.ini").unwrap();
+    assert_eq!((&v["state"], &v["pid"]), (&"running".into(), &pid), "{v:#}");
+
+    // A `log` message cannot forge a line: its newline is escaped.
+    send(
+        &cmd,
+        &datagram(&[
+            ("cmd", "log"),
+            ("msg", "deploy 42\n2026-01-01T00:00:00Z  INFO FORGED line"),
+        ]),
+    );
+    let line = emp.wait_for_line("deploy 42", T);
+    assert!(
+        line.contains("deploy 42\\n2026-01-01T00:00:00Z  INFO FORGED line"),
+        "{line}"
+    );
+    assert_eq!(count(&mut emp, "FORGED"), 1);
+    assert!(!emp.output().lines().any(|l| l.starts_with("2026-01-01")));
+
+    // A burst of malformed datagrams: a few lines, not one per datagram.
+    for _ in 0..500 {
+        send(&cmd, b"\0\0");
+    }
+    send(&cmd, &datagram(&[("cmd", "log"), ("msg", "marker two")]));
+    emp.wait_for_line("marker two", T);
+    let malformed = count(&mut emp, "ignoring a malformed datagram");
+    assert!(
+        (1..=10).contains(&malformed),
+        "{malformed} lines for 500 datagrams"
+    );
+
+    // The emperor's own user (root here) is obeyed.
+    send(&cmd, &datagram(&[("cmd", "stop"), ("vassal", "w.ini")]));
+    wait_vassal(&mut emp, &st, "w.ini", T, "suspended", |v| {
+        v["state"] == "suspended"
+    });
+}
+
+#[test]
+fn a_udp_command_socket_needs_an_explicit_option_and_binds_loopback() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!(":{port}");
+    let mut refused = Proc::spawn({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
+        c.arg(&dir)
+            .args(["--emperor-command-socket", &addr])
+            .env("EMPEROR_LOG", "info")
+            .current_dir(work.path());
+        c
+    });
+    assert!(!refused.wait_exit(T).success());
+    refused.wait_for_line("--emperor-command-allow-udp", T);
+    let (mut emp, _st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-command-socket",
+            &addr,
+            "--emperor-command-allow-udp",
+        ],
+    );
+    emp.wait_for_line(&format!("command socket 127.0.0.1:{port} is UDP"), T);
+    // Only loopback is bound, not every interface.
+    let local = format!(":{port:04X} ");
+    let udp_table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let bound: Vec<&str> = udp_table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|a| format!("{a} ").ends_with(&local))
+        .collect();
+    assert_eq!(bound, [format!("0100007F:{port:04X}")], "{udp_table}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(
+        &datagram(&[("cmd", "log"), ("msg", "over udp")]),
+        ("127.0.0.1", port),
+    )
+    .unwrap();
+    emp.wait_for_line("over udp", T);
+}
