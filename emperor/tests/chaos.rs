@@ -287,12 +287,32 @@ impl Run {
     }
 
     /// SIGKILLs `pid` unless it was killed already; true when a live process got the signal.
-    fn kill(&mut self, pid: i32) -> bool {
-        if pid <= 0 || !self.killed.insert(pid) || is_zombie(pid) {
+    /// Through a pidfd, checked to be a live child of `parent` once the pidfd is held, so a pid
+    /// reused by another process in the meantime is never signalled.
+    fn kill(&mut self, pid: i32, parent: i32) -> bool {
+        if pid <= 0 || !self.killed.insert(pid) {
             return false;
         }
-        // SAFETY: kill(2) has no memory effects.
-        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        if fd < 0 {
+            return false;
+        }
+        let ours = matches!(stat(pid), Some((s, pp)) if s != 'Z' && pp == parent);
+        // SAFETY: fd is the pidfd opened above; a null siginfo is allowed; no memory is shared.
+        let sent = ours
+            && unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd,
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            } == 0;
+        // SAFETY: fd was returned by pidfd_open above and is closed exactly once.
+        unsafe { libc::close(fd) };
+        sent
     }
 
     /// Waits (bounded) until vassal `name` runs a live process other than `old`.
@@ -324,7 +344,7 @@ impl Run {
         if roll < 35 {
             let live = self.live(None);
             if let Some((name, pid)) = self.rng.pick(&live).cloned() {
-                if self.kill(pid) {
+                if self.kill(pid, self.emp_pid) {
                     self.tally.kill_vassal += 1;
                     if self.rng.below(2) == 0 {
                         self.tally.waits += 1;
@@ -341,7 +361,7 @@ impl Run {
                     .filter(|&p| comm(p) == "sleep")
                     .collect();
                 if let Some(&p) = self.rng.pick(&progs) {
-                    if self.kill(p) {
+                    if self.kill(p, shim) {
                         self.tally.kill_program += 1;
                         return true;
                     }
@@ -352,7 +372,7 @@ impl Run {
             if let Some((_, master)) = self.rng.pick(&live).cloned() {
                 let workers = kids(master);
                 if let Some(&w) = self.rng.pick(&workers) {
-                    if self.kill(w) {
+                    if self.kill(w, master) {
                         self.tally.kill_worker += 1;
                         return true;
                     }
@@ -672,20 +692,28 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
 
     // SIGTERM: the emperor stops everything and exits; nothing of the run may stay behind,
     // also when vassals and programs are SIGKILLed while it shuts down.
-    let mut targets: Vec<i32> = run.live(None).into_iter().map(|(_, p)| p).collect();
+    let mut targets: Vec<(i32, i32)> = run
+        .live(None)
+        .into_iter()
+        .map(|(_, p)| (p, emp_pid))
+        .collect();
     targets.extend(
         run.live(Some(Kind::Shim))
             .into_iter()
-            .flat_map(|(_, shim)| kids(shim))
-            .filter(|&p| comm(p) == "sleep"),
+            .flat_map(|(_, shim)| {
+                kids(shim)
+                    .into_iter()
+                    .filter(|&p| comm(p) == "sleep")
+                    .map(move |p| (p, shim))
+            }),
     );
     run.emp.signal(libc::SIGTERM);
     let mut shutdown_kills = 0;
     for _ in 0..3 {
-        let Some(&p) = run.rng.pick(&targets) else {
+        let Some(&(p, parent)) = run.rng.pick(&targets) else {
             break;
         };
-        if run.kill(p) {
+        if run.kill(p, parent) {
             shutdown_kills += 1;
         }
     }
