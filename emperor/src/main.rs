@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 
 use emperor::options::{Options, OptionsError};
 use emperor::process::{self, Identity};
+// Errors name paths and values from the command line and ini files: escaped when printed.
 use emperor::runtime::Runtime;
+use emperor::sanitize::esc;
 
 fn main() {
     ensure_std_fds();
@@ -15,7 +17,7 @@ fn main() {
         Ok(o) => o,
         Err(OptionsError::Clap(e)) => e.exit(),
         Err(e) => {
-            eprintln!("emperor: {e}");
+            eprintln!("emperor: {}", esc(&e.to_string()));
             std::process::exit(2);
         }
     };
@@ -38,24 +40,24 @@ fn main() {
     }) {
         Ok(id) => id,
         Err(e) => {
-            eprintln!("emperor: {e}");
+            eprintln!("emperor: {}", esc(&e.to_string()));
             std::process::exit(2);
         }
     };
     // Still a single thread: the only safe time to change the environment, and to fork.
     if let Err(e) = process::setup_environment(&opts) {
-        eprintln!("emperor: {e}");
+        eprintln!("emperor: {}", esc(&e.to_string()));
         std::process::exit(2);
     }
     if opts.daemonize.is_some() {
         if let Err(e) = process::daemonize() {
-            eprintln!("emperor: {e}");
+            eprintln!("emperor: {}", esc(&e.to_string()));
             std::process::exit(1);
         }
     }
     if let Some(file) = opts.logto.as_ref().or(opts.daemonize.as_ref()) {
         if let Err(e) = process::log_to(file) {
-            eprintln!("emperor: {e}");
+            eprintln!("emperor: {}", esc(&e.to_string()));
             std::process::exit(1);
         }
     }
@@ -77,7 +79,7 @@ fn main() {
     let mut pidfiles = Vec::new();
     if let Some(p) = &opts.master_pidfile {
         if let Err(e) = process::write_pidfile(p, "pidfile") {
-            tracing::error!("{e}");
+            tracing::error!("{}", esc(&e.to_string()));
             std::process::exit(1);
         }
         pidfiles.push(p);
@@ -85,7 +87,7 @@ fn main() {
     let mut rt = match Runtime::new(&opts) {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", esc(&e.to_string()));
             remove_pidfiles(&pidfiles);
             std::process::exit(1);
         }
@@ -96,7 +98,7 @@ fn main() {
             id.gid,
         );
         if let Err(e) = id.drop_privileges() {
-            tracing::error!("{e}");
+            tracing::error!("{}", esc(&e.to_string()));
             remove_pidfiles(&pidfiles);
             std::process::exit(1);
         }
@@ -108,7 +110,7 @@ fn main() {
     }
     if let Some(p) = &opts.master_pidfile2 {
         if let Err(e) = process::write_pidfile(p, "pidfile2") {
-            tracing::error!("{e}");
+            tracing::error!("{}", esc(&e.to_string()));
             remove_pidfiles(&pidfiles);
             std::process::exit(1);
         }

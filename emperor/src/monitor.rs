@@ -7,7 +7,10 @@
 //! one of [`Scanner::watch_dirs`] (single files of a dir monitor go through
 //! [`Scanner::check_name`]), and every `--emperor-freq` seconds asks [`Scanner::needs_rescan`]
 //! whether the safety net needs a full scan: for a watched directory on a local filesystem only
-//! when the directory's own stamp changed since the last full scan.
+//! when the directory's own stamp changed since the last full scan, or what a symlinked config
+//! points to did. Symlinked configs are tracked through their targets: the directories the
+//! links point into join [`Scanner::watch_dirs`] (capped), and [`Scanner::check_event`] maps an
+//! event there back to the links.
 
 use std::collections::HashMap;
 use std::io;
@@ -138,6 +141,50 @@ pub struct Scanner {
     inotify_complete: Option<bool>,
     full_scans: u64,
     file_stats: u64,
+    /// Symlinked configs (not with `--emperor-nofollow`): what each one points to.
+    links: HashMap<String, Link>,
+    /// A link was found outside a full scan: its target's directory is not in `watch` yet.
+    watch_stale: bool,
+    /// The cap of target directories was hit and logged (reset once back under it).
+    targets_capped: bool,
+}
+
+/// Most directories of symlink targets a monitor adds to its inotify watches; links into
+/// further directories are seen by the safety pass, which stats through every link.
+pub const MAX_TARGET_DIRS: usize = 256;
+/// Most links followed from a config to its final target.
+const MAX_HOPS: usize = 8;
+
+/// A symlinked config: every (directory, file name) along its chain of links, and the stamp
+/// through the link at its last check (`None` when it dangled).
+#[derive(Debug)]
+struct Link {
+    hops: Vec<(PathBuf, std::ffi::OsString)>,
+    stamp: Option<FileStamp>,
+}
+
+/// The (directory, file name) of each hop from the symlink `path` to its final target (which
+/// may not exist), at most [`MAX_HOPS`].
+fn link_hops(path: &Path) -> Vec<(PathBuf, std::ffi::OsString)> {
+    let mut hops = Vec::new();
+    let mut cur = path.to_path_buf();
+    for _ in 0..MAX_HOPS {
+        let Ok(to) = std::fs::read_link(&cur) else {
+            break;
+        };
+        let base = cur.parent().map(Path::to_path_buf).unwrap_or_default();
+        let next = base.join(to);
+        let (Some(dir), Some(file)) = (next.parent(), next.file_name()) else {
+            break;
+        };
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        hops.push((dir.clone(), file.to_os_string()));
+        cur = dir.join(file);
+        if !std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+            break;
+        }
+    }
+    hops
 }
 
 /// What changes in a directory's own inode when an entry is added, removed or renamed (and
@@ -220,6 +267,9 @@ impl Scanner {
             inotify_complete: None,
             full_scans: 0,
             file_stats: 0,
+            links: HashMap::new(),
+            watch_stale: false,
+            targets_capped: false,
         }
     }
 
@@ -242,8 +292,17 @@ impl Scanner {
         let MonitorKind::Dir(dir) = &self.spec.kind else {
             return true;
         };
-        if !watched || self.inotify_complete != Some(true) {
+        if !watched || self.inotify_complete != Some(true) || self.watch_stale {
             return true;
+        }
+        // Symlinked configs: one stat through each link (its target may live anywhere, on
+        // any filesystem, beyond the cap of watched target directories).
+        for (name, link) in &self.links {
+            let now = std::fs::metadata(dir.join(name)).ok().map(|m| stamp_of(&m));
+            if now != link.stamp {
+                debug!(monitor = %esc(&self.spec.arg), "safety pass: full rescan of {} (what {} points to changed)", esc_path(dir), esc(name));
+                return true;
+            }
         }
         let Some(last) = self.dir_stamp else {
             debug!(monitor = %esc(&self.spec.arg), "safety pass: full rescan of {} (its stamp at the last full scan was too recent to trust)", esc_path(dir));
@@ -353,8 +412,81 @@ impl Scanner {
             let seen: std::collections::HashSet<&String> = seen.iter().collect();
             self.known.retain(|k, _| seen.contains(k));
             self.reported.retain(|k, _| seen.contains(k));
+            self.links.retain(|k, _| seen.contains(k));
         }
+        self.add_target_watches();
         ScanResult { entries }
+    }
+
+    /// Adds the directories symlinked configs point into to `watch` (at most
+    /// [`MAX_TARGET_DIRS`] of them), so editing, touching or deleting a target is seen at once.
+    fn add_target_watches(&mut self) {
+        self.watch_stale = false;
+        let mut extra: Vec<&PathBuf> = Vec::new();
+        let mut over = 0usize;
+        for link in self.links.values() {
+            for (dir, _) in &link.hops {
+                if self.watch.contains(dir) || extra.contains(&dir) {
+                    continue;
+                }
+                if extra.len() < MAX_TARGET_DIRS {
+                    extra.push(dir);
+                } else {
+                    over += 1;
+                }
+            }
+        }
+        let extra: Vec<PathBuf> = extra.into_iter().cloned().collect();
+        self.watch.extend(extra);
+        if over > 0 && !self.targets_capped {
+            warn!(
+                monitor = %esc(&self.spec.arg),
+                "symlinked configs point into more than {MAX_TARGET_DIRS} directories: only {MAX_TARGET_DIRS} are watched with inotify, changes in the other {over} are seen by the safety pass every --emperor-freq"
+            );
+        }
+        self.targets_capped = over > 0;
+    }
+
+    /// The names of the symlinked configs one of whose hops is a file named `file` (what an
+    /// inotify event in a target's directory names).
+    fn links_to(&self, file: &str) -> Vec<String> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.hops.iter().any(|(_, f)| f == file))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// [`Scanner::check_name`] for an inotify event naming `name` in one of
+    /// [`Scanner::watch_dirs`]: the file of that name in the monitor directory, and every
+    /// symlinked config that points to a file of that name (the event may come from a target's
+    /// directory; checking an unchanged one is harmless). Empty for glob monitors.
+    pub fn check_event(&mut self, name: &str) -> Vec<(String, Option<Entry>)> {
+        let mut out: Vec<(String, Option<Entry>)> = self.check_name(name).into_iter().collect();
+        let MonitorKind::Dir(dir) = &self.spec.kind else {
+            return out;
+        };
+        let dir = dir.clone();
+        for link in self.links_to(name) {
+            if link == name {
+                continue;
+            }
+            let path = dir.join(&link);
+            let key = std::path::absolute(&path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string();
+            if std::fs::symlink_metadata(&path).is_err() {
+                self.known.remove(&link);
+                self.reported.remove(&link);
+                self.links.remove(&link);
+                out.push((key, None));
+                continue;
+            }
+            let entry = self.check(&link, &path);
+            out.push((key, entry));
+        }
+        out
     }
 
     /// Re-examines one file of a dir monitor (after an inotify event naming it): its key and,
@@ -372,6 +504,7 @@ impl Scanner {
             // Gone: forget what was reported so a re-created file is judged afresh.
             self.known.remove(name);
             self.reported.remove(name);
+            self.links.remove(name);
             return Some((key, None));
         }
         let entry = self.check(name, &path);
@@ -498,8 +631,12 @@ impl Scanner {
         let meta = if self.nofollow {
             std::fs::symlink_metadata(path)
         } else {
+            self.note_link(name, path);
             std::fs::metadata(path)
         };
+        if let Some(link) = self.links.get_mut(name) {
+            link.stamp = meta.as_ref().ok().map(stamp_of);
+        }
         let meta = match meta {
             Ok(m) => m,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -575,6 +712,29 @@ impl Scanner {
             uid: owner.0,
             gid: owner.1,
         })
+    }
+
+    /// Records whether `path` (config `name`) is a symlink, and what it points to.
+    fn note_link(&mut self, name: &str, path: &Path) {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            self.links.remove(name);
+            return;
+        }
+        let hops = link_hops(path);
+        let new_dir = hops.iter().any(|(d, _)| !self.watch.contains(d));
+        match self.links.get_mut(name) {
+            Some(l) if l.hops == hops => {}
+            Some(l) => {
+                l.hops = hops;
+                self.watch_stale |= new_dir && !self.targets_capped;
+            }
+            None => {
+                self.links
+                    .insert(name.to_string(), Link { hops, stamp: None });
+                self.watch_stale |= new_dir && !self.targets_capped;
+            }
+        }
     }
 
     fn skip(&mut self, name: &str, reason: String) {
@@ -904,6 +1064,92 @@ mod tests {
         let r = s.scan();
         assert_eq!(names(&r), vec![format!("{}/a.ini", d.path().display())]);
         assert_eq!(s.watch_dirs(), &[d.path().to_path_buf()]);
+    }
+
+    #[test]
+    fn symlinked_configs_are_tracked_through_their_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let (v, srv) = (root.join("v"), root.join("srv"));
+        std::fs::create_dir(&v).unwrap();
+        std::fs::create_dir(&srv).unwrap();
+        let target = srv.join("uwsgi.ini");
+        std::fs::write(&target, "[uwsgi]\n").unwrap();
+        std::os::unix::fs::symlink("../srv/uwsgi.ini", v.join("app.ini")).unwrap();
+        std::fs::write(v.join("plain.ini"), "[uwsgi]\n").unwrap();
+        let spec = parse_monitor(v.to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        assert_eq!(names(&s.scan()), vec!["app.ini", "plain.ini"]);
+        assert_eq!(s.watch_dirs(), &[v.clone(), srv.clone()]);
+        // An event in the target's directory names the target: the link is checked.
+        let key = v.join("app.ini").display().to_string();
+        let got = s.check_event("uwsgi.ini");
+        assert!(got.iter().any(|(k, e)| *k == key && e.is_some()), "{got:?}");
+        // The safety pass stats through the link.
+        settle(&mut s);
+        assert!(!s.needs_rescan(true));
+        let f = std::fs::File::options().write(true).open(&target).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert!(s.needs_rescan(true));
+        let before = s.scan().entries.unwrap();
+        // Deleted target: the link dangles and is no config any more.
+        std::fs::remove_file(&target).unwrap();
+        let got = s.check_event("uwsgi.ini");
+        assert!(got.iter().any(|(k, e)| *k == key && e.is_none()), "{got:?}");
+        assert_eq!(names(&s.scan()), vec!["plain.ini"]);
+        std::fs::write(&target, "[uwsgi]\n").unwrap();
+        let got = s.check_event("uwsgi.ini");
+        let e = got
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+            .clone()
+            .unwrap();
+        assert_ne!(
+            Some(e.stamp),
+            before.iter().find(|b| b.key == key).map(|b| b.stamp)
+        );
+        // A link created outside a full scan: its directory is watched after the next one.
+        let other = root.join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("x.ini"), "[uwsgi]\n").unwrap();
+        std::os::unix::fs::symlink(other.join("x.ini"), v.join("x.ini")).unwrap();
+        assert!(s.check_name("x.ini").unwrap().1.is_some());
+        assert!(s.needs_rescan(true));
+        s.scan();
+        assert!(s.watch_dirs().contains(&other));
+    }
+
+    #[test]
+    fn target_directories_watched_are_capped() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let v = root.join("v");
+        std::fs::create_dir(&v).unwrap();
+        for i in 0..MAX_TARGET_DIRS + 3 {
+            let t = root.join(format!("t{i}"));
+            std::fs::create_dir(&t).unwrap();
+            std::fs::write(t.join("uwsgi.ini"), "[uwsgi]\n").unwrap();
+            std::os::unix::fs::symlink(t.join("uwsgi.ini"), v.join(format!("a{i}.ini"))).unwrap();
+        }
+        let spec = parse_monitor(v.to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], false);
+        assert_eq!(s.scan().entries.unwrap().len(), MAX_TARGET_DIRS + 3);
+        assert_eq!(s.watch_dirs().len(), 1 + MAX_TARGET_DIRS);
+        // Beyond the cap the safety pass still stats through every link.
+        settle(&mut s);
+        let last = root
+            .join(format!("t{}", MAX_TARGET_DIRS + 2))
+            .join("uwsgi.ini");
+        std::fs::write(&last, "[uwsgi]\n# changed\n").unwrap();
+        assert!(s.needs_rescan(true));
+        // With --emperor-nofollow no target is watched.
+        let spec = parse_monitor(v.to_str().unwrap(), Path::new("/")).unwrap();
+        let mut s = Scanner::new(spec, vec![], true);
+        s.scan();
+        assert_eq!(s.watch_dirs(), &[v]);
     }
 
     #[test]

@@ -572,7 +572,7 @@ impl Runtime {
                     self.scan(m);
                     break;
                 };
-                if let Some((key, entry)) = self.scanners[m].check_name(name) {
+                for (key, entry) in self.scanners[m].check_event(name) {
                     self.core.handle(
                         Instant::now(),
                         Event::Updated {

@@ -228,6 +228,14 @@ fn usage_errors_exit_2_with_a_clear_message() {
     let (code, text) = run(&["--ini", "missing.ini"], d.path());
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("missing.ini"), "{text}");
+    // A path with a newline cannot forge a second line of the message.
+    let (code, text) = run(&["--ini", "no\nINFO forged.ini"], d.path());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("no\\nINFO forged.ini"), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("INFO forged")),
+        "{text}"
+    );
     let (code, _) = run(&["--help"], d.path());
     assert_eq!(code, Some(0));
 }
