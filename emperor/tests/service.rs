@@ -10,16 +10,21 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The commit the binary under test was built from (what build.rs stamps).
-fn expected_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+/// The commit build.rs stamped into the emperor (it sets this for the whole package). It must
+/// be a commit of this repository (HEAD may have moved since the build), or "unknown" when
+/// there is no git.
+fn expected_commit() -> &'static str {
+    let commit = env!("EMPEROR_GIT_COMMIT");
+    let git = Command::new("git")
+        .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .output();
+    match git {
+        Ok(o) if o.status.success() => {}
+        _ if commit == "unknown" => {}
+        _ => panic!("the emperor was stamped with {commit:?}, not a commit of this repository"),
+    }
+    commit
 }
 
 /// Reads datagrams from `rx` until one has the line `state` (e.g. `READY=1`) and returns it, or
