@@ -379,6 +379,8 @@ struct Line {
     ready: bool,
     accepting: bool,
     loyal: bool,
+    /// The process was killed as broken ([`garbage`]): its remaining bytes are dropped.
+    ignored: bool,
 }
 
 impl Line {
@@ -396,6 +398,7 @@ impl Line {
             ready: false,
             accepting: false,
             loyal: false,
+            ignored: false,
         }
     }
 }
@@ -983,6 +986,7 @@ impl Core {
         l.ready = false;
         l.accepting = false;
         l.loyal = false;
+        l.ignored = false;
         l.inc = inc.0;
         v.adopted = false;
         v.reload_sent = false;
@@ -1106,6 +1110,9 @@ impl Core {
             return;
         };
         let l = &mut self.lines[slot];
+        if l.ignored {
+            return;
+        }
         let t = enc_time(epoch, now);
         let msg = VassalMsg::from_byte(byte);
         match msg {

@@ -52,6 +52,15 @@ const SETTLE: Duration = Duration::from_millis(100);
 const SPAWN_BATCH: usize = 16;
 /// A stats client that has not been served within this is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most stats clients served at once; a new one evicts the oldest.
+const MAX_STATS_CLIENTS: usize = 64;
+/// Stats connections accepted per turn of the loop (the rest at the next turn).
+const ACCEPT_BATCH: usize = 256;
+/// File descriptors kept free for spawns, channels and reaping: a stats connection that would
+/// leave fewer is closed at once.
+const FD_RESERVE: u64 = 64;
+/// Largest stats request read (`--stats-http`); a client sending more is answered anyway.
+const MAX_REQUEST: usize = 4096;
 /// Bytes read from one vassal channel per turn of the loop (a well-behaved vassal sends a few
 /// bytes a second; a flooding one waits for the next turn, after every other source).
 const CHANNEL_BUDGET: usize = 16 * 1024;
@@ -178,6 +187,14 @@ pub struct Runtime {
     tree: crate::cgroup::Tree,
     /// Channels whose read budget ran out before `WouldBlock` (see [`Runtime::on_channel`]).
     busy_channels: HashSet<Inc>,
+    /// The stats listener may still have connections queued (an accept batch ran out).
+    accept_pending: bool,
+    /// Stats clients by age (oldest first), for eviction.
+    client_order: std::collections::VecDeque<Token>,
+    /// The soft RLIMIT_NOFILE, read at startup.
+    fd_limit: u64,
+    /// Stats connections closed for want of fds.
+    refused_clients: crate::core::garbage::LogLimit,
 }
 
 impl Runtime {
@@ -350,6 +367,12 @@ impl Runtime {
             actions_left: false,
             tree,
             busy_channels: HashSet::new(),
+            accept_pending: false,
+            client_order: std::collections::VecDeque::new(),
+            fd_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024),
+            refused_clients: crate::core::garbage::LogLimit::default(),
         }
         .with_parent_emperor())
     }
@@ -417,11 +440,12 @@ impl Runtime {
                 }
             }
             let now = Instant::now();
-            let mut wake = if self.actions_left || !self.busy_channels.is_empty() {
-                now
-            } else {
-                self.next_rescan
-            };
+            let mut wake =
+                if self.actions_left || !self.busy_channels.is_empty() || self.accept_pending {
+                    now
+                } else {
+                    self.next_rescan
+                };
             if let Some(t) = self.core.next_deadline() {
                 wake = wake.min(t);
             }
@@ -483,6 +507,9 @@ impl Runtime {
             }
             for inc in busy {
                 self.on_channel(inc);
+            }
+            if std::mem::take(&mut self.accept_pending) {
+                self.on_accept();
             }
             if self.reap_needed {
                 self.reap();
@@ -1273,8 +1300,12 @@ impl Runtime {
         }
     }
 
+    /// Accepts stats connections, at most [`ACCEPT_BATCH`] per turn (then `accept_pending`
+    /// brings the loop back: the listener is edge-triggered). At most [`MAX_STATS_CLIENTS`] are
+    /// served at once, a new one evicting the oldest, and none that would leave fewer than
+    /// [`FD_RESERVE`] descriptors for spawns.
     fn on_accept(&mut self) {
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let stream = match &self.listener {
                 Some(Listener::Unix(l, _)) => l.accept().map(|(s, _)| ClientStream::Unix(s)),
                 Some(Listener::Tcp(l)) => l.accept().map(|(s, _)| ClientStream::Tcp(s)),
@@ -1285,10 +1316,53 @@ impl Runtime {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    // EMFILE/ENFILE included: the connection stays queued; the next one (or
+                    // the next turn) tries again once descriptors are free.
                     debug!("stats accept failed: {e}");
                     return;
                 }
             };
+            // Descriptors are allocated lowest first, so every one below this is in use.
+            let fd = match &stream {
+                ClientStream::Unix(s) => s.as_raw_fd(),
+                ClientStream::Tcp(s) => s.as_raw_fd(),
+            };
+            let short = u64::try_from(fd).unwrap_or(u64::MAX) + FD_RESERVE >= self.fd_limit;
+            if short {
+                if let Some(more) =
+                    self.refused_clients
+                        .hit(Instant::now(), crate::core::garbage::WARN_INTERVAL, 1)
+                {
+                    warn!(
+                        "stats: fewer than {FD_RESERVE} of {} file descriptors would be left for vassals: dropping the {} stats client (raise RLIMIT_NOFILE, `ulimit -n`){}",
+                        self.fd_limit,
+                        if self.clients.is_empty() { "new" } else { "oldest" },
+                        if more > 0 {
+                            format!("; {more} more dropped since the last line")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                if self.clients.is_empty() {
+                    continue;
+                }
+            }
+            // Short of descriptors, the new client takes the place of the oldest.
+            let cap = if short {
+                self.clients.len()
+            } else {
+                MAX_STATS_CLIENTS
+            };
+            while self.clients.len() >= cap {
+                let Some(old) = self.client_order.pop_front() else {
+                    break;
+                };
+                if let Some(mut c) = self.clients.remove(&old) {
+                    debug!("stats clients: dropping the oldest");
+                    let _ = self.poll.registry().deregister(c.stream.source());
+                }
+            }
             let tok = Token(CLIENT_BASE + self.next_client);
             self.next_client = (self.next_client + 1) % CLIENT_SPAN;
             let mut c = Client {
@@ -1314,9 +1388,11 @@ impl Runtime {
                 .is_ok()
             {
                 self.clients.insert(tok, c);
+                self.client_order.push_back(tok);
                 self.on_client(tok);
             }
         }
+        self.accept_pending = true;
     }
 
     fn render(&self) -> String {
@@ -1345,7 +1421,8 @@ impl Runtime {
                     }
                     Ok(n) => {
                         c.request.extend_from_slice(&buf[..n]);
-                        if c.request.len() >= 4096 || c.request.windows(4).any(|w| w == b"\r\n\r\n")
+                        if c.request.len() >= MAX_REQUEST
+                            || c.request.windows(4).any(|w| w == b"\r\n\r\n")
                         {
                             c.reading = false;
                             break;
@@ -1389,6 +1466,7 @@ impl Runtime {
         }
         if done {
             let _ = self.poll.registry().deregister(c.stream.source());
+            self.client_order.retain(|t| *t != tok);
         } else {
             self.clients.insert(tok, c);
         }
@@ -1406,6 +1484,9 @@ impl Runtime {
                 debug!("dropping a slow stats client");
                 let _ = self.poll.registry().deregister(c.stream.source());
             }
+        }
+        if self.client_order.len() != self.clients.len() {
+            self.client_order.retain(|t| self.clients.contains_key(t));
         }
     }
 

@@ -188,6 +188,7 @@ fn a_vassal_flooding_its_channel_cannot_stop_the_loop() {
         "{warnings} warnings for {kills} floods"
     );
     let log = emp.output().len();
+    eprintln!("{kills} floods: {warnings} unknown-byte lines, log of {log} bytes");
     assert!(log < 256 * 1024, "log of {log} bytes");
     assert!(
         vassal(&stats(&st), "hb.ini").unwrap()["pid"]
@@ -354,4 +355,142 @@ fn a_udp_command_socket_needs_an_explicit_option_and_binds_loopback() {
     )
     .unwrap();
     emp.wait_for_line("over udp", T);
+}
+
+/// One stats document from a `--stats-http` unix socket.
+fn http_stats(path: &Path) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("stats {path:?}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("stats {path:?} did not answer: {e}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("invalid stats ({e}): {out}"))
+}
+
+#[test]
+fn idle_stats_clients_cannot_exhaust_the_fd_table() {
+    // The client cap: 64 clients at most, whatever the limit.
+    idle_clients_against(256);
+    // The reserve: with 100 descriptors, clients stop well before the cap.
+    idle_clients_against(100);
+}
+
+/// 400 idle `--stats-http` clients (replaced as the emperor closes them) against an emperor
+/// with RLIMIT_NOFILE `limit`: stats answer, a killed vassal is respawned.
+fn idle_clients_against(limit: u64) {
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const IDLE: usize = 400;
+    require_uwsgi();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let sock = work.path().join("app.sock");
+    write_vassal(&dir, "app.ini", &sock, "");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (mut emp, st) = start_emperor_with(cmd, work.path(), &dir, &["--stats-http"]);
+    let app = |st: &Path| vassal(&http_stats(st), "app.ini").unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let old = loop {
+        let v = app(&st);
+        if v["accepting"] == 1 {
+            break v["pid"].as_i64().unwrap() as i32;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // More idle clients than the emperor has descriptors, kept connected: each one closed by
+    // the emperor is replaced.
+    let stop = Arc::new(AtomicBool::new(false));
+    let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hammer = {
+        let (st, stop, connects) = (st.clone(), stop.clone(), connects.clone());
+        std::thread::spawn(move || {
+            let mut conns: Vec<Option<std::os::unix::net::UnixStream>> =
+                (0..IDLE).map(|_| None).collect();
+            while !stop.load(Ordering::Relaxed) {
+                for c in conns.iter_mut() {
+                    let closed = match c {
+                        None => true,
+                        Some(s) => {
+                            use std::io::Read;
+                            // Idle clients send nothing, so the emperor only ever closes them.
+                            let mut b = [0u8; 64];
+                            match s.read(&mut b) {
+                                Ok(0) => true,
+                                Ok(_) => false,
+                                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                            }
+                        }
+                    };
+                    if closed {
+                        *c = std::os::unix::net::UnixStream::connect(&st).ok();
+                        if let Some(s) = c {
+                            s.set_nonblocking(true).unwrap();
+                            connects.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // Pacing of the load generator (not a synchronisation).
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    // Every idle client connected once, and as many again replaced after the emperor closed
+    // them.
+    let deadline = std::time::Instant::now() + T;
+    while connects.load(Ordering::Relaxed) < 2 * IDLE {
+        assert!(std::time::Instant::now() < deadline, "{}", emp.output());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Stats still answer, and a killed vassal is reaped and respawned.
+    signal(old, libc::SIGKILL);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let v = app(&st);
+        let pid = v["pid"].as_i64().unwrap_or(-1);
+        if pid > 0 && pid != i64::from(old) && v["accepting"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not respawned: {v:#}\n{}",
+            emp.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_gone(old, T);
+    assert_eq!(hello(&sock).0, 200);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", emp.pid()))
+        .unwrap()
+        .count();
+    assert!(fds <= 64 + 32 && (fds as u64) < limit, "{fds} fds open");
+    if limit < 64 * 2 {
+        emp.wait_for_line(
+            "stats: fewer than 64 of 100 file descriptors would be left",
+            T,
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(emp);
+    let _ = hammer.join();
 }

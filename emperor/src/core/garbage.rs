@@ -118,6 +118,8 @@ impl Core {
             _ => return,
         };
         g.broken = true;
+        // What it still has in flight is garbage too: not even counted.
+        self.lines[v.slot as usize].ignored = true;
         error!(
             vassal = %v.name,
             pid,

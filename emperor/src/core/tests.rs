@@ -890,9 +890,11 @@ fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
             ..
         }
     ));
-    // More garbage while it dies: no second kill.
+    // More garbage while it dies: ignored (no second kill, not even counted).
+    let before = h.core.vassal("/v/app.ini").unwrap().unknown_bytes;
     let a = flood(&mut h, inc, &garbage, 10_000, Duration::from_micros(10));
     assert_eq!(kills(&a), 0);
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().unknown_bytes, before);
     // Reaped: a failure with backoff, although its garbage said "loyal".
     let a = h.ev(Event::Reaped {
         pid,
@@ -912,7 +914,7 @@ fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
     });
     let v = h.core.vassal("/v/app.ini").unwrap();
     assert_eq!((v.backoff.attempt, v.backoff.level_ms), (2, 2000));
-    assert!(v.unknown_bytes > u64::from(GARBAGE_LIMIT) * 2);
+    assert_eq!(v.unknown_bytes, u64::from(GARBAGE_LIMIT) * 2);
     // A few stray bytes per window are only counted, for ever.
     let mut h = Harness::new(cfg());
     let (inc, _) = h.start_one("app.ini");
