@@ -264,7 +264,11 @@ impl OnDemand {
         self.close(vassal, registry);
         if let Some(ext) = &self.sources.extension {
             let file = PathBuf::from(format!("{key}{ext}"));
-            let socket = std::fs::read(&file).ok().and_then(|b| first_line(&b));
+            // The socket file comes from outside: read it like a vassal config (regular
+            // files only, without blocking, at most 64 KiB).
+            let socket = crate::monitor::read_config_head(&file)
+                .ok()
+                .and_then(|(b, _)| first_line(&b));
             return vec![self.bound(vassal, socket, cwd, registry)];
         }
         if let Some(dir) = &self.sources.directory {

@@ -103,7 +103,7 @@ fn load_ini(arg: &str) -> Option<(String, String, Source)> {
         let (p, s) = arg.rsplit_once(':')?;
         (PathBuf::from(p), Some(s.to_string()))
     };
-    let text = String::from_utf8_lossy(&std::fs::read(&path).ok()?).into_owned();
+    let text = String::from_utf8_lossy(&read_ini(&path).ok()?).into_owned();
     let ini = Ini::parse(&text);
     let section = match sub {
         Some(s) if ini.has_section(&format!("{SECTION}:{s}")) => format!("{SECTION}:{s}"),
@@ -341,5 +341,56 @@ mod tests {
         );
         assert_eq!(vassal_name(&s(&["--ini", "a\nb.ini"])), "a\\nb.ini");
         assert_eq!(vassal_name(&s(&[])), "?");
+    }
+}
+
+/// The largest ini the shim reads: the limit the emperor puts on every vassal config.
+const MAX_INI: u64 = 64 * 1024;
+
+/// Reads the shim's ini without trusting it: regular files only (a FIFO or a device
+/// behind a config cannot block the shim), opened non-blocking, and at most 64 KiB
+/// (a larger file is refused rather than cut, since a cut section would change meaning).
+pub(crate) fn read_ini(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut buf = Vec::with_capacity(m.len().min(MAX_INI + 1) as usize);
+    f.take(MAX_INI + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_INI {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {} KiB", MAX_INI / 1024),
+        ));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod read_ini_tests {
+    use super::read_ini;
+
+    #[test]
+    fn refuses_fifos_devices_and_huge_files_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.ini");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_ini(&fifo).is_err());
+        assert!(read_ini(std::path::Path::new("/dev/zero")).is_err());
+        let big = dir.path().join("big.ini");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        assert!(read_ini(&big).is_err());
+        let ok = dir.path().join("ok.ini");
+        std::fs::write(&ok, "[vassal-shim]\nexec = true\n").unwrap();
+        assert_eq!(read_ini(&ok).unwrap(), b"[vassal-shim]\nexec = true\n");
     }
 }

@@ -345,7 +345,7 @@ impl Runtime {
     fn reload_settings(&mut self) {
         let text = match &self.source {
             Source::Cli => return,
-            Source::File { path, .. } => match std::fs::read(path) {
+            Source::File { path, .. } => match crate::read_ini(path) {
                 Ok(t) => String::from_utf8_lossy(&t).into_owned(),
                 Err(e) => {
                     warn!(
