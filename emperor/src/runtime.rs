@@ -2,8 +2,9 @@
 //!
 //! Sources: signals (signal-hook-mio), the inotify fd, the stats listener and its clients, and
 //! one channel per running vassal (plus its config socket while a push is pending). Every
-//! readable source is drained until `WouldBlock`, except a vassal channel, which is read at most
-//! `CHANNEL_BUDGET` bytes per turn (the rest at the next turn); timers are the core's deadline heap plus the
+//! readable source is drained until `WouldBlock`, except a vassal channel (at most
+//! `CHANNEL_BUDGET` bytes per turn) and the stats listener (`ACCEPT_BATCH` connections per
+//! turn), whose rest waits for the next turn; timers are the core's deadline heap plus the
 //! safety rescan and stats client deadlines. Children are reaped with `waitpid(-1, WNOHANG)` in a
 //! loop on SIGCHLD (and on channel EOF, which is only a hint).
 
@@ -56,8 +57,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_STATS_CLIENTS: usize = 64;
 /// Stats connections accepted per turn of the loop (the rest at the next turn).
 const ACCEPT_BATCH: usize = 256;
-/// File descriptors kept free for spawns, channels and reaping: a stats connection that would
-/// leave fewer is closed at once.
+/// File descriptors kept free for spawns and channels: a stats connection that would leave
+/// fewer replaces the oldest client (or is closed, with none to replace).
 const FD_RESERVE: u64 = 64;
 /// Largest stats request read (`--stats-http`); a client sending more is answered anyway.
 const MAX_REQUEST: usize = 4096;
