@@ -127,6 +127,19 @@ pub struct CommandSocket {
 }
 
 impl CommandSocket {
+    /// About to run as `uid`:`gid`: the unix socket file becomes theirs, so the user the
+    /// emperor runs as can still send it commands (mode 0600 keeps everyone else out).
+    pub fn hand_over(&self, uid: u32, gid: u32) {
+        if let Sock::Unix(_, path) = &self.sock {
+            if let Err(e) = std::os::unix::fs::chown(path, Some(uid), Some(gid)) {
+                warn!(
+                    "cannot hand the command socket {} to uid {uid}: {e}; only root can send it commands",
+                    crate::sanitize::esc_path(path)
+                );
+            }
+        }
+    }
+
     /// Binds `addr` (a unix path relative to `cwd`, or `host:port` for UDP, which needs
     /// `allow_udp`) and registers it.
     ///

@@ -93,7 +93,7 @@ fn main() {
         }
     };
     if let Some(id) = &identity {
-        rt.hand_process_tree_to(
+        rt.hand_over_to(
             id.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
             id.gid,
         );

@@ -385,9 +385,13 @@ impl Runtime {
         self.info.gid = gid;
     }
 
-    /// About to run as `uid`:`gid`: hands it the vassal cgroups (see [`crate::cgroup::Tree::hand_over`]).
-    pub fn hand_process_tree_to(&self, uid: u32, gid: u32) {
+    /// About to run as `uid`:`gid`: hands it what the emperor keeps using as that user, the
+    /// vassal cgroups (see [`crate::cgroup::Tree::hand_over`]) and the command socket file.
+    pub fn hand_over_to(&self, uid: u32, gid: u32) {
         self.tree.hand_over(uid, gid);
+        if let Some(c) = &self.command {
+            c.hand_over(uid, gid);
+        }
     }
 
     /// Replaces the local spawner (seam for the fork server).

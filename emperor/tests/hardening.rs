@@ -494,3 +494,47 @@ fn idle_clients_against(limit: u64) {
     drop(emp);
     let _ = hammer.join();
 }
+
+#[test]
+fn after_dropping_privileges_the_emperors_new_user_may_command() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to drop privileges");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let cmd = work.path().join("cmd.sock");
+    let c = cmd.to_str().unwrap();
+    let (mut emp, _st) = start_emperor(
+        work.path(),
+        &dir,
+        &[
+            "--emperor-command-socket",
+            c,
+            "--uid",
+            "nobody",
+            "--gid",
+            "nogroup",
+        ],
+    );
+    emp.wait_for_line("dropped privileges", T);
+    assert_eq!(mode(&cmd), 0o600, "still private");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&cmd).unwrap().uid(),
+        NOBODY,
+        "handed to the new user"
+    );
+    // The user the emperor now runs as can send it commands (it could not when the file
+    // stayed root's).
+    let out = ctl_as_nobody(&["--command-socket", c, "log", "marker from nobody"]);
+    assert!(out.status.success(), "{out:?}");
+    emp.wait_for_line("marker from nobody", T);
+}
