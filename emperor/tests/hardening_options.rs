@@ -17,6 +17,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("emperor", "/v"),
     ("ini", ""),
     ("emperor-freq", "7"),
+    ("emperor-process-tree", "pgroup"),
     ("emperor-required-heartbeat", "9"),
     ("emperor-curse-tolerance", "11"),
     ("emperor-throttle", "13"),
