@@ -63,29 +63,6 @@ impl Rng {
     }
 }
 
-/// The vassal-shim binary beside our emperor binary, built into the same target dir when it is
-/// missing.
-fn ensure_shim() -> PathBuf {
-    let emperor = Path::new(env!("CARGO_BIN_EXE_emperor"));
-    let bin_dir = emperor.parent().unwrap();
-    let shim = bin_dir.join("vassal-shim");
-    if !shim.exists() {
-        let target_dir = bin_dir.parent().unwrap();
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "vassal-shim", "--bin", "vassal-shim"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(workspace);
-        if bin_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo to build vassal-shim");
-        assert!(st.success(), "building vassal-shim failed");
-    }
-    assert!(shim.exists(), "{} missing after the build", shim.display());
-    shim
-}
-
 // ---- /proc -------------------------------------------------------------------------------
 
 /// Every pid in /proc.
