@@ -4,27 +4,10 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use uwsgi_proto::vars::VarsBuilder;
-
-fn datagram(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = VarsBuilder::new();
-    for (k, v) in pairs {
-        b.push(k, v).unwrap();
-    }
-    b.into_packet(0, 0)
-}
-
-fn send(sock: &Path, packet: &[u8]) {
-    UnixDatagram::unbound()
-        .unwrap()
-        .send_to(packet, sock)
-        .unwrap_or_else(|e| panic!("command socket {sock:?}: {e}"));
-}
 
 fn ctl_status(stats: &Path) -> String {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_emperor"))

@@ -179,3 +179,20 @@ pub fn ensure_shim() -> PathBuf {
     assert!(shim.exists(), "{} missing after the build", shim.display());
     shim
 }
+
+/// A command-socket datagram (a uwsgi vars packet) of `pairs`.
+pub fn datagram(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = uwsgi_proto::vars::VarsBuilder::new();
+    for (k, v) in pairs {
+        b.push(k, v).unwrap();
+    }
+    b.into_packet(0, 0)
+}
+
+/// Sends `packet` to the unix datagram socket `sock`.
+pub fn send(sock: &Path, packet: &[u8]) {
+    std::os::unix::net::UnixDatagram::unbound()
+        .unwrap()
+        .send_to(packet, sock)
+        .unwrap_or_else(|e| panic!("command socket {sock:?}: {e}"));
+}
