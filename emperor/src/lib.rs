@@ -21,23 +21,23 @@
 //! * [`process`]: the emperor process itself (`daemonize`, `logto`, `pidfile`, `uid`/`gid`).
 //! * [`sanitize`]: control characters of outside strings escaped before they are logged.
 
-pub mod cgroup;
-pub mod command;
+pub mod config;
 pub mod core;
 pub mod ctl;
-pub mod forkserver;
-pub mod hooks;
-pub mod isolation;
+pub mod io;
 pub mod monitor;
-pub mod ondemand;
-pub mod options;
 pub mod process;
-pub mod runtime;
 pub mod sanitize;
-pub mod shim;
 pub mod spawn;
 pub mod stats;
-pub mod tyrant;
+
+// Old paths of modules that moved into the new layout (removed once every caller uses the
+// new path).
+pub use config::options;
+pub use io as runtime;
+pub use io::{command, forkserver, hooks, ondemand};
+pub use spawn::creds as tyrant;
+pub use spawn::{cgroup, isolation, shim};
 
 /// `emperor --version`: the crate version and the git commit it was built from ("unknown" in a
 /// build outside a git checkout).

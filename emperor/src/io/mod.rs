@@ -1606,3 +1606,9 @@ impl Notifier {
         }
     }
 }
+
+pub mod command;
+pub mod forkserver;
+pub mod hooks;
+pub mod ondemand;
+pub mod registry;

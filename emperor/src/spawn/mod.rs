@@ -13,6 +13,11 @@
 //! shared memory, so a missing binary is an error of the spawn call, not a mysterious exit
 //! status.
 
+pub mod cgroup;
+pub mod creds;
+pub mod isolation;
+pub mod shim;
+
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1,0 +1,3 @@
+//! The emperor's settings: the command line and the `[uwsgi]` section of `--ini`.
+
+pub mod options;
