@@ -1612,3 +1612,4 @@ pub mod forkserver;
 pub mod hooks;
 pub mod ondemand;
 pub mod registry;
+pub mod source;
