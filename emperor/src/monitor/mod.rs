@@ -12,6 +12,9 @@
 //! links point into join [`Scanner::watch_dirs`] (capped), and [`Scanner::check_event`] maps an
 //! event there back to the links.
 
+pub mod settle;
+pub mod watch;
+
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

@@ -7,8 +7,18 @@ use crate::io::source::Cx;
 use crate::spawn::isolation::ChildSetup;
 use crate::spawn::{Plan, SpawnError, Started};
 
+/// Which launcher runs a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The emperor clones and execs the vassal itself.
+    Direct,
+    /// The fork server forks it from a preloaded base.
+    ForkServer,
+}
+
 /// One spawn, completely decided: the core's request, the process plan (programs, argv, env,
-/// cwd, fds) and the per-child isolation (credentials, namespaces, capabilities, cgroup).
+/// cwd, fds), the per-child isolation (credentials, namespaces, capabilities, cgroup) and the
+/// launcher.
 #[derive(Debug)]
 pub struct Job {
     /// What the core asked for.
@@ -17,6 +27,8 @@ pub struct Job {
     pub plan: Plan,
     /// Isolation applied in the child before `execve`.
     pub setup: ChildSetup,
+    /// Which launcher starts it.
+    pub via: Via,
 }
 
 /// How a launch went.

@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod creds;
 pub mod isolation;
 pub mod launcher;
+pub mod plan;
 pub mod shim;
 
 use std::ffi::{CString, OsStr, OsString};

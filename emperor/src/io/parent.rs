@@ -1,0 +1,148 @@
+//! Our own emperor's channel (sub-emperor mode, `UWSGI_EMPEROR_FD` set): this emperor speaks
+//! the vassal side to it like a uWSGI sub-emperor, and turns its bytes into controls.
+
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use tracing::{info, warn};
+
+use super::registry::Owner;
+use super::source::Cx;
+use crate::core::{Control, Event};
+
+/// What one byte from our emperor asks for (`None`: ignored); logs it.
+pub fn control_of(b: u8) -> Option<Control> {
+    match uwsgi_proto::EmperorMsg::from_byte(b) {
+        uwsgi_proto::EmperorMsg::Stop | uwsgi_proto::EmperorMsg::GracefulStop => {
+            info!("received message {b} from my emperor: stopping");
+            Some(Control::Shutdown)
+        }
+        uwsgi_proto::EmperorMsg::Reload => {
+            info!("received message 1 from my emperor: reloading every vassal");
+            Some(Control::ReloadAll)
+        }
+        uwsgi_proto::EmperorMsg::Unknown(_) => {
+            info!("received message {b} from my emperor: ignored");
+            None
+        }
+    }
+}
+
+/// The channel to our emperor.
+#[derive(Debug)]
+pub struct Parent {
+    stream: UnixStream,
+    token: Token,
+}
+
+impl Parent {
+    /// The channel named by `UWSGI_EMPEROR_FD`, when this emperor runs as a vassal.
+    pub fn from_env(cx: &mut Cx<'_>) -> Option<Parent> {
+        let fd = std::env::var("UWSGI_EMPEROR_FD")
+            .ok()
+            .and_then(|v| v.trim().parse::<RawFd>().ok())?;
+        let is_socket = nix::sys::stat::fstat(
+            // SAFETY: the fd number comes from our emperor; borrowing it for fstat only.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        )
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .unwrap_or(false);
+        if !is_socket {
+            warn!("UWSGI_EMPEROR_FD={fd} is not a socket: ignoring it");
+            return None;
+        }
+        // SAFETY: per the emperor protocol this fd is the vassal end of our emperor's channel,
+        // handed to this process to own; nothing else in the process uses it.
+        let std_stream =
+            unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let p = Parent::new(std_stream, cx).ok()?;
+        info!("has_emperor mode detected (fd: {fd}): governing vassals for my own emperor");
+        Some(p)
+    }
+
+    /// Watches `stream` (CLOEXEC, non-blocking) as the channel to our emperor.
+    pub fn new(stream: std::os::unix::net::UnixStream, cx: &mut Cx<'_>) -> io::Result<Parent> {
+        let _ = nix::fcntl::fcntl(
+            &stream,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        stream.set_nonblocking(true)?;
+        let mut stream = UnixStream::from_std(stream);
+        let token = cx.register(&mut stream, Owner::Parent, Interest::READABLE)?;
+        Ok(Parent { stream, token })
+    }
+
+    /// "ready" (1) once initialised, "loyal" (17) once governing.
+    pub fn announce(&mut self) {
+        let _ = self.stream.write_all(&[1, 17]);
+    }
+
+    /// Reads what our emperor sent. `false` once it is gone (then a shutdown was reported and
+    /// the channel deregistered: drop this source).
+    pub fn on_ready(&mut self, cx: &mut Cx<'_>) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            let n = match self.stream.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                warn!("lost connection with my emperor: stopping");
+                cx.deregister(&mut self.stream, self.token);
+                cx.core(Event::Control(Control::Shutdown));
+                return false;
+            }
+            for &b in &buf[..n] {
+                if let Some(control) = control_of(b) {
+                    cx.core(Event::Control(control));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::registry::Tokens;
+    use super::super::source::Output;
+    use super::*;
+
+    #[test]
+    fn bytes_become_controls_and_eof_a_shutdown() {
+        let poll = mio::Poll::new().unwrap();
+        let mut tokens = Tokens::new();
+        let mut out = Vec::new();
+        let mut cx = Cx {
+            now: std::time::Instant::now(),
+            registry: poll.registry(),
+            tokens: &mut tokens,
+            out: &mut out,
+        };
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p = Parent::new(ours, &mut cx).unwrap();
+        p.announce();
+        let mut hello = [0u8; 2];
+        theirs.read_exact(&mut hello).unwrap();
+        assert_eq!(hello, [1, 17]);
+        theirs.write_all(&[1, 99, 0]).unwrap();
+        assert!(p.on_ready(&mut cx));
+        drop(theirs);
+        assert!(!p.on_ready(&mut cx));
+        let got: Vec<Control> = out
+            .iter()
+            .map(|o| match o {
+                Output::Core(Event::Control(c)) => *c,
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![Control::ReloadAll, Control::Shutdown, Control::Shutdown]
+        );
+        assert!(tokens.is_empty());
+    }
+}

@@ -1,0 +1,114 @@
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream as StdStream;
+use std::time::Instant;
+
+use super::*;
+use crate::io::registry::Tokens;
+use crate::io::source::Output;
+
+struct Loop {
+    poll: mio::Poll,
+    tokens: Tokens,
+    out: Vec<Output>,
+}
+
+impl Loop {
+    fn new() -> Loop {
+        Loop {
+            poll: mio::Poll::new().unwrap(),
+            tokens: Tokens::new(),
+            out: Vec::new(),
+        }
+    }
+    fn cx(&mut self) -> Cx<'_> {
+        Cx {
+            now: Instant::now(),
+            registry: self.poll.registry(),
+            tokens: &mut self.tokens,
+            out: &mut self.out,
+        }
+    }
+}
+
+fn doc() -> String {
+    "{\"vassals\":[]}".to_string()
+}
+
+fn server(http: bool) -> (Loop, StatsServer, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    let mut l = Loop::new();
+    let s = StatsServer::bind("stats.sock", d.path(), http, &mut l.cx()).unwrap();
+    (l, s, d)
+}
+
+#[test]
+fn a_raw_client_gets_the_document_and_is_closed() {
+    let (mut l, mut s, d) = server(false);
+    let mut c = StdStream::connect(d.path().join("stats.sock")).unwrap();
+    s.on_accept(&mut l.cx(), &doc);
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, doc());
+    assert_eq!(s.clients(), 0);
+    assert!(s.take_pending() || !s.pending());
+    assert_eq!(l.tokens.len(), 1, "only the listener keeps a token");
+    s.cleanup();
+    assert!(!d.path().join("stats.sock").exists());
+}
+
+#[test]
+fn an_http_client_is_answered_after_its_request() {
+    let (mut l, mut s, d) = server(true);
+    let mut c = StdStream::connect(d.path().join("stats.sock")).unwrap();
+    s.on_accept(&mut l.cx(), &doc);
+    assert_eq!(s.clients(), 1);
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let key = match l.tokens.owner(mio::Token(1)) {
+        Some(Owner::StatsClient(k)) => k,
+        o => panic!("{o:?}"),
+    };
+    s.on_client(key, &mut l.cx(), &doc);
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert!(got.ends_with(&doc()), "{got}");
+    assert_eq!(s.clients(), 0);
+}
+
+#[test]
+fn the_oldest_client_is_evicted_and_slow_ones_expire() {
+    let (mut l, mut s, d) = server(true);
+    let mut conns = Vec::new();
+    for _ in 0..MAX_STATS_CLIENTS + 1 {
+        conns.push(StdStream::connect(d.path().join("stats.sock")).unwrap());
+    }
+    s.on_accept(&mut l.cx(), &doc);
+    assert_eq!(s.clients(), MAX_STATS_CLIENTS);
+    // The first connection was dropped: it reads EOF.
+    let mut buf = [0u8; 8];
+    assert_eq!(conns[0].read(&mut buf).unwrap(), 0);
+    let deadline = s.next_deadline().unwrap();
+    s.expire(deadline + CLIENT_TIMEOUT, &mut l.cx());
+    assert_eq!(s.clients(), 0);
+    assert_eq!(l.tokens.len(), 1);
+}
+
+#[test]
+fn bad_addresses_say_which() {
+    let mut l = Loop::new();
+    let e =
+        StatsServer::bind("localhost:notaport", Path::new("/"), false, &mut l.cx()).unwrap_err();
+    assert!(e.to_string().contains("localhost:notaport"), "{e}");
+    let e = StatsServer::bind(
+        "/nonexistent/dir/s.sock",
+        Path::new("/"),
+        false,
+        &mut l.cx(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot bind stats on /nonexistent"),
+        "{e}"
+    );
+}

@@ -1,0 +1,216 @@
+//! One turn of the loop: actions, the poll, dispatch by token owner, then the timers.
+
+use std::io;
+use std::time::Instant;
+
+use mio::{Events, Token};
+use tracing::{error, warn};
+
+use super::executor::Ctx;
+use super::registry::Owner;
+use super::{children, cx, Cx, Runtime};
+
+use crate::core::{Event, Inc};
+
+impl Runtime {
+    /// One turn; `Some(code)` when the emperor exits.
+    pub(super) fn turn(&mut self, events: &mut Events) -> Option<i32> {
+        if let Some(code) = self.perform() {
+            // Stop hooks still running are waited for (up to reload-mercy).
+            let mercy = self.core.config().reload_mercy;
+            self.exiting.get_or_insert((code, Instant::now() + mercy));
+        }
+        if self.core.shutting_down() {
+            self.src.exec.hooks.cancel_starts();
+        }
+        if let Some((code, until)) = self.exiting {
+            if !self.src.exec.hooks.busy() {
+                return Some(code);
+            }
+            if Instant::now() >= until {
+                warn!("hooks still running after reload-mercy: exiting without them");
+                return Some(code);
+            }
+        }
+        let now = Instant::now();
+        let timeout = self.wake(now).saturating_duration_since(now);
+        // Read after this turn's events: every other ready source goes first.
+        let busy: Vec<Inc> = self.src.channels.take_busy();
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                error!("event loop failed: {e}");
+                return Some(1);
+            }
+        }
+        for ev in events.iter() {
+            self.dispatch(ev.token());
+            self.route();
+        }
+        for inc in busy {
+            self.src.channels.on_readable(inc, &mut cx!(self));
+            self.route();
+        }
+        if self.src.stats.as_mut().is_some_and(|s| s.take_pending()) {
+            self.accept();
+        }
+        if std::mem::take(&mut self.src.reap_needed) {
+            self.reap();
+        }
+        if self.src.exec.fork.is_some() {
+            self.drive_forks(None);
+        }
+        self.timers(Instant::now());
+        None
+    }
+
+    /// When the poll must return: at once with work left over, else the earliest deadline.
+    fn wake(&self, now: Instant) -> Instant {
+        let s = &self.src;
+        let hurry = self.actions_left
+            || s.channels.busy()
+            || s.stats.as_ref().is_some_and(|st| st.pending());
+        [
+            self.core.next_deadline(),
+            s.monitors.settle_deadline(),
+            s.stats.as_ref().and_then(|st| st.next_deadline()),
+            self.exiting.map(|(_, t)| t),
+            s.exec.fork.as_ref().and_then(|f| f.next_deadline()),
+            s.exec.tree.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(
+            if hurry { now } else { s.monitors.next_rescan() },
+            Instant::min,
+        )
+    }
+
+    /// Hands a readiness event to the source that owns its token.
+    fn dispatch(&mut self, tok: Token) {
+        let owner = match self.tokens.owner(tok) {
+            None => return self.dispatch_fixed(tok),
+            Some(Owner::Stats) => return self.accept(),
+            Some(o) => o,
+        };
+        let mut cx = cx!(self);
+        let src = &mut self.src;
+        match owner {
+            Owner::Signals => src.signals.on_ready(&mut cx, src.notify.as_ref()),
+            Owner::Inotify => src.monitors.on_inotify(&mut cx),
+            Owner::StatsClient(key) => {
+                if let Some(s) = src.stats.as_mut() {
+                    let (core, info) = (&self.core, &src.info);
+                    s.on_client(key, &mut cx, &|| render(core, info));
+                }
+            }
+            Owner::Channel(inc) => src.channels.on_readable(inc, &mut cx),
+            Owner::ConfigPush(inc) => src.channels.flush_config(inc, &mut cx),
+            Owner::Parent => {
+                if let Some(p) = src.parent.as_mut() {
+                    if !p.on_ready(&mut cx) {
+                        src.parent = None;
+                    }
+                }
+            }
+            Owner::Stats
+            | Owner::Command
+            | Owner::Hook(_)
+            | Owner::Listener(_)
+            | Owner::Fork(_) => {}
+        }
+    }
+
+    /// The sources that still carve fixed token ranges (fork server, hooks, command socket,
+    /// on-demand listeners).
+    fn dispatch_fixed(&mut self, tok: Token) {
+        let src = &mut self.src;
+        if let Some(inc) = crate::forkserver::inc_of(tok) {
+            self.drive_forks(Some(inc));
+        } else if crate::hooks::Hooks::owns(tok) {
+            src.exec.hooks.on_readable(self.poll.registry(), tok);
+        } else if tok == crate::command::TOKEN {
+            if let Some(c) = src.command.as_mut() {
+                c.drain(&mut self.core);
+            }
+        } else if crate::ondemand::owns(tok) {
+            for e in src.ondemand.on_ready(tok, self.poll.registry()) {
+                self.out.push(super::Output::Core(Event::OnDemand(e)));
+            }
+        }
+    }
+
+    /// Accepts stats connections.
+    fn accept(&mut self) {
+        let mut cx = cx!(self);
+        let src = &mut self.src;
+        if let Some(s) = src.stats.as_mut() {
+            let (core, info) = (&self.core, &src.info);
+            s.on_accept(&mut cx, &|| render(core, info));
+        }
+    }
+
+    /// Fork-server progress for `ready`'s request, or the timers of every request.
+    fn drive_forks(&mut self, ready: Option<Inc>) {
+        let me = self.src.me();
+        self.src.exec.drive_forks(ready, me, &mut cx!(self));
+        self.route();
+    }
+
+    /// Reaps every exited child: hooks are theirs (a start hook's spawn follows), the fork
+    /// client learns of deaths it waits for, the rest go to the core.
+    fn reap(&mut self) {
+        for (pid, exit) in children::reap_all() {
+            let now = Instant::now();
+            if let Some(f) = self.src.exec.fork.as_mut() {
+                f.note_reaped(pid, exit, now);
+            }
+            match self.src.exec.hooks.on_reaped(pid, exit) {
+                crate::hooks::Reaped::NotOurs => self.core.handle(now, Event::Reaped { pid, exit }),
+                crate::hooks::Reaped::Done => {}
+                crate::hooks::Reaped::Spawn(req) => {
+                    let mut cx = cx!(self);
+                    let src = &mut self.src;
+                    let x = Ctx {
+                        core: &self.core,
+                        me: (src.info.uid, src.info.gid),
+                        cwd: src.monitors.vassal_cwd(req.monitor, &src.cwd),
+                        ondemand: &mut src.ondemand,
+                    };
+                    src.exec.after_hook(req, x, &mut cx);
+                    self.route();
+                }
+            }
+        }
+    }
+
+    /// The timers of the turn's end, in order: process trees, the core, on-demand lookups,
+    /// stats clients, the safety pass and settle, the systemd status.
+    fn timers(&mut self, now: Instant) {
+        self.src.exec.tree.poll(now);
+        self.core.handle_timeout(now);
+        let mut cx = cx!(self);
+        for e in self.src.ondemand.expire(now, cx.registry) {
+            cx.core(Event::OnDemand(e));
+        }
+        if let Some(s) = self.src.stats.as_mut() {
+            s.expire(now, &mut cx);
+        }
+        self.route();
+        self.src.monitors.tick(now, &mut cx!(self));
+        self.route();
+        if let Some(n) = self.src.notify.as_mut() {
+            n.status(self.core.len());
+        }
+    }
+}
+
+fn render(core: &crate::core::Core, info: &crate::stats::ProcessInfo) -> String {
+    crate::stats::render(
+        core,
+        info,
+        crate::stats::Clock {
+            now: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        },
+    )
+}
