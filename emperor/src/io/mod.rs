@@ -228,6 +228,7 @@ impl Runtime {
             graceful_shutdown: opts.graceful_shutdown,
             reload_mercy: Duration::from_secs(opts.reload_mercy),
             seed: seed(),
+            ..CoreConfig::default()
         };
         let poll = Poll::new().map_err(err("cannot create the event loop"))?;
         let mut signals = Signals::new([
