@@ -47,7 +47,6 @@ pub struct ActivationConfig {
 /// The core's bookkeeping for activation and broodlord.
 #[derive(Debug, Default)]
 pub(super) struct Ext {
-    pub(super) cfg: ActivationConfig,
     /// Zergs of each base vassal, by zerg number.
     pub(super) zergs: HashMap<VassalId, BTreeMap<u32, VassalId>>,
     /// Base and number of each zerg.
@@ -119,7 +118,58 @@ pub enum VassalCommand {
     Reset,
 }
 
+/// Why a per-vassal command did nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// No vassal has this instance name or key.
+    NoSuchVassal {
+        /// The name asked for.
+        name: String,
+    },
+    /// Several vassals have this instance name: the key tells them apart.
+    Ambiguous {
+        /// The name asked for.
+        name: String,
+        /// The keys of the vassals so named, sorted.
+        keys: Vec<String>,
+    },
+    /// The vassal is being started (its start is answered asynchronously).
+    Starting {
+        /// The vassal.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::NoSuchVassal { name } => write!(f, "no vassal named {name}"),
+            CommandError::Ambiguous { name, keys } => write!(
+                f,
+                "{} vassals are named {name}: give the config path instead ({})",
+                keys.len(),
+                keys.join(", ")
+            ),
+            CommandError::Starting { name } => {
+                write!(f, "vassal {name} is starting: stop it once it runs")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
 impl VassalCommand {
+    /// The command's name (what `emperor ctl` and the command socket call it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VassalCommand::Spawn => "spawn",
+            VassalCommand::Respawn => "respawn",
+            VassalCommand::Stop => "stop",
+            VassalCommand::Reset => "reset",
+        }
+    }
+
     /// Parses a command name (`spawn`, `respawn`/`reload`, `stop`, `reset`).
     pub fn parse(s: &str) -> Option<VassalCommand> {
         Some(match s {
@@ -144,19 +194,21 @@ impl Vassal {
 }
 
 impl Core {
-    /// Enables on-demand, wait-for-command and broodlord (before the first scan).
+    /// Enables on-demand, wait-for-command and broodlord (before the first scan);
+    /// [`CoreConfig::activation`](super::CoreConfig::activation) does the same.
+    #[doc(hidden)]
     pub fn set_activation(&mut self, cfg: ActivationConfig) {
-        self.ext.cfg = cfg;
+        self.cfg.activation = cfg;
     }
 
     /// The activation settings.
     pub fn activation(&self) -> &ActivationConfig {
-        &self.ext.cfg
+        &self.cfg.activation
     }
 
     /// A new record: decide whether it waits for a command.
     pub(super) fn on_added(&mut self, id: VassalId) {
-        let cfg = &self.ext.cfg;
+        let cfg = &self.cfg.activation;
         if !cfg.wait_for_command {
             return;
         }
@@ -171,7 +223,7 @@ impl Core {
     /// Called at the top of every start: true when the vassal was parked instead (suspended,
     /// or on demand) and no process must be started.
     pub(super) fn park(&mut self, _now: Instant, id: VassalId) -> bool {
-        let on_demand = self.ext.cfg.on_demand;
+        let on_demand = self.cfg.activation.on_demand;
         let Some(v) = self.vassals.get_mut(&id) else {
             return false;
         };
@@ -309,38 +361,51 @@ impl Core {
         }
     }
 
-    /// Vassals whose instance name (or key) is `name`.
-    fn find(&self, name: &str) -> Result<VassalId, String> {
+    /// The vassal whose instance name (or key) is `name`.
+    fn find(&self, name: &str) -> Result<VassalId, CommandError> {
         if let Some(&id) = self.by_key.get(name) {
             return Ok(id);
         }
         let mut found: Vec<&Vassal> = self.vassals.values().filter(|v| v.name == name).collect();
         match found.len() {
-            0 => Err(format!("no vassal named {name}")),
+            0 => Err(CommandError::NoSuchVassal {
+                name: name.to_string(),
+            }),
             1 => Ok(found[0].id),
             _ => {
                 found.sort_by(|a, b| a.key.cmp(&b.key));
-                let keys: Vec<&str> = found.iter().map(|v| v.key.as_str()).collect();
-                Err(format!(
-                    "{} vassals are named {name}: give the config path instead ({})",
-                    keys.len(),
-                    keys.join(", ")
-                ))
+                Err(CommandError::Ambiguous {
+                    name: name.to_string(),
+                    keys: found.iter().map(|v| v.key.clone()).collect(),
+                })
             }
         }
     }
 
     /// Applies a per-vassal command to the vassal named (or keyed) `name`; returns what
-    /// happened, or why nothing did.
+    /// happened (logged), or why nothing did (not logged: the caller does).
+    #[doc(hidden)]
     pub fn command(
         &mut self,
         now: Instant,
         cmd: VassalCommand,
         name: &str,
     ) -> Result<String, String> {
+        self.run_command(now, cmd, name).map_err(|e| e.to_string())
+    }
+
+    /// [`Core::command`] with a typed error.
+    pub(super) fn run_command(
+        &mut self,
+        now: Instant,
+        cmd: VassalCommand,
+        name: &str,
+    ) -> Result<String, CommandError> {
         let id = self.find(name)?;
         let Some(v) = self.vassals.get_mut(&id) else {
-            return Err(format!("no vassal named {name}"));
+            return Err(CommandError::NoSuchVassal {
+                name: name.to_string(),
+            });
         };
         let vname = v.name.clone();
         let out = match cmd {
@@ -383,7 +448,7 @@ impl Core {
                     State::Starting { .. } => {
                         // Its start is being answered (fork server): never lose that process.
                         v.suspended = false;
-                        return Err(format!("vassal {vname} is starting: stop it once it runs"));
+                        return Err(CommandError::Starting { name: vname });
                     }
                     _ => {
                         set_state(&mut self.lines, v, State::Suspended);

@@ -21,7 +21,7 @@ impl Core {
 
     /// Byte 30 from vassal `id`.
     pub(super) fn on_sos(&mut self, now: Instant, id: VassalId) {
-        let max = self.ext.cfg.broodlord;
+        let max = self.cfg.activation.broodlord;
         let shutting = self.shutdown.is_some();
         let Some(v) = self.vassals.get_mut(&id) else {
             return;

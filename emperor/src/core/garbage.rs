@@ -19,6 +19,8 @@ pub const GARBAGE_LIMIT: u32 = 4096;
 pub const GARBAGE_WINDOW: Duration = Duration::from_secs(10);
 /// At most one warning line per vassal (or per command socket) per interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Warnings about failed commands written per [`WARN_INTERVAL`] (the command socket's burst).
+pub const WARN_BURST: u32 = 10;
 
 /// A rate limit for one kind of log line: at most `burst` lines per interval, the rest counted
 /// and reported by the next line written.

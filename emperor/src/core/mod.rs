@@ -62,8 +62,8 @@ pub struct Entry {
     pub gid: u32,
 }
 
-/// A vassal record id; never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A vassal record id; never reused (`VassalId(0)` is no record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VassalId(pub u64);
 
 /// One start of a vassal (one channel); the runtime uses it as its channel token.
@@ -71,8 +71,9 @@ pub struct VassalId(pub u64);
 /// The core makes them as `sequence << 24 | slot`: the low [`Inc::SLOT_BITS`] bits are the
 /// record's slot in the core's channel table (so a channel byte finds its state without a hash
 /// lookup), the upper 36 bits a start counter, so a value is not reused before 2^36 starts
-/// (decades at hundreds of starts per second). Every value is below 2^60.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// (decades at hundreds of starts per second). Every value is below 2^60; `Inc(0)` is never
+/// live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Inc(pub u64);
 
 impl Inc {
@@ -187,10 +188,35 @@ pub enum Event {
     Control(Control),
     /// On-demand socket activation (see [`OnDemandEvent`]).
     OnDemand(OnDemandEvent),
+    /// A signal was delivered to the emperor; the core maps it (see [`Core::signal_control`]).
+    Signal(i32),
+    /// A byte from our own emperor (this emperor runs as a sub-emperor).
+    FromEmperor(u8),
+    /// The channel to our own emperor closed: shut down.
+    EmperorGone,
+    /// A per-vassal command (command socket, `emperor ctl`); the core logs the outcome.
+    Command {
+        /// What to do.
+        cmd: VassalCommand,
+        /// The vassal's instance name or key.
+        name: String,
+    },
+    /// A fork server started the process of `inc` and the emperor adopted it.
+    Adopted {
+        /// The incarnation from [`Action::Spawn`].
+        inc: Inc,
+        /// Its pid.
+        pid: i32,
+    },
+    /// The start hook run for `inc` ([`SpawnRequest::run_start_hook`]) exited.
+    StartHookDone {
+        /// The incarnation from [`Action::Spawn`].
+        inc: Inc,
+    },
 }
 
 /// Everything the runtime needs to start one vassal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpawnRequest {
     /// The incarnation (channel token); answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
     pub inc: Inc,
@@ -204,6 +230,13 @@ pub struct SpawnRequest {
     pub monitor: MonitorId,
     /// Config content to push once the process runs (a config socket is needed).
     pub content: Option<Arc<[u8]>>,
+    /// Tyrant mode: the uid and gid the vassal runs as (the owner of its config).
+    pub creds: Option<(u32, u32)>,
+    /// Broodlord: the zerg number (`UWSGI_BROODLORD_NUM`) of a zerg record.
+    pub zerg: Option<u32>,
+    /// Run the start hook first and answer with [`Event::StartHookDone`]; the core then asks
+    /// for the same incarnation again with this false.
+    pub run_start_hook: bool,
 }
 
 /// An output of the core, performed by the runtime.
@@ -438,6 +471,21 @@ fn set_state(lines: &mut [Line], v: &mut Vassal, state: State) {
     }
 }
 
+/// The plan of one start of `v` as incarnation `inc`.
+fn spawn_request(tyrant: bool, v: &Vassal, inc: Inc, run_start_hook: bool) -> SpawnRequest {
+    SpawnRequest {
+        inc,
+        vassal: v.id,
+        key: v.key.clone(),
+        name: v.spawn_name(),
+        monitor: v.monitor,
+        content: v.content.clone(),
+        creds: tyrant.then_some((v.uid, v.gid)),
+        zerg: v.zerg,
+        run_start_hook,
+    }
+}
+
 /// One vassal record.
 #[derive(Clone, Debug)]
 pub struct Vassal {
@@ -495,10 +543,12 @@ pub struct Vassal {
     /// Waiting for a `spawn` command (stats `suspended`).
     pub suspended: bool,
     od: activation::OdPhase,
+    /// The start hook of the current incarnation is running (its `Spawn` comes after it).
+    hook_pending: bool,
 }
 
 /// Tunables of the lifecycle (all from the uWSGI options of the same names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreConfig {
     /// `emperor-freq`: the safety rescan period; also the retry delay with no-blacklist.
     pub freq: Duration,
@@ -518,6 +568,13 @@ pub struct CoreConfig {
     pub reload_mercy: Duration,
     /// Jitter seed (fixed in tests).
     pub seed: u64,
+    /// `emperor-tyrant`: every vassal runs as the owner of its config; root-owned ones are
+    /// refused.
+    pub tyrant: bool,
+    /// On-demand, wait-for-command and broodlord settings.
+    pub activation: ActivationConfig,
+    /// `vassals-start-hook` is set: every start runs it first.
+    pub start_hook: bool,
 }
 
 impl Default for CoreConfig {
@@ -532,6 +589,9 @@ impl Default for CoreConfig {
             graceful_shutdown: false,
             reload_mercy: Duration::from_secs(30),
             seed: 0x9e37_79b9_7f4a_7c15,
+            tyrant: false,
+            activation: ActivationConfig::default(),
+            start_hook: false,
         }
     }
 }
@@ -603,19 +663,22 @@ pub struct Core {
     exit_sent: bool,
     ext: activation::Ext,
     tyrant: tyrant::TyrantState,
+    /// Rate limit of the warnings about failed commands.
+    command_warn: garbage::LogLimit,
 }
 
 impl Core {
     /// A core with no vassals.
     pub fn new(cfg: CoreConfig) -> Core {
         Core {
+            required_ns: i64::try_from(cfg.required_heartbeat.as_nanos()).unwrap_or(i64::MAX),
+            rng: cfg.seed | 1,
             cfg,
             vassals: IdMap::default(),
             by_key: HashMap::new(),
             lines: Vec::new(),
             free_slots: Vec::new(),
             max_vassals: MAX_VASSALS,
-            required_ns: i64::try_from(cfg.required_heartbeat.as_nanos()).unwrap_or(i64::MAX),
             epoch: None,
             by_pid: IdMap::default(),
             by_monitor: HashMap::new(),
@@ -623,11 +686,11 @@ impl Core {
             actions: VecDeque::new(),
             next_id: 1,
             next_inc: 1,
-            rng: cfg.seed | 1,
             shutdown: None,
             exit_sent: false,
             ext: activation::Ext::default(),
             tyrant: tyrant::TyrantState::default(),
+            command_warn: garbage::LogLimit::default(),
         }
     }
 
@@ -735,6 +798,16 @@ impl Core {
             Event::Reaped { pid, exit } => self.on_reaped(now, pid, exit),
             Event::Control(c) => self.on_control(now, c),
             Event::OnDemand(e) => self.on_demand_event(now, e),
+            Event::Signal(sig) => {
+                if let Some(c) = Core::signal_control(sig) {
+                    self.on_control(now, c);
+                }
+            }
+            Event::FromEmperor(b) => self.on_from_emperor(now, b),
+            Event::EmperorGone => self.on_emperor_gone(now),
+            Event::Command { cmd, name } => self.on_command(now, cmd, &name),
+            Event::Adopted { inc, pid } => self.on_adopted(now, inc, pid),
+            Event::StartHookDone { inc } => self.on_start_hook_done(now, inc),
         }
         self.check_done();
     }
@@ -754,28 +827,6 @@ impl Core {
             }
         }
         self.check_done();
-    }
-
-    /// Stops one vassal by key as if its file had been removed (command socket seam).
-    pub fn stop_by_key(&mut self, now: Instant, key: &str) -> bool {
-        let Some(&id) = self.by_key.get(key) else {
-            return false;
-        };
-        if let Some(v) = self.vassals.get_mut(&id) {
-            v.wanted = false;
-        }
-        self.stop(now, id);
-        self.check_done();
-        true
-    }
-
-    /// Reloads one vassal by key (command socket seam).
-    pub fn reload_by_key(&mut self, now: Instant, key: &str, why: &str) -> bool {
-        let Some(&id) = self.by_key.get(key) else {
-            return false;
-        };
-        self.reload(now, id, why);
-        true
     }
 
     fn timer(&mut self, at: Instant, t: Timer) {
@@ -909,6 +960,7 @@ impl Core {
             zerg: None,
             suspended: false,
             od: activation::OdPhase::default(),
+            hook_pending: false,
         };
         self.vassals.insert(id, v);
         self.by_key.insert(e.key, id);
@@ -991,14 +1043,10 @@ impl Core {
         v.adopted = false;
         v.reload_sent = false;
         v.garbage.begin(v.backoff);
-        self.actions.push_back(Action::Spawn(SpawnRequest {
-            inc,
-            vassal: id,
-            key: v.key.clone(),
-            name: v.spawn_name(),
-            monitor: v.monitor,
-            content: v.content.clone(),
-        }));
+        let run_start_hook = self.cfg.start_hook;
+        v.hook_pending = run_start_hook;
+        let req = spawn_request(self.cfg.tyrant, v, inc, run_start_hook);
+        self.actions.push_back(Action::Spawn(req));
     }
 
     fn on_spawned(&mut self, now: Instant, inc: Inc, pid: i32) {
@@ -1024,7 +1072,9 @@ impl Core {
         }
     }
 
-    /// Marks the process of `inc` as adopted from a fork server (stats `adopted`).
+    /// Marks the process of `inc` as adopted from a fork server (stats `adopted`);
+    /// [`Event::Adopted`] does this and [`Event::Spawned`] in one.
+    #[doc(hidden)]
     pub fn mark_adopted(&mut self, inc: Inc) {
         if let Some(id) = self.id_by_inc(inc) {
             if let Some(v) = self.vassals.get_mut(&id) {
@@ -1536,10 +1586,16 @@ impl Core {
 
 mod activation;
 mod broodlord;
+mod events;
 pub mod garbage;
 mod tyrant;
-pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent, VassalCommand};
+pub use activation::{
+    ActivationConfig, CommandError, OnDemandAction, OnDemandEvent, VassalCommand,
+};
+pub use tyrant::{is_root_owned, refusal};
 
+#[cfg(test)]
+mod event_tests;
 #[cfg(test)]
 mod ext_tests;
 #[cfg(test)]

@@ -3,26 +3,43 @@
 //! then starts again as the new owner (or is refused if that is root).
 
 use super::*;
-use crate::tyrant::{is_root_owned, refusal};
 use tracing::error;
+
+/// True when tyrant mode must refuse a file with this owner.
+pub fn is_root_owned(uid: u32, gid: u32) -> bool {
+    uid == 0 || gid == 0
+}
+
+/// Why a root-owned file is refused, and what to do.
+pub fn refusal(name: &str, key: &str, uid: u32, gid: u32) -> String {
+    let whose = match (uid, gid) {
+        (0, 0) => "user root and group root".to_string(),
+        (0, g) => format!("user root (uid 0, gid {g})"),
+        (u, _) => format!("group root (uid {u}, gid 0)"),
+    };
+    format!(
+        "tyrant mode refuses vassal {name}: {key} is owned by {whose}, and a vassal must never run as root; \
+         chown it to the app's user and group (e.g. `chown app:app {key}`) and it starts by itself"
+    )
+}
 
 /// Tyrant-mode state of the core.
 #[derive(Debug, Default)]
 pub(super) struct TyrantState {
-    on: bool,
     /// Refused configs: key → (monitor, uid, gid) they were refused with.
     refused: HashMap<String, (MonitorId, u32, u32)>,
 }
 
 impl Core {
-    /// Turns tyrant mode on (`--emperor-tyrant`).
+    /// Turns tyrant mode on (`--emperor-tyrant`); [`CoreConfig::tyrant`] does the same.
+    #[doc(hidden)]
     pub fn set_tyrant(&mut self, on: bool) {
-        self.tyrant.on = on;
+        self.cfg.tyrant = on;
     }
 
     /// True in tyrant mode.
     pub fn tyrant(&self) -> bool {
-        self.tyrant.on
+        self.cfg.tyrant
     }
 
     /// Configs refused because root owns them (keys).
@@ -32,7 +49,7 @@ impl Core {
 
     /// True when `e` must not get a record (root-owned, tyrant mode); logs once per owner.
     pub(super) fn tyrant_refuses(&mut self, monitor: MonitorId, e: &Entry) -> bool {
-        if !self.tyrant.on {
+        if !self.cfg.tyrant {
             return false;
         }
         if !is_root_owned(e.uid, e.gid) {
@@ -71,7 +88,7 @@ impl Core {
     /// In tyrant mode, a new owner of a known config stops its process (it restarts as the new
     /// owner once reaped). Returns true when the owner changed (the entry is then recorded).
     pub(super) fn tyrant_owner_changed(&mut self, now: Instant, id: VassalId, e: &Entry) -> bool {
-        if !self.tyrant.on {
+        if !self.cfg.tyrant {
             return false;
         }
         let Some(v) = self.vassals.get_mut(&id) else {
@@ -102,7 +119,7 @@ impl Core {
     /// Called before every start: in tyrant mode a root-owned vassal is refused and its record
     /// dropped. True when the start must not happen.
     pub(super) fn tyrant_blocks_start(&mut self, id: VassalId) -> bool {
-        if !self.tyrant.on {
+        if !self.cfg.tyrant {
             return false;
         }
         let Some(v) = self.vassals.get(&id) else {

@@ -41,7 +41,6 @@ impl Runtime {
         match a {
             Action::Spawn(req) => {
                 let x = Ctx {
-                    core: &self.core,
                     me: (src.info.uid, src.info.gid),
                     cwd: src.monitors.vassal_cwd(req.monitor, &src.cwd),
                     ondemand: &mut src.ondemand,
@@ -87,11 +86,13 @@ impl Runtime {
         if let Some(c) = src.exec.tree.cgroup_of(inc) {
             src.info.cgroups.insert(inc, c.to_string());
         }
-        if s.adopted {
-            self.core.mark_adopted(inc);
-        }
         src.channels.attach(inc, &s.name, s.process, &mut cx!(self));
-        self.core.handle(now, Event::Spawned { inc, pid });
+        let ev = if s.adopted {
+            Event::Adopted { inc, pid }
+        } else {
+            Event::Spawned { inc, pid }
+        };
+        self.core.handle(now, ev);
         let (uid, gid) = s.owner;
         let registry = self.poll.registry();
         src.exec

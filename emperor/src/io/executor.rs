@@ -1,5 +1,6 @@
-//! The one executor of spawns: takes the core's `Action::Spawn`, runs the start hook first
-//! when there is one, asks [`crate::spawn::plan`] for the complete [`Job`] and starts it with
+//! The one executor of spawns: takes the core's `Action::Spawn`, runs the start hook when the
+//! request asks for it (its end is `Event::StartHookDone`, after which the core asks again),
+//! else asks [`crate::spawn::plan`] for the complete [`Job`] and starts it with
 //! the launcher the plan chose (the direct clone path or the fork server). A process that runs
 //! is reported as [`Output::Started`]; a spawn that cannot run as `Event::SpawnFailed`.
 
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use super::source::{Cx, Output, Started};
 use crate::cgroup::Tree;
-use crate::core::{Core, Event, SpawnRequest};
+use crate::core::{Event, SpawnRequest};
 use crate::forkserver::ForkClient;
 use crate::hooks::Hooks;
 use crate::ondemand::OnDemand;
@@ -33,13 +34,10 @@ pub struct Executor {
     pub hooks: Hooks,
 }
 
-/// What the executor reads besides the request: the core (credentials, zerg number, whether
-/// a spawn after its start hook is still wanted), the on-demand listeners (fd 0), the
+/// What the executor needs besides the request: the on-demand listeners (fd 0), the
 /// emperor's own uid/gid and the vassal's working directory.
 #[derive(Debug)]
 pub struct Ctx<'c> {
-    /// The core, read only.
-    pub core: &'c Core,
     /// The on-demand listeners.
     pub ondemand: &'c mut OnDemand,
     /// The emperor's uid and gid.
@@ -49,25 +47,15 @@ pub struct Ctx<'c> {
 }
 
 impl Executor {
-    /// Starts a vassal, after its `--vassals-start-hook` when there is one.
+    /// Starts a vassal, or its `--vassals-start-hook` when the request says so. A hook that
+    /// cannot be started (logged) counts as done at once.
     pub fn spawn(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) {
-        if let Some(req) = self.hooks.before_start(cx.registry, req, &x.cwd) {
-            self.spawn_now(req, x, cx);
+        if !req.run_start_hook {
+            return self.spawn_now(req, x, cx);
         }
-    }
-
-    /// The start hook of `req` exited: start it, unless that is no longer wanted.
-    pub fn after_hook(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) {
-        let reason = match x.core.vassal_by_inc(req.inc) {
-            None => return,
-            Some(_) if x.core.shutting_down() => "the emperor is shutting down",
-            Some(v) if !v.wanted => "its config is gone",
-            Some(_) => return self.spawn_now(req, x, cx),
-        };
-        cx.core(Event::SpawnFailed {
-            inc: req.inc,
-            reason: format!("not started after its start hook: {reason}"),
-        });
+        if let Some(req) = self.hooks.before_start(cx.registry, req, &x.cwd) {
+            cx.core(Event::StartHookDone { inc: req.inc });
+        }
     }
 
     fn spawn_now(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) {
@@ -82,8 +70,10 @@ impl Executor {
     fn try_spawn(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) -> Result<(), String> {
         let vassal = plan::Vassal {
             cwd: x.cwd,
-            creds: crate::tyrant::creds_for(x.core, req.inc, self.initgroups),
-            zerg: x.core.vassal(&req.key).and_then(|v| v.zerg),
+            creds: req
+                .creds
+                .map(|(uid, gid)| crate::spawn::creds::creds(uid, gid, self.initgroups))
+                .transpose(),
         };
         let (ondemand, registry, id) = (x.ondemand, cx.registry, req.vassal);
         let job = plan::plan(req, &self.settings, vassal, || {

@@ -46,6 +46,7 @@
 //!     name: "app.ini".into(),
 //!     monitor: 0,
 //!     content: None,
+//!     ..SpawnRequest::default()
 //! };
 //! let plan = Plan {
 //!     programs: vec![],
@@ -811,6 +812,7 @@ mod tests {
             name: name.into(),
             monitor: 0,
             content: None,
+            ..SpawnRequest::default()
         }
     }
 

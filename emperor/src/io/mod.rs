@@ -87,13 +87,10 @@ impl Runtime {
         };
         let mut src = Sources::new(opts, &mut cx)?;
         src.parent = parent::Parent::from_env(&mut cx);
-        let mut core = Core::new(sources::core_config(opts));
-        core.set_activation(crate::ondemand::activation_config(opts));
-        core.set_tyrant(opts.tyrant);
         Ok(Runtime {
             poll,
             tokens,
-            core,
+            core: Core::new(sources::core_config(opts)),
             src,
             out,
             exiting: None,

@@ -1,5 +1,6 @@
 //! Our own emperor's channel (sub-emperor mode, `UWSGI_EMPEROR_FD` set): this emperor speaks
-//! the vassal side to it like a uWSGI sub-emperor, and turns its bytes into controls.
+//! the vassal side to it like a uWSGI sub-emperor; its bytes go to the core as
+//! `Event::FromEmperor`, its end as `Event::EmperorGone`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
@@ -10,25 +11,7 @@ use tracing::{info, warn};
 
 use super::registry::Owner;
 use super::source::Cx;
-use crate::core::{Control, Event};
-
-/// What one byte from our emperor asks for (`None`: ignored); logs it.
-pub fn control_of(b: u8) -> Option<Control> {
-    match uwsgi_proto::EmperorMsg::from_byte(b) {
-        uwsgi_proto::EmperorMsg::Stop | uwsgi_proto::EmperorMsg::GracefulStop => {
-            info!("received message {b} from my emperor: stopping");
-            Some(Control::Shutdown)
-        }
-        uwsgi_proto::EmperorMsg::Reload => {
-            info!("received message 1 from my emperor: reloading every vassal");
-            Some(Control::ReloadAll)
-        }
-        uwsgi_proto::EmperorMsg::Unknown(_) => {
-            info!("received message {b} from my emperor: ignored");
-            None
-        }
-    }
-}
+use crate::core::Event;
 
 /// The channel to our emperor.
 #[derive(Debug)]
@@ -79,8 +62,8 @@ impl Parent {
         let _ = self.stream.write_all(&[1, 17]);
     }
 
-    /// Reads what our emperor sent. `false` once it is gone (then a shutdown was reported and
-    /// the channel deregistered: drop this source).
+    /// Reads what our emperor sent. `false` once it is gone (then `EmperorGone` was reported
+    /// and the channel deregistered: drop this source).
     pub fn on_ready(&mut self, cx: &mut Cx<'_>) -> bool {
         let mut buf = [0u8; 64];
         loop {
@@ -91,15 +74,12 @@ impl Parent {
                 Err(_) => 0,
             };
             if n == 0 {
-                warn!("lost connection with my emperor: stopping");
                 cx.deregister(&mut self.stream, self.token);
-                cx.core(Event::Control(Control::Shutdown));
+                cx.core(Event::EmperorGone);
                 return false;
             }
             for &b in &buf[..n] {
-                if let Some(control) = control_of(b) {
-                    cx.core(Event::Control(control));
-                }
+                cx.core(Event::FromEmperor(b));
             }
         }
     }
@@ -112,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bytes_become_controls_and_eof_a_shutdown() {
+    fn bytes_go_to_the_core_and_eof_says_gone() {
         let poll = mio::Poll::new().unwrap();
         let mut tokens = Tokens::new();
         let mut out = Vec::new();
@@ -132,16 +112,21 @@ mod tests {
         assert!(p.on_ready(&mut cx));
         drop(theirs);
         assert!(!p.on_ready(&mut cx));
-        let got: Vec<Control> = out
+        let got: Vec<String> = out
             .iter()
             .map(|o| match o {
-                Output::Core(Event::Control(c)) => *c,
+                Output::Core(ev) => format!("{ev:?}"),
                 o => panic!("{o:?}"),
             })
             .collect();
         assert_eq!(
             got,
-            vec![Control::ReloadAll, Control::Shutdown, Control::Shutdown]
+            [
+                "FromEmperor(1)",
+                "FromEmperor(99)",
+                "FromEmperor(0)",
+                "EmperorGone"
+            ]
         );
         assert!(tokens.is_empty());
     }

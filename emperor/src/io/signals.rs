@@ -1,5 +1,6 @@
-//! The signals the emperor handles (signal-hook-mio): each becomes an `Event::Control` for the
-//! core, SIGCHLD a reap; a stop signal also tells systemd `STOPPING=1`.
+//! The signals the emperor handles (signal-hook-mio): each becomes an `Event::Signal` for the
+//! core (which decides what it means), SIGCHLD a reap; a stop signal also tells systemd
+//! `STOPPING=1`.
 
 use std::io;
 
@@ -10,24 +11,12 @@ use signal_hook_mio::v1_0::Signals as Pipe;
 use super::notify::Notifier;
 use super::registry::Owner;
 use super::source::{Cx, Output};
-use crate::core::{Control, Event};
+use crate::core::{Control, Core, Event};
 
 /// The signals watched.
 pub const WATCHED: [i32; 8] = [
     SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGURG, SIGWINCH, SIGCHLD,
 ];
-
-/// What a signal asks for (`None`: a reap for SIGCHLD, nothing for others).
-pub fn control_of(sig: i32) -> Option<Control> {
-    Some(match sig {
-        SIGINT | SIGTERM | SIGQUIT => Control::Shutdown,
-        SIGHUP => Control::ReloadAll,
-        SIGUSR1 => Control::LogStatus,
-        SIGURG => Control::ClearBackoff,
-        SIGWINCH => Control::Rescan,
-        _ => return None,
-    })
-}
 
 /// The signal source.
 pub struct Signals {
@@ -55,15 +44,12 @@ impl Signals {
                 cx.out.push(Output::Reap);
                 continue;
             }
-            let Some(control) = control_of(s) else {
-                continue;
-            };
-            if control == Control::Shutdown {
+            if Core::signal_control(s) == Some(Control::Shutdown) {
                 if let Some(n) = notify {
                     n.send("STOPPING=1");
                 }
             }
-            cx.core(Event::Control(control));
+            cx.core(Event::Signal(s));
         }
     }
 }
@@ -71,18 +57,6 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_watched_signal_means_something() {
-        assert_eq!(control_of(SIGTERM), Some(Control::Shutdown));
-        assert_eq!(control_of(SIGINT), Some(Control::Shutdown));
-        assert_eq!(control_of(SIGQUIT), Some(Control::Shutdown));
-        assert_eq!(control_of(SIGHUP), Some(Control::ReloadAll));
-        assert_eq!(control_of(SIGUSR1), Some(Control::LogStatus));
-        assert_eq!(control_of(SIGURG), Some(Control::ClearBackoff));
-        assert_eq!(control_of(SIGWINCH), Some(Control::Rescan));
-        assert_eq!(control_of(SIGCHLD), None);
-    }
 
     #[test]
     fn a_raised_signal_is_reported() {
@@ -101,7 +75,7 @@ mod tests {
         s.on_ready(&mut cx, None);
         assert!(
             out.iter()
-                .any(|o| matches!(o, Output::Core(Event::Control(Control::ClearBackoff)))),
+                .any(|o| matches!(o, Output::Core(Event::Signal(SIGURG)))),
             "{out:?}"
         );
     }

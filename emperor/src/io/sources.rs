@@ -66,6 +66,9 @@ pub fn core_config(opts: &Options) -> CoreConfig {
         graceful_shutdown: opts.graceful_shutdown,
         reload_mercy: Duration::from_secs(opts.reload_mercy),
         seed: seed(),
+        tyrant: opts.tyrant,
+        activation: crate::ondemand::activation_config(opts),
+        start_hook: opts.vassals_start_hook.is_some(),
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Instant;
 use mio::{Events, Token};
 use tracing::{error, warn};
 
-use super::executor::Ctx;
 use super::registry::Owner;
 use super::{children, cx, Cx, Runtime};
 
@@ -168,16 +167,7 @@ impl Runtime {
                 crate::hooks::Reaped::NotOurs => self.core.handle(now, Event::Reaped { pid, exit }),
                 crate::hooks::Reaped::Done => {}
                 crate::hooks::Reaped::Spawn(req) => {
-                    let mut cx = cx!(self);
-                    let src = &mut self.src;
-                    let x = Ctx {
-                        core: &self.core,
-                        me: (src.info.uid, src.info.gid),
-                        cwd: src.monitors.vassal_cwd(req.monitor, &src.cwd),
-                        ondemand: &mut src.ondemand,
-                    };
-                    src.exec.after_hook(req, x, &mut cx);
-                    self.route();
+                    self.core.handle(now, Event::StartHookDone { inc: req.inc })
                 }
             }
         }

@@ -36,10 +36,9 @@ pub struct Settings {
 pub struct Vassal {
     /// Its working directory (its monitor's directory for dir monitors).
     pub cwd: PathBuf,
-    /// Its tyrant credentials (`Ok(None)` outside tyrant mode), or why it may not run.
+    /// Its tyrant credentials (`Ok(None)` outside tyrant mode; from
+    /// [`SpawnRequest::creds`] with the user's groups looked up), or why there are none.
     pub creds: Result<Option<Creds>, String>,
-    /// Its broodlord zerg number.
-    pub zerg: Option<u32>,
 }
 
 /// Why a spawn cannot be planned.
@@ -109,7 +108,7 @@ pub fn plan(
         crate::hooks::wrap_exec_as_vassal(&s.exec_as_vassal, &req.name, programs, argv);
     let mut env = s.env.clone();
     // Broodlord: a zerg learns its number (uWSGI's UWSGI_BROODLORD_NUM).
-    if let Some(n) = v.zerg {
+    if let Some(n) = req.zerg {
         env.push(("UWSGI_BROODLORD_NUM".into(), n.to_string().into()));
     }
     let plan = Plan {
@@ -175,6 +174,7 @@ fn uwsgi_command(
 mod tests {
     use super::*;
     use crate::core::{Inc, VassalId};
+
     use std::os::unix::fs::PermissionsExt;
 
     fn req(dir: &Path, name: &str) -> SpawnRequest {
@@ -184,7 +184,7 @@ mod tests {
             key: dir.join(name).display().to_string(),
             name: name.to_string(),
             monitor: 0,
-            content: None,
+            ..SpawnRequest::default()
         }
     }
 
@@ -205,7 +205,6 @@ mod tests {
         Vassal {
             cwd: dir.to_path_buf(),
             creds: Ok(None),
-            zerg: None,
         }
     }
 
@@ -232,9 +231,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = fake_uwsgi(d.path());
         s.fork_bases = Some(vec!["base.ini".into()]);
-        let mut v = vassal(d.path());
-        v.zerg = Some(3);
-        let job = plan(req(d.path(), "app.ini"), &s, v, || None).unwrap();
+        let mut r = req(d.path(), "app.ini");
+        r.zerg = Some(3);
+        let job = plan(r, &s, vassal(d.path()), || None).unwrap();
         assert!(job
             .plan
             .env

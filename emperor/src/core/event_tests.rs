@@ -1,0 +1,296 @@
+//! Fake-clock tests of signals, the sub-emperor channel, per-vassal command events,
+//! fork-server adoptions, start hooks and what a spawn request carries.
+
+use super::*;
+
+fn entry(name: &str, n: i128, uid: u32) -> Entry {
+    Entry {
+        key: format!("/v/{name}"),
+        name: name.to_string(),
+        stamp: FileStamp {
+            mtime_ns: n,
+            size: 10,
+            ino: 1,
+        },
+        content: None,
+        uid,
+        gid: uid,
+    }
+}
+
+struct H {
+    core: Core,
+    now: Instant,
+}
+
+impl H {
+    fn new(cfg: CoreConfig) -> H {
+        H {
+            core: Core::new(cfg),
+            now: Instant::now(),
+        }
+    }
+
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        self.core.handle(self.now, e);
+        std::iter::from_fn(|| self.core.poll_action()).collect()
+    }
+
+    fn scan(&mut self, entries: Vec<Entry>) -> Vec<Action> {
+        self.ev(Event::Scanned {
+            monitor: 0,
+            entries,
+        })
+    }
+
+    /// Scans one vassal and answers its spawn with `pid`.
+    fn running(&mut self, name: &str, pid: i32) -> Inc {
+        let a = self.scan(vec![entry(name, 1, 1000)]);
+        let req = spawn_of(&a).expect("a spawn");
+        self.ev(Event::Spawned { inc: req.inc, pid });
+        req.inc
+    }
+}
+
+fn spawn_of(a: &[Action]) -> Option<SpawnRequest> {
+    a.iter().find_map(|a| match a {
+        Action::Spawn(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+fn sent(a: &[Action]) -> Vec<(Inc, EmperorMsg)> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Send { inc, msg } => Some((*inc, *msg)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn signals_map_to_controls_and_others_are_ignored() {
+    for (sig, want) in [
+        (libc::SIGINT, Some(Control::Shutdown)),
+        (libc::SIGTERM, Some(Control::Shutdown)),
+        (libc::SIGQUIT, Some(Control::Shutdown)),
+        (libc::SIGHUP, Some(Control::ReloadAll)),
+        (libc::SIGUSR1, Some(Control::LogStatus)),
+        (libc::SIGURG, Some(Control::ClearBackoff)),
+        (libc::SIGWINCH, Some(Control::Rescan)),
+        (libc::SIGCHLD, None),
+        (libc::SIGUSR2, None),
+    ] {
+        assert_eq!(Core::signal_control(sig), want, "signal {sig}");
+    }
+    let mut h = H::new(CoreConfig::default());
+    let inc = h.running("app.ini", 10);
+    assert!(h.ev(Event::Signal(libc::SIGCHLD)).is_empty());
+    assert_eq!(h.ev(Event::Signal(libc::SIGWINCH)), vec![Action::Rescan]);
+    assert_eq!(
+        sent(&h.ev(Event::Signal(libc::SIGHUP))),
+        vec![(inc, EmperorMsg::Reload)]
+    );
+    assert_eq!(
+        sent(&h.ev(Event::Signal(libc::SIGTERM))),
+        vec![(inc, EmperorMsg::Stop)]
+    );
+    assert!(h.core.shutting_down());
+}
+
+#[test]
+fn bytes_from_our_emperor_reload_or_stop_and_unknown_ones_are_ignored() {
+    let mut h = H::new(CoreConfig::default());
+    let inc = h.running("app.ini", 10);
+    assert!(h.ev(Event::FromEmperor(99)).is_empty());
+    assert!(!h.core.shutting_down());
+    assert_eq!(
+        sent(&h.ev(Event::FromEmperor(1))),
+        vec![(inc, EmperorMsg::Reload)]
+    );
+    assert_eq!(
+        sent(&h.ev(Event::FromEmperor(2))),
+        vec![(inc, EmperorMsg::Stop)]
+    );
+    assert!(h.core.shutting_down());
+    let mut h = H::new(CoreConfig::default());
+    h.running("app.ini", 10);
+    h.ev(Event::FromEmperor(0));
+    assert!(h.core.shutting_down());
+}
+
+#[test]
+fn losing_our_emperor_shuts_down() {
+    let mut h = H::new(CoreConfig::default());
+    let inc = h.running("app.ini", 10);
+    assert_eq!(
+        sent(&h.ev(Event::EmperorGone)),
+        vec![(inc, EmperorMsg::Stop)]
+    );
+    assert!(h.core.shutting_down());
+    let a = h.ev(Event::Reaped {
+        pid: 10,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(a, vec![Action::Release { inc }, Action::Exit]);
+}
+
+#[test]
+fn command_events_act_and_failures_change_nothing() {
+    let mut h = H::new(CoreConfig::default());
+    let inc = h.running("app.ini", 10);
+    let cmd = |cmd, name: &str| Event::Command {
+        cmd,
+        name: name.to_string(),
+    };
+    for _ in 0..20 {
+        assert!(h.ev(cmd(VassalCommand::Stop, "nope.ini")).is_empty());
+    }
+    assert_eq!(
+        sent(&h.ev(cmd(VassalCommand::Respawn, "app.ini"))),
+        vec![(inc, EmperorMsg::Reload)]
+    );
+    assert_eq!(
+        sent(&h.ev(cmd(VassalCommand::Stop, "/v/app.ini"))),
+        vec![(inc, EmperorMsg::Stop)]
+    );
+    let a = h.ev(Event::Reaped {
+        pid: 10,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(a, vec![Action::Release { inc }]);
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().state, State::Suspended);
+    let a = h.ev(cmd(VassalCommand::Spawn, "app.ini"));
+    assert!(spawn_of(&a).is_some(), "{a:?}");
+    assert_eq!(
+        h.core.command(h.now, VassalCommand::Reset, "x.ini"),
+        Err("no vassal named x.ini".to_string())
+    );
+}
+
+#[test]
+fn an_adopted_vassal_runs_and_a_reload_ends_it_without_backoff() {
+    let mut h = H::new(CoreConfig::default());
+    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    h.ev(Event::Adopted {
+        inc: req.inc,
+        pid: 10,
+    });
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert!(v.adopted);
+    assert_eq!(
+        v.state,
+        State::Running {
+            inc: req.inc,
+            pid: 10
+        }
+    );
+    h.ev(Event::Signal(libc::SIGHUP));
+    let a = h.ev(Event::Reaped {
+        pid: 10,
+        exit: ExitKind::Code(0),
+    });
+    let next = spawn_of(&a).expect("a new start at once");
+    assert_ne!(next.inc, req.inc);
+    assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 0);
+    // A stale adoption finds nothing.
+    h.ev(Event::Adopted {
+        inc: req.inc,
+        pid: 11,
+    });
+    assert!(!h.core.vassal("/v/app.ini").unwrap().adopted);
+}
+
+fn hooked() -> CoreConfig {
+    CoreConfig {
+        start_hook: true,
+        ..CoreConfig::default()
+    }
+}
+
+#[test]
+fn a_start_hook_runs_first_then_the_same_incarnation_is_spawned_once() {
+    let mut h = H::new(hooked());
+    let first = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    assert!(first.run_start_hook);
+    let a = h.ev(Event::StartHookDone { inc: first.inc });
+    let second = spawn_of(&a).expect("the spawn after the hook");
+    assert_eq!(
+        second,
+        SpawnRequest {
+            run_start_hook: false,
+            ..first.clone()
+        }
+    );
+    assert!(h.ev(Event::StartHookDone { inc: first.inc }).is_empty());
+    h.ev(Event::Spawned {
+        inc: first.inc,
+        pid: 10,
+    });
+    assert!(h.ev(Event::StartHookDone { inc: first.inc }).is_empty());
+    // Without a hook configured, no request asks for one.
+    let mut h = H::new(CoreConfig::default());
+    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    assert!(!req.run_start_hook);
+    assert!(h.ev(Event::StartHookDone { inc: req.inc }).is_empty());
+}
+
+#[test]
+fn a_hook_that_ends_after_its_config_went_or_a_shutdown_began_starts_nothing() {
+    let mut h = H::new(hooked());
+    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    assert!(h.scan(vec![]).is_empty());
+    let a = h.ev(Event::StartHookDone { inc: req.inc });
+    assert_eq!(a, vec![Action::Release { inc: req.inc }]);
+    assert!(h.core.is_empty());
+
+    let mut h = H::new(hooked());
+    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    // A shutdown waits for the answer of a start under way.
+    assert!(h.ev(Event::Signal(libc::SIGINT)).is_empty());
+    let a = h.ev(Event::StartHookDone { inc: req.inc });
+    assert_eq!(a, vec![Action::Release { inc: req.inc }, Action::Exit]);
+}
+
+fn tyrant() -> CoreConfig {
+    CoreConfig {
+        tyrant: true,
+        start_hook: true,
+        ..CoreConfig::default()
+    }
+}
+
+#[test]
+fn tyrant_requests_carry_the_owner_and_a_chown_to_root_during_the_hook_is_refused() {
+    let mut h = H::new(tyrant());
+    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    assert_eq!(req.creds, Some((1000, 1000)));
+    assert!(h.scan(vec![entry("app.ini", 1, 0)]).is_empty());
+    let a = h.ev(Event::StartHookDone { inc: req.inc });
+    assert_eq!(a, vec![Action::Release { inc: req.inc }]);
+    assert!(!matches!(
+        h.core.vassal("/v/app.ini").unwrap().state,
+        State::Running { .. } | State::Starting { .. }
+    ));
+    // Without tyrant mode, no credentials.
+    let mut h = H::new(CoreConfig::default());
+    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    assert_eq!(req.creds, None);
+}
+
+#[test]
+fn a_zerg_request_carries_its_number() {
+    let mut h = H::new(CoreConfig {
+        activation: ActivationConfig {
+            broodlord: 2,
+            ..ActivationConfig::default()
+        },
+        ..CoreConfig::default()
+    });
+    let inc = h.running("app.ini", 10);
+    let a = h.ev(Event::Message { inc, byte: 30 });
+    let z = spawn_of(&a).expect("a zerg");
+    assert_eq!((z.name.as_str(), z.zerg), ("app.ini:zerg", Some(1)));
+    let base = spawn_of(&h.scan(vec![entry("b.ini", 1, 1000)])).unwrap();
+    assert_eq!(base.zerg, None);
+}
