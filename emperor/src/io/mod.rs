@@ -32,6 +32,20 @@ use crate::monitor::{parse_monitor, Scanner};
 use crate::options::Options;
 use crate::spawn::{build_argv, resolve, vassal_env, ArgvConfig, Launcher, Plan, Spawner};
 use crate::stats::{self, Clock, ProcessInfo};
+use registry::{Owner, Tokens};
+use source::{Cx, Output};
+
+/// A source's context for this turn (disjoint borrows of the loop's fields).
+macro_rules! cx {
+    ($s:ident) => {
+        &mut Cx {
+            now: Instant::now(),
+            registry: $s.poll.registry(),
+            tokens: &mut $s.tokens,
+            out: &mut $s.out,
+        }
+    };
+}
 
 const SIGNALS: Token = Token(0);
 const INOTIFY: Token = Token(1);
@@ -145,6 +159,8 @@ fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
 /// The running emperor.
 pub struct Runtime {
     poll: Poll,
+    tokens: Tokens,
+    out: Vec<Output>,
     core: Core,
     scanners: Vec<Scanner>,
     inotify: Inotify,
@@ -228,9 +244,16 @@ impl Runtime {
             graceful_shutdown: opts.graceful_shutdown,
             reload_mercy: Duration::from_secs(opts.reload_mercy),
             seed: seed(),
+            start_hook: opts.vassals_start_hook.is_some(),
             ..CoreConfig::default()
         };
         let poll = Poll::new().map_err(err("cannot create the event loop"))?;
+        // The fixed tokens below are the registry's first four.
+        let mut tokens = Tokens::new();
+        for owner in [Owner::Signals, Owner::Inotify, Owner::Stats, Owner::Parent] {
+            tokens.insert(owner);
+        }
+        let mut out = Vec::new();
         let mut signals = Signals::new([
             SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGURG, SIGWINCH, SIGCHLD,
         ])
@@ -266,10 +289,15 @@ impl Runtime {
                 crate::command::CommandSocket::bind(
                     addr,
                     &cwd,
-                    poll.registry(),
                     opts.command_allow_udp,
+                    &mut Cx {
+                        now: Instant::now(),
+                        registry: poll.registry(),
+                        tokens: &mut tokens,
+                        out: &mut out,
+                    },
                 )
-                .map_err(RunError)?,
+                .map_err(|e| RunError(e.to_string()))?,
             ),
             None => None,
         };
@@ -308,7 +336,8 @@ impl Runtime {
         if let Some(name) = &opts.procname {
             set_procname(name);
         }
-        let fork = crate::forkserver::ForkClient::setup(opts, &cwd).map_err(RunError)?;
+        let fork = crate::forkserver::ForkClient::setup(opts, &cwd)
+            .map_err(|e| RunError(e.to_string()))?;
         let info = ProcessInfo {
             pid,
             uid: nix::unistd::getuid().as_raw(),
@@ -320,6 +349,8 @@ impl Runtime {
         };
         Ok(Runtime {
             poll,
+            tokens,
+            out,
             core: {
                 let mut core = Core::new(cfg);
                 core.set_activation(crate::ondemand::activation_config(opts));
@@ -485,11 +516,12 @@ impl Runtime {
                     INOTIFY => self.on_inotify(),
                     STATS => self.on_accept(),
                     PARENT => self.on_parent(),
-                    tok if crate::forkserver::inc_of(tok).is_some() => {
-                        self.drive_forks(crate::forkserver::inc_of(tok))
-                    }
-                    tok if crate::hooks::Hooks::owns(tok) => {
-                        self.hooks.on_readable(self.poll.registry(), tok)
+                    tok if matches!(
+                        self.tokens.owner(tok),
+                        Some(Owner::Command | Owner::Hook(_) | Owner::Listener(_) | Owner::Fork(_))
+                    ) =>
+                    {
+                        self.on_source(tok)
                     }
                     Token(t) if t >= CHANNEL_BASE => {
                         let inc = Inc(((t - CHANNEL_BASE) / 2) as u64);
@@ -498,15 +530,6 @@ impl Runtime {
                         } else {
                             self.flush_config(inc);
                         }
-                    }
-                    crate::command::TOKEN => {
-                        if let Some(c) = self.command.as_mut() {
-                            c.drain(&mut self.core);
-                        }
-                    }
-                    tok if crate::ondemand::owns(tok) => {
-                        let evs = self.ondemand.on_ready(tok, self.poll.registry());
-                        self.on_demand_events(evs);
                     }
                     tok => self.on_client(tok),
                 }
@@ -520,14 +543,15 @@ impl Runtime {
             if self.reap_needed {
                 self.reap();
             }
-            if self.fork.is_some() {
-                self.drive_forks(None);
+            if let Some(f) = self.fork.as_mut() {
+                f.tick(cx!(self));
+                self.route();
             }
             let now = Instant::now();
             self.tree.poll(now);
             self.core.handle_timeout(now);
-            let evs = self.ondemand.expire(now, self.poll.registry());
-            self.on_demand_events(evs);
+            self.ondemand.tick(cx!(self));
+            self.route();
             self.expire_clients(now);
             if now >= self.next_rescan {
                 self.safety_pass();
@@ -866,13 +890,9 @@ impl Runtime {
             if let Some(f) = self.fork.as_mut() {
                 f.note_reaped(pid.as_raw(), exit, Instant::now());
             }
-            match self.hooks.on_reaped(pid.as_raw(), exit) {
-                crate::hooks::Reaped::NotOurs => {}
-                crate::hooks::Reaped::Done => continue,
-                crate::hooks::Reaped::Spawn(req) => {
-                    self.spawn_after_hook(req);
-                    continue;
-                }
+            if self.hooks.reaped(cx!(self), pid.as_raw(), exit) {
+                self.route();
+                continue;
             }
             self.core.handle(
                 Instant::now(),
@@ -1007,7 +1027,7 @@ impl Runtime {
                     // The incarnation is over: whatever it left behind goes with it.
                     self.tree.sweep(inc);
                     self.info.cgroups.remove(&inc);
-                    self.hooks.released(self.poll.registry(), inc);
+                    self.hooks.released(cx!(self), inc);
                     if let Some(mut ch) = self.channels.remove(&inc) {
                         if ch.open {
                             let _ = self.poll.registry().deregister(&mut ch.stream);
@@ -1031,8 +1051,8 @@ impl Runtime {
                         }
                         _ => self.cwd.clone(),
                     };
-                    let evs = self.ondemand.perform(a, &cwd, self.poll.registry());
-                    self.on_demand_events(evs);
+                    self.ondemand.perform(a, &cwd, cx!(self));
+                    self.route();
                 }
             }
         }
@@ -1041,29 +1061,13 @@ impl Runtime {
 
     /// Starts a vassal, after its `--vassals-start-hook` when there is one.
     fn spawn(&mut self, req: SpawnRequest) {
-        let cwd = self.scanners[req.monitor].vassal_cwd(&self.cwd);
-        if let Some(req) = self.hooks.before_start(self.poll.registry(), req, cwd) {
+        if req.run_start_hook {
+            let cwd = self.scanners[req.monitor].vassal_cwd(&self.cwd);
+            self.hooks.start_hook(cx!(self), &req, cwd);
+            self.route();
+        } else {
             self.spawn_now(req);
         }
-    }
-
-    /// The start hook of `req` exited: start it, unless that is no longer wanted.
-    fn spawn_after_hook(&mut self, req: SpawnRequest) {
-        let now = Instant::now();
-        let reason = match self.core.vassal_by_inc(req.inc) {
-            None => return,
-            Some(_) if self.core.shutting_down() => "the emperor is shutting down",
-            Some(v) if !v.wanted => "its config is gone",
-            Some(_) => return self.spawn_now(req),
-        };
-        let reason = format!("not started after its start hook: {reason}");
-        self.core.handle(
-            now,
-            Event::SpawnFailed {
-                inc: req.inc,
-                reason,
-            },
-        );
     }
 
     /// The programs to try and the argv of a uWSGI vassal (overrides, `argv[0]`, fallbacks,
@@ -1170,9 +1174,7 @@ impl Runtime {
             },
             cwd,
             with_config: req.content.is_some(),
-            stdin: self
-                .ondemand
-                .take_for_spawn(req.vassal, self.poll.registry()),
+            stdin: self.ondemand.take_for_spawn(req.vassal, cx!(self)),
         };
         if let Some(f) = self
             .fork
@@ -1184,8 +1186,14 @@ impl Runtime {
                             --emperor-use-clone: list this vassal in --vassal-fork-base or drop them"
                     .to_string());
             }
-            // Asynchronous: answered by `drive_forks` (adopted or failed).
-            return f.start(self.poll.registry(), now, req, &plan);
+            // Asynchronous: answered through `route` (adopted or failed).
+            let cx = &mut Cx {
+                now,
+                registry: self.poll.registry(),
+                tokens: &mut self.tokens,
+                out: &mut self.out,
+            };
+            return f.start(cx, req, &plan).map_err(|e| e.to_string());
         }
         let placement = self.tree.place(req.inc, &req.name);
         setup.cgroup_procs = placement.as_ref().map(|p| p.procs_fd());
@@ -1209,15 +1217,9 @@ impl Runtime {
             .as_ref()
             .map(|c| (c.uid, c.gid))
             .unwrap_or((self.info.uid, self.info.gid));
-        self.hooks.after_start(
-            self.poll.registry(),
-            req.inc,
-            &req.name,
-            &plan.cwd,
-            pid,
-            uid,
-            gid,
-        );
+        self.hooks
+            .after_start(cx!(self), req.inc, &req.name, &plan.cwd, pid, (uid, gid));
+        self.route();
         Ok(())
     }
 
@@ -1267,42 +1269,64 @@ impl Runtime {
         );
     }
 
-    /// Fork-server progress ([`crate::forkserver`]): a readiness event of `ready`'s request, or
-    /// the timers of every request; feeds the answers to the core.
-    fn drive_forks(&mut self, ready: Option<Inc>) {
-        let now = Instant::now();
-        let Some(f) = self.fork.as_mut() else {
-            return;
-        };
-        for done in f.drive(self.poll.registry(), ready, now) {
-            match done {
-                crate::forkserver::Done::Adopted {
-                    inc,
-                    name,
-                    started,
-                    reaped,
-                    cwd,
-                } => {
-                    let pid = started.pid;
-                    self.tree.adopted(inc, &name, pid);
-                    if let Some(c) = self.tree.cgroup_of(inc) {
-                        self.info.cgroups.insert(inc, c.to_string());
-                    }
-                    self.core.mark_adopted(inc);
-                    self.attach(now, inc, &name, started);
-                    // As after a fork: --exec-as-emperor and the stop hook's ledger.
-                    let (uid, gid) =
-                        crate::forkserver::owner_of(pid).unwrap_or((self.info.uid, self.info.gid));
-                    self.hooks
-                        .after_start(self.poll.registry(), inc, &name, &cwd, pid, uid, gid);
-                    if let Some(exit) = reaped {
-                        self.core.handle(now, Event::Reaped { pid, exit });
-                    }
-                }
-                crate::forkserver::Done::Failed { inc, reason } => {
-                    self.core.handle(now, Event::SpawnFailed { inc, reason })
+    /// A token of the command socket, a hook pipe, an on-demand source or a fork request.
+    fn on_source(&mut self, tok: Token) {
+        match self.tokens.owner(tok) {
+            Some(Owner::Command) => {
+                if let Some(c) = self.command.as_mut() {
+                    c.ready(cx!(self));
                 }
             }
+            Some(Owner::Hook(key)) => self.hooks.ready(cx!(self), key),
+            Some(Owner::Listener(key)) => self.ondemand.ready(cx!(self), key),
+            Some(Owner::Fork(inc)) => {
+                if let Some(f) = self.fork.as_mut() {
+                    f.ready(cx!(self), inc);
+                }
+            }
+            _ => {}
+        }
+        self.route();
+    }
+
+    /// Feeds what the sources reported to the core (and the process tree, the hooks and the
+    /// reaper).
+    fn route(&mut self) {
+        let now = Instant::now();
+        while !self.out.is_empty() {
+            for o in std::mem::take(&mut self.out) {
+                match o {
+                    Output::Core(ev) => self.core.handle(now, ev),
+                    Output::Started(s) => self.on_adopted(now, *s),
+                    Output::Reap => self.reap_needed = true,
+                }
+            }
+        }
+    }
+
+    /// A process adopted from the fork server ([`crate::forkserver`]) runs.
+    fn on_adopted(&mut self, now: Instant, s: source::Started) {
+        let source::Started {
+            inc,
+            name,
+            cwd,
+            process,
+            owner,
+            reaped,
+            ..
+        } = s;
+        let pid = process.pid;
+        self.tree.adopted(inc, &name, pid);
+        if let Some(c) = self.tree.cgroup_of(inc) {
+            self.info.cgroups.insert(inc, c.to_string());
+        }
+        self.core.mark_adopted(inc);
+        self.attach(now, inc, &name, process);
+        // As after a fork: --exec-as-emperor and the stop hook's ledger.
+        self.hooks
+            .after_start(cx!(self), inc, &name, &cwd, pid, owner);
+        if let Some(exit) = reaped {
+            self.core.handle(now, Event::Reaped { pid, exit });
         }
     }
 
@@ -1506,13 +1530,6 @@ impl Runtime {
         }
     }
 
-    fn on_demand_events(&mut self, evs: Vec<crate::core::OnDemandEvent>) {
-        let now = Instant::now();
-        for e in evs {
-            self.core.handle(now, Event::OnDemand(e));
-        }
-    }
-
     fn cleanup(&mut self) {
         // Every vassal is reaped by now: kill what they left and remove the cgroups.
         self.tree.shutdown();
@@ -1608,6 +1625,7 @@ impl Notifier {
     }
 }
 
+pub mod addr;
 pub mod command;
 pub mod forkserver;
 pub mod hooks;
