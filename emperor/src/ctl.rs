@@ -132,7 +132,8 @@ pub fn run(ctl: &Ctl, out: &mut dyn Write) -> Result<(), String> {
         let doc = parse_stats(stats, &fetch_stats(stats)?)?;
         check_vassal(&doc, name, stats)?;
     }
-    let packet = crate::command::encode(cmd, name.map(String::as_str), msg)?;
+    let packet =
+        crate::command::encode(cmd, name.map(String::as_str), msg).map_err(|e| e.to_string())?;
     send(addr, &packet)?;
     match name {
         Some(n) => writeln!(out, "sent `{cmd}` for vassal {n} to {addr}"),

@@ -58,7 +58,7 @@ impl Runtime {
                 // The incarnation is over: whatever it left behind goes with it.
                 src.exec.tree.sweep(inc);
                 src.info.cgroups.remove(&inc);
-                src.exec.hooks.released(cx.registry, inc);
+                src.exec.hooks.released(&mut cx, inc);
                 src.channels.release(inc, &mut cx);
             }
             Action::Rescan => src.monitors.rescan_asked(&mut cx),
@@ -70,9 +70,7 @@ impl Runtime {
                     }
                     _ => src.cwd.clone(),
                 };
-                for e in src.ondemand.perform(a, &cwd, cx.registry) {
-                    cx.core(Event::OnDemand(e));
-                }
+                src.ondemand.perform(a, &cwd, &mut cx);
             }
         }
         false
@@ -83,6 +81,9 @@ impl Runtime {
     pub(super) fn started(&mut self, now: Instant, s: Started) {
         let (inc, pid) = (s.inc, s.process.pid);
         let src = &mut self.src;
+        if s.adopted {
+            src.exec.tree.adopted(inc, &s.name, pid);
+        }
         if let Some(c) = src.exec.tree.cgroup_of(inc) {
             src.info.cgroups.insert(inc, c.to_string());
         }
@@ -93,11 +94,9 @@ impl Runtime {
             Event::Spawned { inc, pid }
         };
         self.core.handle(now, ev);
-        let (uid, gid) = s.owner;
-        let registry = self.poll.registry();
         src.exec
             .hooks
-            .after_start(registry, inc, &s.name, &s.cwd, pid, uid, gid);
+            .after_start(&mut cx!(self), inc, &s.name, &s.cwd, pid, s.owner);
         if let Some(exit) = s.reaped {
             self.core.handle(now, Event::Reaped { pid, exit });
         }

@@ -30,8 +30,8 @@ pub enum RunError {
     #[error(transparent)]
     Stats(#[from] super::stats::BindError),
     /// The command socket cannot be bound (the message names it).
-    #[error("{0}")]
-    Command(String),
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandSocketError),
     /// `--emperor-use-clone` or `--emperor-cap` is not understood (the message says which).
     #[error("{0}")]
     Isolation(String),
@@ -47,8 +47,8 @@ pub enum RunError {
         err: io::Error,
     },
     /// The fork-server options cannot be applied (the message says what to do).
-    #[error("{0}")]
-    ForkServer(String),
+    #[error(transparent)]
+    ForkServer(#[from] crate::forkserver::ForkError),
 }
 
 impl RunError {

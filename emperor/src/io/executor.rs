@@ -4,18 +4,16 @@
 //! the launcher the plan chose (the direct clone path or the fork server). A process that runs
 //! is reported as [`Output::Started`]; a spawn that cannot run as `Event::SpawnFailed`.
 
-use std::path::PathBuf;
-use std::time::Instant;
-
 use super::source::{Cx, Output, Started};
 use crate::cgroup::Tree;
 use crate::core::{Event, SpawnRequest};
 use crate::forkserver::ForkClient;
 use crate::hooks::Hooks;
 use crate::ondemand::OnDemand;
-use crate::spawn::launcher::{Job, Via};
+use crate::spawn::launcher::{Job, Launcher, Via};
 use crate::spawn::plan::{self, Settings};
 use crate::spawn::Spawner;
+use std::path::PathBuf;
 
 /// The launchers and what they need.
 #[derive(Debug)]
@@ -47,14 +45,13 @@ pub struct Ctx<'c> {
 }
 
 impl Executor {
-    /// Starts a vassal, or its `--vassals-start-hook` when the request says so. A hook that
-    /// cannot be started (logged) counts as done at once.
+    /// Starts a vassal, or its `--vassals-start-hook` when the request says so (the hook is
+    /// run before anything is planned: the plan takes the on-demand listener out of the loop).
     pub fn spawn(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) {
-        if !req.run_start_hook {
-            return self.spawn_now(req, x, cx);
-        }
-        if let Some(req) = self.hooks.before_start(cx.registry, req, &x.cwd) {
-            cx.core(Event::StartHookDone { inc: req.inc });
+        if req.run_start_hook {
+            self.hooks.start_hook(cx, &req, &x.cwd);
+        } else {
+            self.spawn_now(req, x, cx);
         }
     }
 
@@ -75,14 +72,14 @@ impl Executor {
                 .map(|(uid, gid)| crate::spawn::creds::creds(uid, gid, self.initgroups))
                 .transpose(),
         };
-        let (ondemand, registry, id) = (x.ondemand, cx.registry, req.vassal);
-        let job = plan::plan(req, &self.settings, vassal, || {
-            ondemand.take_for_spawn(id, registry)
+        let (ondemand, id) = (x.ondemand, req.vassal);
+        let plan::Planned { job, via } = plan::plan(req, &self.settings, vassal, || {
+            ondemand.take_for_spawn(id, cx)
         })
         .map_err(|e| e.to_string())?;
-        match (job.via, self.fork.as_mut()) {
-            // Asynchronous: answered by the fork client's `drive` (adopted or failed).
-            (Via::ForkServer, Some(f)) => f.start(cx.registry, cx.now, &job.req, &job.plan),
+        match (via, self.fork.as_mut()) {
+            // Asynchronous: answered through the loop (`Output::Started` or `SpawnFailed`).
+            (Via::ForkServer, Some(f)) => f.launch(&job, cx).map(|_| ()).map_err(|e| e.to_string()),
             _ => self.direct(job, x.me, cx),
         }
     }
@@ -118,46 +115,5 @@ impl Executor {
             reaped: None,
         })));
         Ok(())
-    }
-
-    /// Fork-server progress: a readiness event of `ready`'s request, or the timers of every
-    /// request; adoptions become [`Output::Started`], failures `Event::SpawnFailed`.
-    pub fn drive_forks(
-        &mut self,
-        ready: Option<crate::core::Inc>,
-        me: (u32, u32),
-        cx: &mut Cx<'_>,
-    ) {
-        let Some(f) = self.fork.as_mut() else {
-            return;
-        };
-        for done in f.drive(cx.registry, ready, Instant::now()) {
-            match done {
-                crate::forkserver::Done::Adopted {
-                    inc,
-                    name,
-                    started,
-                    reaped,
-                    cwd,
-                } => {
-                    let pid = started.pid;
-                    self.tree.adopted(inc, &name, pid);
-                    // As after a fork: --exec-as-emperor and the stop hook's ledger.
-                    let owner = crate::forkserver::owner_of(pid).unwrap_or(me);
-                    cx.out.push(Output::Started(Box::new(Started {
-                        inc,
-                        name,
-                        cwd,
-                        process: started,
-                        owner,
-                        adopted: true,
-                        reaped,
-                    })));
-                }
-                crate::forkserver::Done::Failed { inc, reason } => {
-                    cx.core(Event::SpawnFailed { inc, reason })
-                }
-            }
-        }
     }
 }

@@ -7,6 +7,7 @@
 //! [`SPAWN_BATCH`] starts), the poll, the channels whose read budget ran out last turn, the
 //! stats connections left queued, reaping, the fork server, then the timers.
 
+pub mod addr;
 pub mod channels;
 pub mod children;
 pub mod command;

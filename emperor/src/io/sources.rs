@@ -100,15 +100,12 @@ impl Sources {
             None => None,
         };
         let command = match &opts.command_socket {
-            Some(addr) => Some(
-                crate::command::CommandSocket::bind(
-                    addr,
-                    &cwd,
-                    cx.registry,
-                    opts.command_allow_udp,
-                )
-                .map_err(RunError::Command)?,
-            ),
+            Some(addr) => Some(crate::command::CommandSocket::bind(
+                addr,
+                &cwd,
+                opts.command_allow_udp,
+                cx,
+            )?),
             None => None,
         };
         let exec = executor(opts, &cwd)?;
@@ -195,7 +192,7 @@ fn executor(opts: &Options, cwd: &std::path::Path) -> Result<Executor, RunError>
     let mode: crate::cgroup::Mode = opts.process_tree.parse().map_err(RunError::ProcessTree)?;
     let tree =
         crate::cgroup::Tree::setup(mode).map_err(|e| RunError::ProcessTree(e.to_string()))?;
-    let fork = crate::forkserver::ForkClient::setup(opts, cwd).map_err(RunError::ForkServer)?;
+    let fork = crate::forkserver::ForkClient::setup(opts, cwd)?;
     let hooks = crate::hooks::Hooks::new(crate::hooks::HookConfig {
         start: opts.vassals_start_hook.clone(),
         stop: opts.vassals_stop_hook.clone(),

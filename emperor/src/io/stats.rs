@@ -17,6 +17,7 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Token};
 use tracing::{debug, warn};
 
+use super::addr::{AddrError, BindAddr};
 use super::registry::Owner;
 use super::source::Cx;
 use crate::core::garbage::{LogLimit, WARN_INTERVAL};
@@ -36,14 +37,9 @@ pub const MAX_REQUEST: usize = 4096;
 /// Why the stats socket cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    /// The TCP address does not resolve.
-    #[error("bad stats address {addr}: {err}")]
-    BadAddress {
-        /// The `--emperor-stats` value.
-        addr: String,
-        /// Why.
-        err: io::Error,
-    },
+    /// The address is not understood (see [`super::addr`]).
+    #[error("bad stats address: {0}")]
+    Address(#[from] AddrError),
     /// Binding or watching failed.
     #[error("cannot bind stats on {addr}: {err}")]
     Bind {
@@ -363,34 +359,17 @@ fn write_out(c: &mut Client) -> bool {
 }
 
 fn bind(addr: &str, cwd: &Path) -> Result<Listener, BindError> {
-    let is_tcp = addr.contains(':') && !addr.starts_with('/') && !addr.starts_with('.');
-    if is_tcp {
-        let a = if let Some(port) = addr.strip_prefix(':') {
-            format!("0.0.0.0:{port}")
-        } else {
-            addr.to_string()
-        };
-        let bad = |err| BindError::BadAddress {
-            addr: addr.to_string(),
-            err,
-        };
-        let sa = std::net::ToSocketAddrs::to_socket_addrs(&a)
-            .map_err(bad)?
-            .next()
-            .ok_or_else(|| bad(io::Error::new(io::ErrorKind::InvalidInput, "no address")))?;
-        let l = TcpListener::bind(sa).map_err(|err| BindError::Bind {
-            addr: addr.to_string(),
-            err,
-        })?;
-        Ok(Listener::Tcp(l))
-    } else {
-        let path = cwd.join(addr);
-        let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path).map_err(|err| BindError::Bind {
-            addr: path.display().to_string(),
-            err,
-        })?;
-        Ok(Listener::Unix(l, path))
+    let bind_err = |addr: String| move |err| BindError::Bind { addr, err };
+    match super::addr::parse(addr, cwd, super::addr::ANY)? {
+        BindAddr::Inet(sa) => {
+            let l = TcpListener::bind(sa).map_err(bind_err(addr.to_string()))?;
+            Ok(Listener::Tcp(l))
+        }
+        BindAddr::Unix(path) => {
+            let _ = std::fs::remove_file(&path);
+            let l = UnixListener::bind(&path).map_err(bind_err(path.display().to_string()))?;
+            Ok(Listener::Unix(l, path))
+        }
     }
 }
 

@@ -55,8 +55,9 @@ impl Runtime {
         if std::mem::take(&mut self.src.reap_needed) {
             self.reap();
         }
-        if self.src.exec.fork.is_some() {
-            self.drive_forks(None);
+        if let Some(f) = self.src.exec.fork.as_mut() {
+            f.tick(&mut cx!(self));
+            self.route();
         }
         self.timers(Instant::now());
         None
@@ -86,8 +87,9 @@ impl Runtime {
 
     /// Hands a readiness event to the source that owns its token.
     fn dispatch(&mut self, tok: Token) {
+        // A token freed earlier in this batch has no owner any more.
         let owner = match self.tokens.owner(tok) {
-            None => return self.dispatch_fixed(tok),
+            None => return,
             Some(Owner::Stats) => return self.accept(),
             Some(o) => o,
         };
@@ -111,30 +113,19 @@ impl Runtime {
                     }
                 }
             }
-            Owner::Stats
-            | Owner::Command
-            | Owner::Hook(_)
-            | Owner::Listener(_)
-            | Owner::Fork(_) => {}
-        }
-    }
-
-    /// The sources that still carve fixed token ranges (fork server, hooks, command socket,
-    /// on-demand listeners).
-    fn dispatch_fixed(&mut self, tok: Token) {
-        let src = &mut self.src;
-        if let Some(inc) = crate::forkserver::inc_of(tok) {
-            self.drive_forks(Some(inc));
-        } else if crate::hooks::Hooks::owns(tok) {
-            src.exec.hooks.on_readable(self.poll.registry(), tok);
-        } else if tok == crate::command::TOKEN {
-            if let Some(c) = src.command.as_mut() {
-                c.drain(&mut self.core);
+            Owner::Command => {
+                if let Some(c) = src.command.as_mut() {
+                    c.ready(&mut cx);
+                }
             }
-        } else if crate::ondemand::owns(tok) {
-            for e in src.ondemand.on_ready(tok, self.poll.registry()) {
-                self.out.push(super::Output::Core(Event::OnDemand(e)));
+            Owner::Hook(key) => src.exec.hooks.ready(&mut cx, key),
+            Owner::Listener(key) => src.ondemand.ready(&mut cx, key),
+            Owner::Fork(inc) => {
+                if let Some(f) = src.exec.fork.as_mut() {
+                    f.ready(&mut cx, inc);
+                }
             }
+            Owner::Stats => {}
         }
     }
 
@@ -148,14 +139,7 @@ impl Runtime {
         }
     }
 
-    /// Fork-server progress for `ready`'s request, or the timers of every request.
-    fn drive_forks(&mut self, ready: Option<Inc>) {
-        let me = self.src.me();
-        self.src.exec.drive_forks(ready, me, &mut cx!(self));
-        self.route();
-    }
-
-    /// Reaps every exited child: hooks are theirs (a start hook's spawn follows), the fork
+    /// Reaps every exited child: hooks are theirs (a start hook's end goes to the core), the fork
     /// client learns of deaths it waits for, the rest go to the core.
     fn reap(&mut self) {
         for (pid, exit) in children::reap_all() {
@@ -163,12 +147,11 @@ impl Runtime {
             if let Some(f) = self.src.exec.fork.as_mut() {
                 f.note_reaped(pid, exit, now);
             }
-            match self.src.exec.hooks.on_reaped(pid, exit) {
-                crate::hooks::Reaped::NotOurs => self.core.handle(now, Event::Reaped { pid, exit }),
-                crate::hooks::Reaped::Done => {}
-                crate::hooks::Reaped::Spawn(req) => {
-                    self.core.handle(now, Event::StartHookDone { inc: req.inc })
-                }
+            // A start hook reports `StartHookDone` for the start it gates.
+            if self.src.exec.hooks.reaped(&mut cx!(self), pid, exit) {
+                self.route();
+            } else {
+                self.core.handle(now, Event::Reaped { pid, exit });
             }
         }
     }
@@ -179,9 +162,7 @@ impl Runtime {
         self.src.exec.tree.poll(now);
         self.core.handle_timeout(now);
         let mut cx = cx!(self);
-        for e in self.src.ondemand.expire(now, cx.registry) {
-            cx.core(Event::OnDemand(e));
-        }
+        self.src.ondemand.tick(&mut cx);
         if let Some(s) = self.src.stats.as_mut() {
             s.expire(now, &mut cx);
         }

@@ -17,8 +17,7 @@ pub enum Via {
 }
 
 /// One spawn, completely decided: the core's request, the process plan (programs, argv, env,
-/// cwd, fds), the per-child isolation (credentials, namespaces, capabilities, cgroup) and the
-/// launcher.
+/// cwd, fds) and the per-child isolation (credentials, namespaces, capabilities, cgroup).
 #[derive(Debug)]
 pub struct Job {
     /// What the core asked for.
@@ -27,8 +26,6 @@ pub struct Job {
     pub plan: Plan,
     /// Isolation applied in the child before `execve`.
     pub setup: ChildSetup,
-    /// Which launcher starts it.
-    pub via: Via,
 }
 
 /// How a launch went.

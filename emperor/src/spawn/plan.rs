@@ -78,14 +78,23 @@ pub fn forked(bases: &[String], name: &str, key: &str) -> bool {
         .any(|b| b == name || b == key || Some(b.as_str()) == file)
 }
 
-/// The job of `req`. `stdin` gives the on-demand listener (fd 0); it is asked for only once
+/// A planned spawn: the job and the launcher that runs it.
+#[derive(Debug)]
+pub struct Planned {
+    /// What to start.
+    pub job: Job,
+    /// Which launcher starts it.
+    pub via: Via,
+}
+
+/// The job of `req` and its launcher. `stdin` gives the on-demand listener (fd 0); it is asked for only once
 /// the programs are known, as it takes the listener out of the loop.
 pub fn plan(
     req: SpawnRequest,
     s: &Settings,
     v: Vassal,
     stdin: impl FnOnce() -> Option<RawFd>,
-) -> Result<Job, PlanError> {
+) -> Result<Planned, PlanError> {
     let path = s.path.as_deref();
     let cwd = v.cwd;
     let shim = crate::spawn::shim::plan_for(
@@ -126,10 +135,8 @@ pub fn plan(
     if via == Via::ForkServer && !setup.is_empty() {
         return Err(PlanError::ForkIsolation);
     }
-    Ok(Job {
-        req,
-        plan,
-        setup,
+    Ok(Planned {
+        job: Job { req, plan, setup },
         via,
     })
 }
@@ -213,17 +220,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("app.ini"), "[uwsgi]\n").unwrap();
         let s = fake_uwsgi(d.path());
-        let job = plan(req(d.path(), "app.ini"), &s, vassal(d.path()), || Some(7)).unwrap();
+        let p = plan(req(d.path(), "app.ini"), &s, vassal(d.path()), || Some(7)).unwrap();
         let u = d.path().join("bin/uwsgi");
-        assert_eq!(job.plan.programs, vec![u.clone()]);
+        assert_eq!(p.job.plan.programs, vec![u.clone()]);
         assert_eq!(
-            job.plan.argv,
+            p.job.plan.argv,
             vec![u.display().to_string(), "--ini".into(), "app.ini".into()]
         );
-        assert_eq!(job.plan.stdin, Some(7));
-        assert_eq!(job.plan.env, s.env);
-        assert_eq!(job.via, Via::Direct);
-        assert!(job.setup.is_empty());
+        assert_eq!(p.job.plan.stdin, Some(7));
+        assert_eq!(p.job.plan.env, s.env);
+        assert_eq!(p.via, Via::Direct);
+        assert!(p.job.setup.is_empty());
     }
 
     #[test]
@@ -233,14 +240,15 @@ mod tests {
         s.fork_bases = Some(vec!["base.ini".into()]);
         let mut r = req(d.path(), "app.ini");
         r.zerg = Some(3);
-        let job = plan(r, &s, vassal(d.path()), || None).unwrap();
-        assert!(job
+        let p = plan(r, &s, vassal(d.path()), || None).unwrap();
+        assert!(p
+            .job
             .plan
             .env
             .contains(&("UWSGI_BROODLORD_NUM".into(), "3".into())));
-        assert_eq!(job.via, Via::ForkServer);
-        let job = plan(req(d.path(), "base.ini"), &s, vassal(d.path()), || None).unwrap();
-        assert_eq!(job.via, Via::Direct);
+        assert_eq!(p.via, Via::ForkServer);
+        let p = plan(req(d.path(), "base.ini"), &s, vassal(d.path()), || None).unwrap();
+        assert_eq!(p.via, Via::Direct);
     }
 
     #[test]
