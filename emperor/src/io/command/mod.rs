@@ -294,7 +294,7 @@ fn bind_unix(path: PathBuf) -> Result<Sock, CommandSocketError> {
 }
 
 /// The tail of a rate-limited line: how many like it were not logged.
-pub fn suppressed(more: u64) -> String {
+fn suppressed(more: u64) -> String {
     if more == 0 {
         String::new()
     } else {

@@ -12,7 +12,7 @@
 //! `waitpid(-1)`.
 //!
 //! Every registered fd is [`Owner::Listener`] with a key naming the vassal and whether it is
-//! its listener or its lookup pipe ([`key`]); what happens goes out as
+//! its listener or its lookup pipe; what happens goes out as
 //! `Output::Core(Event::OnDemand(..))`.
 
 mod lookup;
@@ -174,7 +174,7 @@ pub fn bind(name: &str, cwd: &Path) -> Result<Socket, BindError> {
 }
 
 /// The [`Owner::Listener`] key of vassal `v`'s listener (`lookup: false`) or lookup pipe.
-pub fn key(v: VassalId, lookup: bool) -> u64 {
+fn key(v: VassalId, lookup: bool) -> u64 {
     v.0 << 1 | u64::from(lookup)
 }
 
