@@ -59,7 +59,7 @@ impl Core {
         let delay = Duration::from_millis(((delay_ms as f64) * jitter).round() as u64);
         let at = now + delay;
         if let Some(v) = self.vassals.get_mut(&id) {
-            set_state(&mut self.lines, v, State::Waiting { at });
+            set_state(&mut self.lines, v, State::waiting(at));
         }
         if self.cfg.no_blacklist {
             info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());

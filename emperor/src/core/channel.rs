@@ -99,10 +99,11 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if let State::Running { inc: i, pid } = v.state {
-            if i == inc {
+        if let State::Running(process) = v.state {
+            if process.inc == inc {
+                let pid = process.pid;
                 info!(vassal = %v.name, pid, "vassal {} closed its channel: cursing it", v.name);
-                self.enter_stopping(now, id, inc, pid, false);
+                self.enter_stopping(now, id, process, false);
             }
         }
     }

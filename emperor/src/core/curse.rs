@@ -10,8 +10,7 @@ impl Core {
         &mut self,
         now: Instant,
         id: VassalId,
-        inc: Inc,
-        pid: i32,
+        process: state::Running,
         requested: bool,
     ) {
         let tolerance = self.cfg.curse_tolerance;
@@ -21,13 +20,12 @@ impl Core {
         set_state(
             &mut self.lines,
             v,
-            State::Stopping {
-                inc,
-                pid,
+            State::Stopping(state::Stopping {
+                process,
                 since: now,
                 kill_at: now + tolerance,
                 requested,
-            },
+            }),
         );
         self.timer(now + tolerance, Timer::Curse(id));
     }
@@ -37,12 +35,12 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if let State::Stopping {
-            pid,
+        if let State::Stopping(state::Stopping {
+            process: state::Running { pid, .. },
             ref mut kill_at,
             since,
             ..
-        } = v.state
+        }) = v.state
         {
             if *kill_at <= now {
                 warn!(

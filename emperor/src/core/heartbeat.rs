@@ -13,7 +13,7 @@ impl Core {
             return;
         };
         h.heartbeat_timer = false;
-        let (State::Running { pid, .. }, Some(deadline)) =
+        let (State::Running(state::Running { pid, .. }), Some(deadline)) =
             (v.state, dec_time(epoch, h.heartbeat_deadline))
         else {
             return;

@@ -499,6 +499,7 @@ mod activation;
 mod backoff;
 mod broodlord;
 mod channel;
+mod command;
 mod curse;
 mod events;
 pub mod garbage;
@@ -510,17 +511,12 @@ mod shutdown;
 mod spawn;
 mod tyrant;
 
-pub use activation::{
-    ActivationConfig, CommandError, OnDemandAction, OnDemandEvent, VassalCommand,
-};
+pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent};
 pub use backoff::Backoff;
+pub use command::{CommandError, VassalCommand};
 use record::{dec_time, enc_time, set_state, spawn_request, Line, NO_TIME};
-pub use record::{ChannelState, State, Vassal};
+pub use record::{state, ChannelState, State, Vassal};
 pub use tyrant::{is_root_owned, refusal};
 
-#[cfg(test)]
-mod event_tests;
-#[cfg(test)]
-mod ext_tests;
 #[cfg(test)]
 mod tests;

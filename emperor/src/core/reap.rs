@@ -9,30 +9,15 @@ impl Core {
             debug!(pid, "reaped pid {pid} ({exit}), not a vassal");
             return;
         };
-        let shutting = self.shutdown.is_some();
-        let Some(v) = self.vassals.get_mut(&id) else {
+        let Some((state, loyal)) = self.end_process(id, exit) else {
             return;
         };
-        v.last_exit = Some(exit);
-        self.lines[v.slot as usize].heartbeat_deadline = NO_TIME;
-        if v.zerg.is_some() {
-            // A zerg whose process ended is gone for good.
-            v.wanted = false;
-        }
-        let state = v.state;
-        if let Some(inc) = state.inc() {
-            self.lines[v.slot as usize].inc = 0;
-            self.actions.push_back(Action::Release { inc });
-        }
-        // Ready, accepting and loyal describe the current process: with it gone, nothing
-        // serves (the stats and `ctl status` must not say otherwise). Loyalty still decides
-        // below whether this death earns a backoff.
-        let l = &mut self.lines[v.slot as usize];
-        let loyal = l.loyal;
-        (l.ready, l.accepting, l.loyal) = (false, false, false);
-        let name = v.name.clone();
-        let shutting_or_unwanted = shutting || !v.wanted;
-        if !shutting_or_unwanted
+        let Some(v) = self.vassals.get(&id) else {
+            return;
+        };
+        // Not restarted: a shutdown is under way, its config is gone, or it is a zerg.
+        let gone = self.shutdown.is_some() || !v.wanted;
+        if !gone
             && state.pid().is_some()
             && exit != ExitKind::Code(EXILE_CODE)
             && self.reaped_broken(now, id, pid, exit)
@@ -42,45 +27,74 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
+        let name = v.name.clone();
         match state {
-            State::Stopping {
+            State::Stopping(state::Stopping {
                 requested: true, ..
-            } => {
+            }) => {
                 info!(vassal = %name, pid, "vassal {name} (pid: {pid}) stopped ({exit})");
-                if shutting || !v.wanted {
+                if gone {
                     self.remove(id);
                 } else {
-                    set_state(&mut self.lines, v, State::Waiting { at: now });
+                    set_state(&mut self.lines, v, State::waiting(now));
                     self.start(now, id);
                 }
             }
-            State::Running { .. } | State::Stopping { .. } => {
-                if exit == ExitKind::Code(EXILE_CODE) && !shutting && v.wanted {
-                    warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
-                    set_state(&mut self.lines, v, State::Exiled);
-                } else if shutting || !v.wanted {
-                    info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
-                    self.remove(id);
-                } else if v.adopted && v.reload_sent {
-                    // Adopted vassals cannot re-exec themselves: a reload ends them, and a new
-                    // adoption is the reloaded vassal (loyal or not, no backoff).
-                    info!(vassal = %name, pid, "adopted vassal {name} (pid: {pid}) exited after a reload ({exit}): starting a new one");
-                    self.start(now, id);
-                } else if loyal {
-                    warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died unexpectedly ({exit}): respawning it");
-                    v.backoff = Backoff::default();
-                    self.start(now, id);
-                } else {
-                    warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died before being loyal ({exit})");
-                    self.failed(now, id, false);
-                }
+            State::Running(_) | State::Stopping(_) if gone => {
+                info!(vassal = %name, pid, "vassal {name} (pid: {pid}) died ({exit})");
+                self.remove(id);
             }
-            State::Waiting { .. }
-            | State::Starting { .. }
+            State::Running(_) | State::Stopping(_) if exit == ExitKind::Code(EXILE_CODE) => {
+                warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
+                set_state(&mut self.lines, v, State::Exiled);
+            }
+            State::Running(p) | State::Stopping(state::Stopping { process: p, .. })
+                if p.adopted && p.reload_sent =>
+            {
+                // Adopted vassals cannot re-exec themselves: a reload ends them, and a new
+                // adoption is the reloaded vassal (loyal or not, no backoff).
+                info!(vassal = %name, pid, "adopted vassal {name} (pid: {pid}) exited after a reload ({exit}): starting a new one");
+                self.start(now, id);
+            }
+            State::Running(_) | State::Stopping(_) if loyal => {
+                warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died unexpectedly ({exit}): respawning it");
+                v.backoff = Backoff::default();
+                self.start(now, id);
+            }
+            State::Running(_) | State::Stopping(_) => {
+                warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) died before being loyal ({exit})");
+                self.failed(now, id, false);
+            }
+            State::Waiting(_)
+            | State::Starting(_)
             | State::Exiled
             | State::OnDemand
             | State::Suspended => {}
         }
+    }
+
+    /// The process of `id` ended with `exit`: records it, releases its incarnation and clears
+    /// what described that process. Returns the state it ended in and whether it had been
+    /// loyal (which decides whether its death earns a backoff).
+    fn end_process(&mut self, id: VassalId, exit: ExitKind) -> Option<(State, bool)> {
+        let v = self.vassals.get_mut(&id)?;
+        v.last_exit = Some(exit);
+        if v.zerg.is_some() {
+            // A zerg whose process ended is gone for good.
+            v.wanted = false;
+        }
+        let state = v.state;
+        let l = &mut self.lines[v.slot as usize];
+        l.heartbeat_deadline = NO_TIME;
+        if let Some(inc) = state.inc() {
+            l.inc = 0;
+            self.actions.push_back(Action::Release { inc });
+        }
+        // Ready, accepting and loyal describe the current process: with it gone, nothing
+        // serves (the stats and `ctl status` must not say otherwise).
+        let loyal = l.loyal;
+        (l.ready, l.accepting, l.loyal) = (false, false, false);
+        Some((state, loyal))
     }
 
     pub(super) fn stop(&mut self, now: Instant, id: VassalId) {
@@ -94,19 +108,21 @@ impl Core {
             return;
         };
         match v.state {
-            State::Running { inc, pid } => {
+            State::Running(process) => {
+                let pid = process.pid;
                 info!(vassal = %v.name, pid, "stopping vassal {} (pid: {pid})", v.name);
-                self.actions.push_back(Action::Send { inc, msg });
-                self.enter_stopping(now, id, inc, pid, true);
+                self.actions.push_back(Action::Send {
+                    inc: process.inc,
+                    msg,
+                });
+                self.enter_stopping(now, id, process, true);
             }
-            State::Stopping {
-                ref mut requested, ..
-            } => *requested = true,
-            State::Waiting { .. } | State::Exiled | State::OnDemand | State::Suspended => {
+            State::Stopping(ref mut s) => s.requested = true,
+            State::Waiting(_) | State::Exiled | State::OnDemand | State::Suspended => {
                 self.remove(id)
             }
             // The runtime answers a spawn before anything else happens.
-            State::Starting { .. } => {}
+            State::Starting(_) => {}
         }
     }
 
@@ -114,14 +130,15 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if let State::Running { inc, pid } = v.state {
+        if let State::Running(ref mut process) = v.state {
+            let pid = process.pid;
             info!(vassal = %v.name, pid, "reloading vassal {} ({why})", v.name);
             self.actions.push_back(Action::Send {
-                inc,
+                inc: process.inc,
                 msg: EmperorMsg::Reload,
             });
+            process.reload_sent = true;
             v.respawns += 1;
-            v.reload_sent = true;
             v.last_run = Some(now);
             let l = &mut self.lines[v.slot as usize];
             l.ready = false;

@@ -3,39 +3,68 @@
 
 use super::*;
 
-/// Where a vassal is in its life.
+/// The data each [`State`] carries.
+pub mod state {
+    use std::time::Instant;
+
+    use super::Inc;
+
+    /// Not running; (re)started at `at`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Waiting {
+        /// When (backoff, or a pending start).
+        pub at: Instant,
+    }
+
+    /// Spawn requested, pid not known yet.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Starting {
+        /// Incarnation.
+        pub inc: Inc,
+        /// Its start hook runs first: the spawn is asked for again once it exits.
+        pub hook_pending: bool,
+        /// A fork server answers this start: the process is adopted, not forked by us.
+        pub adopted: bool,
+    }
+
+    /// A process runs.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Running {
+        /// Incarnation.
+        pub inc: Inc,
+        /// Pid.
+        pub pid: i32,
+        /// Adopted from a fork server (not forked by us).
+        pub adopted: bool,
+        /// A reload byte was sent to it (an adopted process then exits instead of re-exec).
+        pub reload_sent: bool,
+    }
+
+    /// Asked to stop (or its channel closed); SIGKILLed at `kill_at` if still alive.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Stopping {
+        /// The process being stopped.
+        pub process: Running,
+        /// When it was cursed.
+        pub since: Instant,
+        /// When it gets SIGKILL.
+        pub kill_at: Instant,
+        /// True when we asked for it (stop byte), false when the channel closed on its own.
+        pub requested: bool,
+    }
+}
+
+/// Where a vassal is in its life; the variants with a process (or a start under way) carry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// Not running; (re)started at `at` (backoff, or a pending start).
-    Waiting {
-        /// When.
-        at: Instant,
-    },
+    /// Not running; started again at a given time (backoff, or a pending start).
+    Waiting(state::Waiting),
     /// Spawn requested, pid not known yet.
-    Starting {
-        /// Incarnation.
-        inc: Inc,
-    },
+    Starting(state::Starting),
     /// Running.
-    Running {
-        /// Incarnation.
-        inc: Inc,
-        /// Pid.
-        pid: i32,
-    },
-    /// Asked to stop (or its channel closed); SIGKILLed at `kill_at` if still alive.
-    Stopping {
-        /// Incarnation.
-        inc: Inc,
-        /// Pid.
-        pid: i32,
-        /// When it was cursed.
-        since: Instant,
-        /// When it gets SIGKILL.
-        kill_at: Instant,
-        /// True when we asked for it (stop byte), false when the channel closed on its own.
-        requested: bool,
-    },
+    Running(state::Running),
+    /// Asked to stop (or its channel closed); SIGKILLed after the curse tolerance.
+    Stopping(state::Stopping),
     /// Exited with 26: not respawned until its config changes.
     Exiled,
     /// On demand: no process; the emperor holds its listener and starts it on the first
@@ -49,29 +78,74 @@ impl State {
     /// A short name for logs and stats.
     pub fn name(&self) -> &'static str {
         match self {
-            State::Waiting { .. } => "waiting",
-            State::Starting { .. } => "starting",
-            State::Running { .. } => "running",
-            State::Stopping { .. } => "stopping",
+            State::Waiting(_) => "waiting",
+            State::Starting(_) => "starting",
+            State::Running(_) => "running",
+            State::Stopping(_) => "stopping",
             State::Exiled => "exiled",
             State::OnDemand => "on-demand",
             State::Suspended => "suspended",
         }
     }
 
-    /// The pid, when a process exists.
-    pub fn pid(&self) -> Option<i32> {
-        match *self {
-            State::Running { pid, .. } | State::Stopping { pid, .. } => Some(pid),
+    /// The process, when one exists.
+    pub fn process(&self) -> Option<&state::Running> {
+        match self {
+            State::Running(r) | State::Stopping(state::Stopping { process: r, .. }) => Some(r),
             _ => None,
         }
     }
 
-    pub(super) fn inc(&self) -> Option<Inc> {
-        match *self {
-            State::Starting { inc } | State::Running { inc, .. } | State::Stopping { inc, .. } => {
-                Some(inc)
-            }
+    /// The pid, when a process exists.
+    pub fn pid(&self) -> Option<i32> {
+        self.process().map(|p| p.pid)
+    }
+
+    /// The incarnation, while a start is under way or a process exists.
+    pub fn inc(&self) -> Option<Inc> {
+        match self {
+            State::Starting(s) => Some(s.inc),
+            _ => self.process().map(|p| p.inc),
+        }
+    }
+
+    /// A new start of incarnation `inc`.
+    pub(super) fn starting(inc: Inc, hook_pending: bool) -> State {
+        State::Starting(state::Starting {
+            inc,
+            hook_pending,
+            adopted: false,
+        })
+    }
+
+    /// Waiting until `at`.
+    pub(super) fn waiting(at: Instant) -> State {
+        State::Waiting(state::Waiting { at })
+    }
+}
+
+/// Where a vassal stands with respect to on-demand activation; the listener lives as long as
+/// the record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) enum Listener {
+    /// Not looked up yet.
+    #[default]
+    Unresolved,
+    /// No on-demand socket: an ordinary vassal.
+    Plain,
+    /// The runtime is looking up / binding the socket.
+    Resolving,
+    /// The listener of this socket is bound; starts of the vassal park it instead.
+    Bound(String),
+    /// A connection (or a spawn command) asked for the process: the next start goes through.
+    Activating(String),
+}
+
+impl Listener {
+    /// The bound socket's name.
+    pub(super) fn socket(&self) -> Option<&str> {
+        match self {
+            Listener::Bound(s) | Listener::Activating(s) => Some(s),
             _ => None,
         }
     }
@@ -179,7 +253,7 @@ pub(super) fn dec_time(epoch: Instant, n: i64) -> Option<Instant> {
 pub(super) fn set_state(lines: &mut [Line], v: &mut Vassal, state: State) {
     v.state = state;
     let h = &mut lines[v.slot as usize];
-    h.running = matches!(state, State::Running { .. });
+    h.running = matches!(state, State::Running(_));
     if !h.running {
         h.heartbeat_deadline = NO_TIME;
     }
@@ -251,19 +325,27 @@ pub struct Vassal {
     pub unknown_bytes: u64,
     /// Garbage accounting of the current process ([`garbage`]).
     pub(super) garbage: garbage::Garbage,
-    /// The current process was adopted from a fork server (not forked by us).
-    pub adopted: bool,
-    /// A reload byte was sent to the current process (an adopted one then exits).
-    pub(super) reload_sent: bool,
-    /// The on-demand socket (uWSGI's `socket_name`), once bound.
-    pub on_demand: Option<String>,
     /// Broodlord: `Some(n)` for the zerg record `NAME:zerg:n`.
     pub zerg: Option<u32>,
     /// Waiting for a `spawn` command (stats `suspended`).
     pub suspended: bool,
-    pub(super) od: activation::OdPhase,
-    /// The start hook of the current incarnation is running (its `Spawn` comes after it).
-    pub(super) hook_pending: bool,
+    /// On-demand activation and its listener.
+    pub(super) listener: Listener,
+}
+
+impl Vassal {
+    /// The current process (or the start under way) is adopted from a fork server.
+    pub fn adopted(&self) -> bool {
+        match &self.state {
+            State::Starting(s) => s.adopted,
+            s => s.process().is_some_and(|p| p.adopted),
+        }
+    }
+
+    /// The on-demand socket (uWSGI's `socket_name`), once bound.
+    pub fn on_demand(&self) -> Option<&str> {
+        self.listener.socket()
+    }
 }
 
 impl Core {
@@ -371,7 +453,7 @@ impl Core {
             uid: e.uid,
             gid: e.gid,
             wanted: true,
-            state: State::Waiting { at: now },
+            state: State::waiting(now),
             born: now,
             first_run: None,
             last_run: None,
@@ -383,13 +465,9 @@ impl Core {
             sos: 0,
             unknown_bytes: 0,
             garbage: garbage::Garbage::default(),
-            adopted: false,
-            reload_sent: false,
-            on_demand: None,
             zerg: None,
             suspended: false,
-            od: activation::OdPhase::default(),
-            hook_pending: false,
+            listener: Listener::default(),
         };
         self.vassals.insert(id, v);
         self.by_key.insert(e.key, id);

@@ -97,8 +97,8 @@ impl Core {
         v.uid = e.uid;
         v.gid = e.gid;
         match v.state {
-            State::Running { .. } => self.reload(now, id, "config changed"),
-            State::Waiting { .. } | State::Exiled => {
+            State::Running(_) => self.reload(now, id, "config changed"),
+            State::Waiting(_) | State::Exiled => {
                 if self.shutdown.is_some() {
                     return;
                 }
@@ -111,7 +111,7 @@ impl Core {
                 self.start(now, id);
             }
             // Restarted with the new config once reaped (it is wanted).
-            State::Starting { .. } | State::Stopping { .. } => {}
+            State::Starting(_) | State::Stopping(_) => {}
             // Only recorded: the next activation (or spawn command) uses the new config.
             State::OnDemand | State::Suspended => {
                 info!(vassal = %v.name, "updated configuration for {} instance {}", v.state.name(), v.name)

@@ -61,7 +61,7 @@ impl Core {
                         continue;
                     };
                     v.backoff = Backoff::default();
-                    if matches!(v.state, State::Waiting { .. }) {
+                    if matches!(v.state, State::Waiting(_)) {
                         self.start(now, id);
                     }
                 }
@@ -90,7 +90,7 @@ impl Core {
             && !self
                 .vassals
                 .values()
-                .any(|v| matches!(v.state, State::Starting { .. }))
+                .any(|v| matches!(v.state, State::Starting(_)))
         {
             // Nothing left with a process: drop remaining records and leave.
             let ids: Vec<VassalId> = self.vassals.keys().copied().collect();

@@ -27,18 +27,15 @@ impl Core {
         }
         v.first_run.get_or_insert(now);
         v.last_run = Some(now);
-        set_state(&mut self.lines, v, State::Starting { inc });
+        let run_start_hook = self.cfg.start_hook;
+        set_state(&mut self.lines, v, State::starting(inc, run_start_hook));
         let l = &mut self.lines[slot as usize];
         l.ready = false;
         l.accepting = false;
         l.loyal = false;
         l.ignored = false;
         l.inc = inc.0;
-        v.adopted = false;
-        v.reload_sent = false;
         v.garbage.begin(v.backoff);
-        let run_start_hook = self.cfg.start_hook;
-        v.hook_pending = run_start_hook;
         let req = spawn_request(self.cfg.tyrant, v, inc, run_start_hook);
         self.actions.push_back(Action::Spawn(req));
     }
@@ -50,10 +47,19 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if v.state != (State::Starting { inc }) {
+        let State::Starting(s) = v.state else {
+            return;
+        };
+        if s.inc != inc {
             return;
         }
-        set_state(&mut self.lines, v, State::Running { inc, pid });
+        let process = state::Running {
+            inc,
+            pid,
+            adopted: s.adopted,
+            reload_sent: false,
+        };
+        set_state(&mut self.lines, v, State::Running(process));
         self.by_pid.insert(pid, id);
         info!(vassal = %v.name, pid, "started vassal {} (pid: {pid})", v.name);
         if let Some(content) = v.content.clone() {
@@ -71,8 +77,8 @@ impl Core {
     #[doc(hidden)]
     pub fn mark_adopted(&mut self, inc: Inc) {
         if let Some(id) = self.id_by_inc(inc) {
-            if let Some(v) = self.vassals.get_mut(&id) {
-                v.adopted = true;
+            if let Some(State::Starting(s)) = self.vassals.get_mut(&id).map(|v| &mut v.state) {
+                s.adopted = true;
             }
         }
     }
@@ -91,7 +97,7 @@ impl Core {
 
     pub(super) fn timer_start(&mut self, now: Instant, id: VassalId) {
         if let Some(v) = self.vassals.get(&id) {
-            if let State::Waiting { at } = v.state {
+            if let State::Waiting(state::Waiting { at }) = v.state {
                 if at <= now {
                     self.start(now, id);
                 }

@@ -1237,7 +1237,7 @@ mod tests {
             if loyal {
                 core.handle(now, Event::Message { inc, byte: 17 });
             }
-            assert!(core.vassal("/v/a.ini").unwrap().adopted);
+            assert!(core.vassal("/v/a.ini").unwrap().adopted());
             drain(&mut core);
             (core, inc)
         }
@@ -1277,7 +1277,7 @@ mod tests {
                 let a = drain(&mut core);
                 assert!(spawned_again(&a, inc), "loyal={loyal}: {a:?}");
                 let v = core.vassal("/v/a.ini").unwrap();
-                assert_eq!((v.adopted, v.backoff.attempt), (false, 0));
+                assert_eq!((v.adopted(), v.backoff.attempt), (false, 0));
             }
         }
 
