@@ -6,16 +6,15 @@
 //! the work per event does not depend on the number of vassals (scans excepted, which are
 //! O(vassals of that monitor)).
 //!
-//! Seams for later issues: on-demand vassals (a `Waiting`-like state holding a listener),
-//! broodlord (byte 30 is counted in [`Vassal::sos`]), tyrant (uid/gid are carried in
-//! [`Entry`]), hooks (around [`Action::Spawn`] and record removal), the command socket (it maps to
-//! [`Control`] and per-vassal stop/reload, see [`Core::stop_by_key`] / [`Core::reload_by_key`])
-//! and the fork server (an alternative executor of [`Action::Spawn`]).
+//! The rules live one family per file: monitor observations (`scan`), starts (`spawn`),
+//! channel bytes (`channel`), deaths (`reap`), backoff, heartbeat, curse, shutdown, per-vassal
+//! commands, on-demand and suspended vassals (`activation`), broodlord, tyrant, channel garbage,
+//! and the process-wide inputs (`events`: signals, our own emperor, adoptions, start hooks).
+//! A record and its lifecycle [`State`] are in `record`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +55,7 @@ pub struct Entry {
     pub stamp: FileStamp,
     /// Config content to push over the config socket (content monitors); `None` for files.
     pub content: Option<Arc<[u8]>>,
-    /// Owner of the file (for tyrant mode, a later issue).
+    /// Owner of the file (tyrant mode runs the vassal as this user).
     pub uid: u32,
     /// Group of the file.
     pub gid: u32,
@@ -333,38 +332,10 @@ enum Timer {
     Mercy,
 }
 
-/// A multiply-rotate hasher (FxHash's) for the core's integer keys: record ids and incarnations
-/// are ours and pids come from the kernel, none attacker-chosen, so SipHash's flooding resistance
-/// buys nothing on the per-byte path and costs ~10 ns per lookup.
-#[derive(Clone, Copy, Debug, Default)]
-struct IdHasher(u64);
-
-const ID_HASH_K: u64 = 0x517c_c1b7_2722_0a95;
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(ID_HASH_K);
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_i32(&mut self, n: i32) {
-        self.write_u64(u64::from(n as u32));
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// The core's integer-keyed maps (FxHash): record ids and incarnations are ours and pids come
+/// from the kernel, none attacker-chosen, so SipHash's flooding resistance buys nothing on the
+/// per-byte path and costs ~10 ns per lookup.
+type IdMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// The emperor's state machine.
 #[derive(Debug)]
