@@ -239,3 +239,60 @@ fn a_zerg_request_carries_its_number() {
     let base = spawn_of(&h.scan(vec![owned("b.ini", 1, 1000, 1000)])).unwrap();
     assert_eq!(base.zerg, None);
 }
+
+#[test]
+fn failed_commands_are_logged_as_the_command_socket_did_at_most_ten_per_interval() {
+    let mut h = Harness::new(CoreConfig::default());
+    running_one(&mut h, "app.ini", 10);
+    let logs = logs_of(|| {
+        for _ in 0..12 {
+            h.ev(Event::Command {
+                cmd: VassalCommand::Stop,
+                name: "no\x07pe.ini".to_string(),
+            });
+        }
+        h.now += garbage::WARN_INTERVAL;
+        h.ev(Event::Command {
+            cmd: VassalCommand::Reset,
+            name: "x.ini".to_string(),
+        });
+        h.ev(Event::Command {
+            cmd: VassalCommand::Respawn,
+            name: "app.ini".to_string(),
+        });
+    });
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("command socket: "))
+        .collect();
+    assert_eq!(failed.len(), 11, "{logs}");
+    assert!(
+        failed[0].ends_with("command socket: stop: no vassal named no\\u{7}pe.ini"),
+        "{logs}"
+    );
+    assert!(
+        failed[10].ends_with(
+            "command socket: reset: no vassal named x.ini (2 more like it not logged in the last 10 s)"
+        ),
+        "{logs}"
+    );
+    assert!(logs.contains("reloading vassal app.ini"), "{logs}");
+}
+
+#[test]
+fn our_emperors_bytes_and_its_loss_are_logged_as_before() {
+    let mut h = Harness::new(CoreConfig::default());
+    running_one(&mut h, "app.ini", 10);
+    let logs = logs_of(|| {
+        h.ev(Event::FromEmperor(7));
+        h.ev(Event::FromEmperor(1));
+        h.ev(Event::EmperorGone);
+    });
+    for line in [
+        "received message 7 from my emperor: ignored",
+        "received message 1 from my emperor: reloading every vassal",
+        "lost connection with my emperor: stopping",
+    ] {
+        assert!(logs.contains(line), "{line}: {logs}");
+    }
+}
