@@ -243,10 +243,9 @@ impl Core {
         } else {
             info!(vassal = %v.name, "vassal {} asked to be stopped", v.name);
         }
-        if v.zerg.is_some() {
-            v.wanted = false;
-        }
-        self.stop(now, id);
+        // A zerg asking to stop is gone for good.
+        let gone = v.zerg.is_some();
+        self.stop(now, id, gone);
     }
 
     /// The record is being dropped: close its listener, forget it as a zerg.

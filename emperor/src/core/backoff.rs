@@ -33,7 +33,7 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if shutting || !v.wanted || v.zerg.is_some() {
+        if shutting || !v.wanted() || v.zerg.is_some() {
             self.remove(id);
             return;
         }

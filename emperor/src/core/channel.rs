@@ -103,7 +103,7 @@ impl Core {
             if process.inc == inc {
                 let pid = process.pid;
                 info!(vassal = %v.name, pid, "vassal {} closed its channel: cursing it", v.name);
-                self.enter_stopping(now, id, process, false);
+                self.enter_stopping(now, id, process, false, false);
             }
         }
     }

@@ -164,7 +164,7 @@ impl Core {
                 v.suspended = true;
                 match v.state {
                     State::Running(_) | State::Stopping(_) => {
-                        self.stop(now, id);
+                        self.stop(now, id, false);
                         format!("stopping vassal {vname}: it stays suspended until a spawn command")
                     }
                     State::Suspended => format!("vassal {vname} is already suspended"),

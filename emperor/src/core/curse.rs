@@ -4,14 +4,15 @@
 use super::*;
 
 impl Core {
-    /// A running vassal was asked to stop (`requested`) or cursed: SIGKILL after the curse
-    /// tolerance unless it is reaped first.
+    /// A running vassal was asked to stop (`requested`; for good when `gone`) or cursed:
+    /// SIGKILL after the curse tolerance unless it is reaped first.
     pub(super) fn enter_stopping(
         &mut self,
         now: Instant,
         id: VassalId,
         process: state::Running,
         requested: bool,
+        gone: bool,
     ) {
         let tolerance = self.cfg.curse_tolerance;
         let Some(v) = self.vassals.get_mut(&id) else {
@@ -25,6 +26,7 @@ impl Core {
                 since: now,
                 kill_at: now + tolerance,
                 requested,
+                gone,
             }),
         );
         self.timer(now + tolerance, Timer::Curse(id));

@@ -95,9 +95,10 @@ impl Core {
             return;
         }
         s.hook_pending = false;
+        let gone = s.gone;
         let reason = if shutting {
             "not started after its start hook: the emperor is shutting down".to_string()
-        } else if !v.wanted {
+        } else if gone {
             "not started after its start hook: its config is gone".to_string()
         } else if tyrant && is_root_owned(v.uid, v.gid) {
             // Chowned to root while its hook ran.

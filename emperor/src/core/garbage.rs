@@ -133,7 +133,7 @@ impl Core {
         let running = matches!(v.state, State::Running(_));
         self.actions.push_back(Action::Kill { pid });
         if running {
-            self.enter_stopping(now, id, process, false);
+            self.enter_stopping(now, id, process, false, false);
         }
     }
 

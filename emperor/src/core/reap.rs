@@ -16,7 +16,7 @@ impl Core {
             return;
         };
         // Not restarted: a shutdown is under way, its config is gone, or it is a zerg.
-        let gone = self.shutdown.is_some() || !v.wanted;
+        let gone = self.shutdown.is_some() || !v.wanted() || v.zerg.is_some();
         if !gone
             && state.pid().is_some()
             && exit != ExitKind::Code(EXILE_CODE)
@@ -79,10 +79,6 @@ impl Core {
     fn end_process(&mut self, id: VassalId, exit: ExitKind) -> Option<(State, bool)> {
         let v = self.vassals.get_mut(&id)?;
         v.last_exit = Some(exit);
-        if v.zerg.is_some() {
-            // A zerg whose process ended is gone for good.
-            v.wanted = false;
-        }
         let state = v.state;
         let l = &mut self.lines[v.slot as usize];
         l.heartbeat_deadline = NO_TIME;
@@ -97,8 +93,12 @@ impl Core {
         Some((state, loyal))
     }
 
-    pub(super) fn stop(&mut self, now: Instant, id: VassalId) {
-        self.stop_zergs(now, id);
+    /// Stops vassal `id`'s process (or drops a record without one); with `gone` (its config
+    /// went away, or a zerg told to go) for good, its zergs with it.
+    pub(super) fn stop(&mut self, now: Instant, id: VassalId, gone: bool) {
+        if gone {
+            self.stop_zergs(now, id);
+        }
         let msg = if self.cfg.graceful_shutdown {
             EmperorMsg::GracefulStop
         } else {
@@ -115,14 +115,17 @@ impl Core {
                     inc: process.inc,
                     msg,
                 });
-                self.enter_stopping(now, id, process, true);
+                self.enter_stopping(now, id, process, true, gone);
             }
-            State::Stopping(ref mut s) => s.requested = true,
+            State::Stopping(ref mut s) => {
+                s.requested = true;
+                s.gone |= gone;
+            }
             State::Waiting(_) | State::Exiled | State::OnDemand | State::Suspended => {
                 self.remove(id)
             }
             // The runtime answers a spawn before anything else happens.
-            State::Starting(_) => {}
+            State::Starting(ref mut s) => s.gone |= gone,
         }
     }
 

@@ -25,6 +25,8 @@ pub mod state {
         pub hook_pending: bool,
         /// A fork server answers this start: the process is adopted, not forked by us.
         pub adopted: bool,
+        /// Its config went away meanwhile: stopped as soon as it runs, never restarted.
+        pub gone: bool,
     }
 
     /// A process runs.
@@ -51,6 +53,8 @@ pub mod state {
         pub kill_at: Instant,
         /// True when we asked for it (stop byte), false when the channel closed on its own.
         pub requested: bool,
+        /// Its config is gone (or it is a zerg told to go): not restarted once reaped.
+        pub gone: bool,
     }
 }
 
@@ -115,7 +119,19 @@ impl State {
             inc,
             hook_pending,
             adopted: false,
+            gone: false,
         })
+    }
+
+    /// Its config is gone (`true`) or back (`false`): decides whether the process under way is
+    /// restarted once it ends. Only a start under way or a stopping process can be gone; in any
+    /// other state a gone config stops or drops the record at once.
+    pub(super) fn set_gone(&mut self, gone: bool) {
+        match self {
+            State::Starting(state::Starting { gone: g, .. })
+            | State::Stopping(state::Stopping { gone: g, .. }) => *g = gone,
+            _ => {}
+        }
     }
 
     /// Waiting until `at`.
@@ -298,8 +314,6 @@ pub struct Vassal {
     pub uid: u32,
     /// File group.
     pub gid: u32,
-    /// Present in the latest scan of its monitor.
-    pub wanted: bool,
     /// Lifecycle state.
     pub state: State,
     /// Record creation.
@@ -334,6 +348,15 @@ pub struct Vassal {
 }
 
 impl Vassal {
+    /// Its config is present (it is restarted when its process ends).
+    pub fn wanted(&self) -> bool {
+        match self.state {
+            State::Starting(state::Starting { gone, .. })
+            | State::Stopping(state::Stopping { gone, .. }) => !gone,
+            _ => true,
+        }
+    }
+
     /// The current process (or the start under way) is adopted from a fork server.
     pub fn adopted(&self) -> bool {
         match &self.state {
@@ -452,7 +475,6 @@ impl Core {
             content: e.content,
             uid: e.uid,
             gid: e.gid,
-            wanted: true,
             state: State::waiting(now),
             born: now,
             first_run: None,

@@ -32,11 +32,10 @@ impl Core {
             let Some(v) = self.vassals.get_mut(&id) else {
                 continue;
             };
-            if v.wanted {
+            if v.wanted() {
                 info!(vassal = %v.name, "config of vassal {} is gone: stopping it", v.name);
             }
-            v.wanted = false;
-            self.stop(now, id);
+            self.stop(now, id, true);
         }
     }
 
@@ -61,11 +60,10 @@ impl Core {
                 if v.monitor != monitor {
                     return;
                 }
-                if v.wanted {
+                if v.wanted() {
                     info!(vassal = %v.name, "config of vassal {} is gone: stopping it", v.name);
                 }
-                v.wanted = false;
-                self.stop(now, id);
+                self.stop(now, id, true);
             }
             (None, None) => self.tyrant_gone(key),
         }
@@ -82,7 +80,7 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        v.wanted = true;
+        v.state.set_gone(false);
         if self.tyrant_owner_changed(now, id, &e) {
             return;
         }

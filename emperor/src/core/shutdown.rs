@@ -21,7 +21,7 @@ impl Core {
                 );
                 let ids: Vec<VassalId> = self.vassals.keys().copied().collect();
                 for id in ids {
-                    self.stop(now, id);
+                    self.stop(now, id, false);
                 }
                 self.timer(deadline, Timer::Mercy);
             }

@@ -67,8 +67,8 @@ impl Core {
         }
         // A start answered asynchronously (fork server) may find its config gone or a shutdown
         // under way.
-        if !v.wanted || self.shutdown.is_some() {
-            self.stop(now, id);
+        if s.gone || self.shutdown.is_some() {
+            self.stop(now, id, s.gone);
         }
     }
 

@@ -109,7 +109,7 @@ impl Core {
                 "owner of vassal {name} changed from {old_uid}:{old_gid} to {}:{}: stopping it (it starts again as the new owner)",
                 e.uid, e.gid
             );
-            self.stop(now, id);
+            self.stop(now, id, false);
         } else {
             info!(vassal = %name, "owner of vassal {name} changed from {old_uid}:{old_gid} to {}:{}", e.uid, e.gid);
         }

@@ -1053,7 +1053,7 @@ impl Runtime {
         let reason = match self.core.vassal_by_inc(req.inc) {
             None => return,
             Some(_) if self.core.shutting_down() => "the emperor is shutting down",
-            Some(v) if !v.wanted => "its config is gone",
+            Some(v) if !v.wanted() => "its config is gone",
             Some(_) => return self.spawn_now(req),
         };
         let reason = format!("not started after its start hook: {reason}");

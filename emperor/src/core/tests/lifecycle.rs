@@ -827,3 +827,35 @@ fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
     assert_eq!(kills(&a), 0);
     assert!(matches!(h.state("app.ini"), State::Running { .. }));
 }
+
+#[test]
+fn a_config_gone_during_an_asynchronous_start_is_stopped_once_running_and_dropped_when_reaped() {
+    let mut h = Harness::new(cfg());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let req = spawn_of(&a).expect("a spawn");
+    assert!(h.scan(vec![]).is_empty());
+    assert!(!h.v("/v/app.ini").wanted());
+    let a = h.ev(Event::Spawned {
+        inc: req.inc,
+        pid: 42,
+    });
+    assert_eq!(sent(&a), vec![(req.inc, EmperorMsg::Stop)]);
+    assert!(!h.v("/v/app.ini").wanted());
+    let a = h.ev(Event::Reaped {
+        pid: 42,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(a, vec![Action::Release { inc: req.inc }]);
+    assert!(h.core.is_empty());
+    // Back while its start is under way: it runs and stays.
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let req = spawn_of(&a).expect("a spawn");
+    h.scan(vec![]);
+    h.scan(vec![entry("app.ini", 2)]);
+    assert!(h.v("/v/app.ini").wanted());
+    let a = h.ev(Event::Spawned {
+        inc: req.inc,
+        pid: 43,
+    });
+    assert!(sent(&a).is_empty(), "{a:?}");
+}
