@@ -88,13 +88,17 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if v.state != (State::Starting { inc }) || !v.hook_pending {
+        let State::Starting(s) = &mut v.state else {
+            return;
+        };
+        if s.inc != inc || !s.hook_pending {
             return;
         }
-        v.hook_pending = false;
+        s.hook_pending = false;
+        let gone = s.gone;
         let reason = if shutting {
             "not started after its start hook: the emperor is shutting down".to_string()
-        } else if !v.wanted {
+        } else if gone {
             "not started after its start hook: its config is gone".to_string()
         } else if tyrant && is_root_owned(v.uid, v.gid) {
             // Chowned to root while its hook ran.

@@ -115,10 +115,10 @@ impl Core {
         if g.in_window < GARBAGE_LIMIT || g.broken {
             return;
         }
-        let (inc, pid) = match v.state {
-            State::Running { inc, pid } | State::Stopping { inc, pid, .. } => (inc, pid),
-            _ => return,
+        let Some(&process) = v.state.process() else {
+            return;
         };
+        let pid = process.pid;
         g.broken = true;
         // What it still has in flight is garbage too: not even counted.
         self.lines[v.slot as usize].ignored = true;
@@ -130,10 +130,10 @@ impl Core {
             g.in_window,
             GARBAGE_WINDOW.as_secs()
         );
-        let running = matches!(v.state, State::Running { .. });
+        let running = matches!(v.state, State::Running(_));
         self.actions.push_back(Action::Kill { pid });
         if running {
-            self.enter_stopping(now, id, inc, pid, false);
+            self.enter_stopping(now, id, process, false, false);
         }
     }
 

@@ -114,7 +114,7 @@ fn adopted(now: Instant, loyal: bool) -> (Core, Inc) {
     if loyal {
         core.handle(now, Event::Message { inc, byte: 17 });
     }
-    assert!(core.vassal("/v/a.ini").unwrap().adopted);
+    assert!(core.vassal("/v/a.ini").unwrap().adopted());
     drain(&mut core);
     (core, inc)
 }
@@ -154,7 +154,7 @@ fn a_reloaded_adopted_vassal_is_adopted_again_at_once() {
         let a = drain(&mut core);
         assert!(spawned_again(&a, inc), "loyal={loyal}: {a:?}");
         let v = core.vassal("/v/a.ini").unwrap();
-        assert_eq!((v.adopted, v.backoff.attempt), (false, 0));
+        assert_eq!((v.adopted(), v.backoff.attempt), (false, 0));
     }
 }
 

@@ -3,69 +3,12 @@
 
 use super::*;
 
-fn entry(name: &str, n: i128, uid: u32) -> Entry {
-    Entry {
-        key: format!("/v/{name}"),
-        name: name.to_string(),
-        stamp: FileStamp {
-            mtime_ns: n,
-            size: 10,
-            ino: 1,
-        },
-        content: None,
-        uid,
-        gid: uid,
-    }
-}
-
-struct H {
-    core: Core,
-    now: Instant,
-}
-
-impl H {
-    fn new(cfg: CoreConfig) -> H {
-        H {
-            core: Core::new(cfg),
-            now: Instant::now(),
-        }
-    }
-
-    fn ev(&mut self, e: Event) -> Vec<Action> {
-        self.core.handle(self.now, e);
-        std::iter::from_fn(|| self.core.poll_action()).collect()
-    }
-
-    fn scan(&mut self, entries: Vec<Entry>) -> Vec<Action> {
-        self.ev(Event::Scanned {
-            monitor: 0,
-            entries,
-        })
-    }
-
-    /// Scans one vassal and answers its spawn with `pid`.
-    fn running(&mut self, name: &str, pid: i32) -> Inc {
-        let a = self.scan(vec![entry(name, 1, 1000)]);
-        let req = spawn_of(&a).expect("a spawn");
-        self.ev(Event::Spawned { inc: req.inc, pid });
-        req.inc
-    }
-}
-
-fn spawn_of(a: &[Action]) -> Option<SpawnRequest> {
-    a.iter().find_map(|a| match a {
-        Action::Spawn(r) => Some(r.clone()),
-        _ => None,
-    })
-}
-
-fn sent(a: &[Action]) -> Vec<(Inc, EmperorMsg)> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Send { inc, msg } => Some((*inc, *msg)),
-            _ => None,
-        })
-        .collect()
+/// Scans one vassal owned by uid 1000 and answers its spawn with `pid`.
+fn running_one(h: &mut Harness, name: &str, pid: i32) -> Inc {
+    let a = h.scan(vec![owned(name, 1, 1000, 1000)]);
+    let req = spawn_of(&a).expect("a spawn");
+    h.ev(Event::Spawned { inc: req.inc, pid });
+    req.inc
 }
 
 #[test]
@@ -83,8 +26,8 @@ fn signals_map_to_controls_and_others_are_ignored() {
     ] {
         assert_eq!(Core::signal_control(sig), want, "signal {sig}");
     }
-    let mut h = H::new(CoreConfig::default());
-    let inc = h.running("app.ini", 10);
+    let mut h = Harness::new(CoreConfig::default());
+    let inc = running_one(&mut h, "app.ini", 10);
     assert!(h.ev(Event::Signal(libc::SIGCHLD)).is_empty());
     assert_eq!(h.ev(Event::Signal(libc::SIGWINCH)), vec![Action::Rescan]);
     assert_eq!(
@@ -100,8 +43,8 @@ fn signals_map_to_controls_and_others_are_ignored() {
 
 #[test]
 fn bytes_from_our_emperor_reload_or_stop_and_unknown_ones_are_ignored() {
-    let mut h = H::new(CoreConfig::default());
-    let inc = h.running("app.ini", 10);
+    let mut h = Harness::new(CoreConfig::default());
+    let inc = running_one(&mut h, "app.ini", 10);
     assert!(h.ev(Event::FromEmperor(99)).is_empty());
     assert!(!h.core.shutting_down());
     assert_eq!(
@@ -113,16 +56,16 @@ fn bytes_from_our_emperor_reload_or_stop_and_unknown_ones_are_ignored() {
         vec![(inc, EmperorMsg::Stop)]
     );
     assert!(h.core.shutting_down());
-    let mut h = H::new(CoreConfig::default());
-    h.running("app.ini", 10);
+    let mut h = Harness::new(CoreConfig::default());
+    running_one(&mut h, "app.ini", 10);
     h.ev(Event::FromEmperor(0));
     assert!(h.core.shutting_down());
 }
 
 #[test]
 fn losing_our_emperor_shuts_down() {
-    let mut h = H::new(CoreConfig::default());
-    let inc = h.running("app.ini", 10);
+    let mut h = Harness::new(CoreConfig::default());
+    let inc = running_one(&mut h, "app.ini", 10);
     assert_eq!(
         sent(&h.ev(Event::EmperorGone)),
         vec![(inc, EmperorMsg::Stop)]
@@ -137,8 +80,8 @@ fn losing_our_emperor_shuts_down() {
 
 #[test]
 fn command_events_act_and_failures_change_nothing() {
-    let mut h = H::new(CoreConfig::default());
-    let inc = h.running("app.ini", 10);
+    let mut h = Harness::new(CoreConfig::default());
+    let inc = running_one(&mut h, "app.ini", 10);
     let cmd = |cmd, name: &str| Event::Command {
         cmd,
         name: name.to_string(),
@@ -170,20 +113,22 @@ fn command_events_act_and_failures_change_nothing() {
 
 #[test]
 fn an_adopted_vassal_runs_and_a_reload_ends_it_without_backoff() {
-    let mut h = H::new(CoreConfig::default());
-    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(CoreConfig::default());
+    let req = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     h.ev(Event::Adopted {
         inc: req.inc,
         pid: 10,
     });
     let v = h.core.vassal("/v/app.ini").unwrap();
-    assert!(v.adopted);
+    assert!(v.adopted());
     assert_eq!(
         v.state,
-        State::Running {
+        State::Running(state::Running {
             inc: req.inc,
-            pid: 10
-        }
+            pid: 10,
+            adopted: true,
+            reload_sent: false
+        })
     );
     h.ev(Event::Signal(libc::SIGHUP));
     let a = h.ev(Event::Reaped {
@@ -198,7 +143,7 @@ fn an_adopted_vassal_runs_and_a_reload_ends_it_without_backoff() {
         inc: req.inc,
         pid: 11,
     });
-    assert!(!h.core.vassal("/v/app.ini").unwrap().adopted);
+    assert!(!h.core.vassal("/v/app.ini").unwrap().adopted());
 }
 
 fn hooked() -> CoreConfig {
@@ -210,8 +155,8 @@ fn hooked() -> CoreConfig {
 
 #[test]
 fn a_start_hook_runs_first_then_the_same_incarnation_is_spawned_once() {
-    let mut h = H::new(hooked());
-    let first = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(hooked());
+    let first = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     assert!(first.run_start_hook);
     let a = h.ev(Event::StartHookDone { inc: first.inc });
     let second = spawn_of(&a).expect("the spawn after the hook");
@@ -229,23 +174,23 @@ fn a_start_hook_runs_first_then_the_same_incarnation_is_spawned_once() {
     });
     assert!(h.ev(Event::StartHookDone { inc: first.inc }).is_empty());
     // Without a hook configured, no request asks for one.
-    let mut h = H::new(CoreConfig::default());
-    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(CoreConfig::default());
+    let req = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     assert!(!req.run_start_hook);
     assert!(h.ev(Event::StartHookDone { inc: req.inc }).is_empty());
 }
 
 #[test]
 fn a_hook_that_ends_after_its_config_went_or_a_shutdown_began_starts_nothing() {
-    let mut h = H::new(hooked());
-    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(hooked());
+    let req = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     assert!(h.scan(vec![]).is_empty());
     let a = h.ev(Event::StartHookDone { inc: req.inc });
     assert_eq!(a, vec![Action::Release { inc: req.inc }]);
     assert!(h.core.is_empty());
 
-    let mut h = H::new(hooked());
-    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(hooked());
+    let req = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     // A shutdown waits for the answer of a start under way.
     assert!(h.ev(Event::Signal(libc::SIGINT)).is_empty());
     let a = h.ev(Event::StartHookDone { inc: req.inc });
@@ -262,10 +207,10 @@ fn tyrant() -> CoreConfig {
 
 #[test]
 fn tyrant_requests_carry_the_owner_and_a_chown_to_root_during_the_hook_is_refused() {
-    let mut h = H::new(tyrant());
-    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(tyrant());
+    let req = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     assert_eq!(req.creds, Some((1000, 1000)));
-    assert!(h.scan(vec![entry("app.ini", 1, 0)]).is_empty());
+    assert!(h.scan(vec![owned("app.ini", 1, 0, 0)]).is_empty());
     let a = h.ev(Event::StartHookDone { inc: req.inc });
     assert_eq!(a, vec![Action::Release { inc: req.inc }]);
     assert!(!matches!(
@@ -273,24 +218,81 @@ fn tyrant_requests_carry_the_owner_and_a_chown_to_root_during_the_hook_is_refuse
         State::Running { .. } | State::Starting { .. }
     ));
     // Without tyrant mode, no credentials.
-    let mut h = H::new(CoreConfig::default());
-    let req = spawn_of(&h.scan(vec![entry("app.ini", 1, 1000)])).unwrap();
+    let mut h = Harness::new(CoreConfig::default());
+    let req = spawn_of(&h.scan(vec![owned("app.ini", 1, 1000, 1000)])).unwrap();
     assert_eq!(req.creds, None);
 }
 
 #[test]
 fn a_zerg_request_carries_its_number() {
-    let mut h = H::new(CoreConfig {
+    let mut h = Harness::new(CoreConfig {
         activation: ActivationConfig {
             broodlord: 2,
             ..ActivationConfig::default()
         },
         ..CoreConfig::default()
     });
-    let inc = h.running("app.ini", 10);
+    let inc = running_one(&mut h, "app.ini", 10);
     let a = h.ev(Event::Message { inc, byte: 30 });
     let z = spawn_of(&a).expect("a zerg");
     assert_eq!((z.name.as_str(), z.zerg), ("app.ini:zerg", Some(1)));
-    let base = spawn_of(&h.scan(vec![entry("b.ini", 1, 1000)])).unwrap();
+    let base = spawn_of(&h.scan(vec![owned("b.ini", 1, 1000, 1000)])).unwrap();
     assert_eq!(base.zerg, None);
+}
+
+#[test]
+fn failed_commands_are_logged_as_the_command_socket_did_at_most_ten_per_interval() {
+    let mut h = Harness::new(CoreConfig::default());
+    running_one(&mut h, "app.ini", 10);
+    let logs = logs_of(|| {
+        for _ in 0..12 {
+            h.ev(Event::Command {
+                cmd: VassalCommand::Stop,
+                name: "no\x07pe.ini".to_string(),
+            });
+        }
+        h.now += garbage::WARN_INTERVAL;
+        h.ev(Event::Command {
+            cmd: VassalCommand::Reset,
+            name: "x.ini".to_string(),
+        });
+        h.ev(Event::Command {
+            cmd: VassalCommand::Respawn,
+            name: "app.ini".to_string(),
+        });
+    });
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("command socket: "))
+        .collect();
+    assert_eq!(failed.len(), 11, "{logs}");
+    assert!(
+        failed[0].ends_with("command socket: stop: no vassal named no\\u{7}pe.ini"),
+        "{logs}"
+    );
+    assert!(
+        failed[10].ends_with(
+            "command socket: reset: no vassal named x.ini (2 more like it not logged in the last 10 s)"
+        ),
+        "{logs}"
+    );
+    assert!(logs.contains("reloading vassal app.ini"), "{logs}");
+}
+
+#[test]
+fn our_emperors_bytes_and_its_loss_are_logged_as_before() {
+    let mut h = Harness::new(CoreConfig::default());
+    running_one(&mut h, "app.ini", 10);
+    let logs = logs_of(|| {
+        h.ev(Event::FromEmperor(7));
+        h.ev(Event::FromEmperor(1));
+        h.ev(Event::EmperorGone);
+    });
+    for line in [
+        "received message 7 from my emperor: ignored",
+        "received message 1 from my emperor: reloading every vassal",
+        "lost connection with my emperor: stopping",
+    ] {
+        assert!(logs.contains(line), "{line}: {logs}");
+    }
 }
