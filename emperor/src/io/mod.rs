@@ -290,7 +290,7 @@ impl Runtime {
             opts.emperor_use_clone.as_deref(),
             opts.emperor_cap.as_deref(),
         )
-        .map_err(RunError)?;
+        .map_err(|e| RunError(e.to_string()))?;
         if opts.tyrant_nofollow {
             for s in &mut scanners {
                 s.set_owner_nofollow(true);

@@ -3,11 +3,11 @@
 //! way. The lifecycle rules (refusal, an owner change stops the vassal) live in the core; this
 //! module has the messages and the credential lookup, which happens in the emperor before the
 //! spawn (the child only calls `setresgid`/`setgroups`/`setresuid`, see
-//! [`crate::isolation::apply_in_child`]).
+//! [`crate::spawn::isolation::apply_in_child`]).
 
 use std::ffi::CString;
 
-use crate::isolation::Creds;
+use crate::spawn::isolation::Creds;
 
 /// True when tyrant mode must refuse a file with this owner.
 pub fn is_root_owned(uid: u32, gid: u32) -> bool {
