@@ -1142,7 +1142,8 @@ impl Runtime {
             path,
             &cwd,
         )
-        .transpose()?;
+        .transpose()
+        .map_err(|e| e.to_string())?;
         let creds = crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups)?;
         let mut setup = self.isolation.setup(creds);
         // A shim vassal runs the shim: uWSGI's programs and argv are not looked for.
