@@ -296,7 +296,10 @@ impl Runtime {
                 s.set_owner_nofollow(true);
             }
         }
-        let mode: crate::cgroup::Mode = opts.process_tree.parse().map_err(RunError)?;
+        let mode = opts
+            .process_tree
+            .parse::<crate::cgroup::Mode>()
+            .map_err(|e| RunError(e.to_string()))?;
         // Before anything is spawned: the emperor moves into its own leaf cgroup.
         let tree = crate::cgroup::Tree::setup(mode).map_err(|e| RunError(e.to_string()))?;
         let pid = std::process::id();
