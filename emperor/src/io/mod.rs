@@ -210,7 +210,7 @@ impl Runtime {
         }
         let mut scanners = Vec::new();
         for m in &monitors {
-            let spec = parse_monitor(m, &cwd).map_err(RunError)?;
+            let spec = parse_monitor(m, &cwd).map_err(|e| RunError(e.to_string()))?;
             scanners.push(Scanner::new(
                 spec,
                 opts.extra_extension.clone(),
