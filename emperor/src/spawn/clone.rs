@@ -9,7 +9,7 @@
 //! descriptor of the emperor (one channel per vassal). Between clone and exec the child only
 //! makes raw syscalls (`write` to join its cgroup, `setsid`, signal dispositions, mask,
 //! `prctl(PR_SET_PDEATHSIG)`, `dup2`, `close_range`, `fcntl`, `chdir`, `execve`, `_exit`) and
-//! reports a failure through shared memory ([`Report`]), so a missing binary is an error of
+//! reports a failure through shared memory (`Report`), so a missing binary is an error of
 //! the spawn call, not a mysterious exit status.
 
 use std::ffi::{CStr, CString};
