@@ -16,8 +16,8 @@ pub enum RunError {
     )]
     NoMonitor,
     /// A monitor argument is not understood (the message names it and the accepted forms).
-    #[error("{0}")]
-    Monitor(String),
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::MonitorError),
     /// A kernel facility of the loop (epoll, signal handlers, inotify) is unavailable.
     #[error("cannot {what}: {err}")]
     Loop {
@@ -33,11 +33,14 @@ pub enum RunError {
     #[error(transparent)]
     Command(#[from] crate::command::CommandSocketError),
     /// `--emperor-use-clone` or `--emperor-cap` is not understood (the message says which).
-    #[error("{0}")]
-    Isolation(String),
-    /// `--emperor-process-tree` is not understood or cannot be set up (the message says why).
-    #[error("{0}")]
-    ProcessTree(String),
+    #[error(transparent)]
+    Isolation(#[from] crate::spawn::isolation::IsolationError),
+    /// `--emperor-process-tree` is not understood.
+    #[error(transparent)]
+    ProcessTree(#[from] crate::cgroup::ParseModeError),
+    /// The process tree (cgroups) cannot be set up (the message says what to do).
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// The pidfile cannot be written.
     #[error("cannot write pidfile {}: {err}", path.display())]
     Pidfile {

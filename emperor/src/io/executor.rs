@@ -10,7 +10,7 @@ use crate::core::{Event, SpawnRequest};
 use crate::forkserver::ForkClient;
 use crate::hooks::Hooks;
 use crate::ondemand::OnDemand;
-use crate::spawn::launcher::{Job, Launcher, Via};
+use crate::spawn::launcher::{Job, Launched, Launcher, Via};
 use crate::spawn::plan::{self, Settings};
 use crate::spawn::Spawner;
 use std::path::PathBuf;
@@ -89,13 +89,19 @@ impl Executor {
         let inc = job.req.inc;
         let placement = self.tree.place(inc, &job.req.name);
         job.setup.cgroup_procs = placement.as_ref().map(|p| p.procs_fd());
-        let process = match self.spawner.spawn_with(&job.plan, &job.setup) {
+        let process = match Launcher::launch(&mut self.spawner, &job, cx) {
+            Ok(Launched::Running(s)) => Ok(s),
+            // The direct launcher answers at once, never later.
+            Ok(Launched::Pending) => Err("the direct launcher did not start the process".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        let process = match process {
             Ok(s) => s,
             Err(e) => {
                 if let Some(p) = placement {
                     self.tree.discard(p);
                 }
-                return Err(e.to_string());
+                return Err(e);
             }
         };
         self.tree.started(inc, process.pid, placement);

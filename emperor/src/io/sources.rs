@@ -82,7 +82,7 @@ impl Sources {
         }
         let mut scanners = Vec::new();
         for m in &monitors {
-            let spec = parse_monitor(m, &cwd).map_err(RunError::Monitor)?;
+            let spec = parse_monitor(m, &cwd)?;
             let mut s = Scanner::new(spec, opts.extra_extension.clone(), opts.nofollow);
             s.set_owner_nofollow(opts.tyrant_nofollow);
             scanners.push(s);
@@ -187,11 +187,9 @@ fn executor(opts: &Options, cwd: &std::path::Path) -> Result<Executor, RunError>
     let isolation = crate::isolation::Isolation::new(
         opts.emperor_use_clone.as_deref(),
         opts.emperor_cap.as_deref(),
-    )
-    .map_err(RunError::Isolation)?;
-    let mode: crate::cgroup::Mode = opts.process_tree.parse().map_err(RunError::ProcessTree)?;
-    let tree =
-        crate::cgroup::Tree::setup(mode).map_err(|e| RunError::ProcessTree(e.to_string()))?;
+    )?;
+    let mode: crate::cgroup::Mode = opts.process_tree.parse()?;
+    let tree = crate::cgroup::Tree::setup(mode)?;
     let fork = crate::forkserver::ForkClient::setup(opts, cwd)?;
     let hooks = crate::hooks::Hooks::new(crate::hooks::HookConfig {
         start: opts.vassals_start_hook.clone(),

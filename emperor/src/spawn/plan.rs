@@ -8,8 +8,10 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use crate::core::SpawnRequest;
+use crate::spawn::creds::CredsError;
 use crate::spawn::isolation::{Creds, Isolation};
 use crate::spawn::launcher::{Job, Via};
+use crate::spawn::shim::ShimError;
 use crate::spawn::{build_argv, resolve, ArgvConfig, Exec, Plan, SpawnError};
 
 /// The emperor-wide inputs of every plan.
@@ -38,16 +40,16 @@ pub struct Vassal {
     pub cwd: PathBuf,
     /// Its tyrant credentials (`Ok(None)` outside tyrant mode; from
     /// [`SpawnRequest::creds`] with the user's groups looked up), or why there are none.
-    pub creds: Result<Option<Creds>, String>,
+    pub creds: Result<Option<Creds>, CredsError>,
 }
 
 /// Why a spawn cannot be planned.
 #[derive(Debug)]
 pub enum PlanError {
     /// A shim vassal whose config or shim binary is unusable (the message says which).
-    Shim(String),
-    /// Tyrant mode refuses the vassal or cannot find its user (the message says which).
-    Creds(String),
+    Shim(ShimError),
+    /// The groups of a tyrant vassal's user cannot be found (the message says what to do).
+    Creds(CredsError),
     /// None of the programs could be found.
     NotFound(SpawnError),
     /// The fork server cannot apply per-vassal isolation.
@@ -57,7 +59,8 @@ pub enum PlanError {
 impl std::fmt::Display for PlanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PlanError::Shim(m) | PlanError::Creds(m) => f.write_str(m),
+            PlanError::Shim(e) => write!(f, "{e}"),
+            PlanError::Creds(e) => write!(f, "{e}"),
             PlanError::NotFound(e) => write!(f, "{e}"),
             PlanError::ForkIsolation => f.write_str(
                 "the fork server cannot apply --emperor-tyrant, --emperor-cap or \
@@ -268,9 +271,10 @@ mod tests {
         assert!(e.to_string().contains("`uwsgi` was not found"), "{e}");
         assert!(!asked);
         let mut v = vassal(d.path());
-        v.creds = Err("refused".into());
+        v.creds = Err(CredsError::NoUser { uid: 4242 });
         let e = plan(req(d.path(), "app.ini"), &s, v, || None).unwrap_err();
-        assert_eq!(e.to_string(), "refused");
+        assert!(matches!(e, PlanError::Creds(_)), "{e}");
+        assert!(e.to_string().contains("uid 4242"), "{e}");
     }
 
     #[test]
