@@ -123,3 +123,115 @@ impl Executor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::core::{Inc, VassalId};
+    use crate::io::registry::Tokens;
+
+    fn executor(path: &Path) -> Executor {
+        Executor {
+            spawner: Spawner::new().unwrap(),
+            settings: Settings {
+                path: Some(path.as_os_str().to_owned()),
+                ..Settings::default()
+            },
+            initgroups: false,
+            // Process groups: no cgroup is made for a test.
+            tree: Tree::setup(crate::cgroup::Mode::Pgroup).unwrap(),
+            fork: None,
+            hooks: Hooks::new(crate::hooks::HookConfig::default()),
+        }
+    }
+
+    fn req(dir: &Path, hook: bool) -> SpawnRequest {
+        SpawnRequest {
+            inc: Inc(5),
+            vassal: VassalId(1),
+            key: dir.join("app.ini").display().to_string(),
+            name: "app.ini".into(),
+            run_start_hook: hook,
+            ..SpawnRequest::default()
+        }
+    }
+
+    fn run(e: &mut Executor, r: SpawnRequest, dir: &Path) -> Vec<Output> {
+        let poll = mio::Poll::new().unwrap();
+        let mut tokens = Tokens::new();
+        let mut out = Vec::new();
+        let mut cx = Cx {
+            now: Instant::now(),
+            registry: poll.registry(),
+            tokens: &mut tokens,
+            out: &mut out,
+        };
+        let mut ondemand = OnDemand::default();
+        let x = Ctx {
+            ondemand: &mut ondemand,
+            me: (1000, 1000),
+            cwd: dir.to_path_buf(),
+        };
+        e.spawn(r, x, &mut cx);
+        out
+    }
+
+    #[test]
+    fn without_a_start_hook_command_the_hook_is_done_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = executor(d.path());
+        let out = run(&mut e, req(d.path(), true), d.path());
+        assert!(
+            matches!(
+                &out[..],
+                [Output::Core(Event::StartHookDone { inc: Inc(5) })]
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_spawn_that_cannot_be_planned_fails_with_the_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = executor(&d.path().join("empty"));
+        let out = run(&mut e, req(d.path(), false), d.path());
+        match &out[..] {
+            [Output::Core(Event::SpawnFailed {
+                inc: Inc(5),
+                reason,
+            })] => {
+                assert!(reason.contains("`uwsgi` was not found"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_direct_start_is_reported_with_its_process() {
+        let d = tempfile::tempdir().unwrap();
+        let u = d.path().join("uwsgi");
+        std::fs::write(&u, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&u, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut e = executor(d.path());
+        let out = run(&mut e, req(d.path(), false), d.path());
+        let [Output::Started(s)] = &out[..] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(
+            (s.inc, s.name.as_str(), s.owner),
+            (Inc(5), "app.ini", (1000, 1000))
+        );
+        assert!(!s.adopted);
+        assert_eq!(s.cwd, d.path());
+        // Reap exactly this child (not -1: other tests' children are theirs).
+        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(s.process.pid), None).unwrap();
+        assert!(
+            matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+            "{st:?}"
+        );
+    }
+}
