@@ -2,7 +2,7 @@
 //! asks here who owns a token that fired.
 //!
 //! Tokens are slab indices, so they are dense, reused after removal and never collide between
-//! sources (before, each source carved its own range out of `usize`). A token is removed when
+//! sources (no source carves a range of its own out of `usize`). A token is removed when
 //! its source is deregistered; an event that arrives for a removed token in the same poll batch
 //! finds no owner (or, if the index was reused within the batch, an owner whose source is then
 //! read and reports `WouldBlock`), which every source tolerates.
