@@ -148,7 +148,7 @@ pub enum RequestError {
     },
     /// The argv array is malformed.
     Array(ArrayError),
-    /// The argv is empty (there must be at least argv[0]).
+    /// The argv is empty (there must be at least `argv[0]`).
     EmptyArgv,
     /// More than [`MAX_ARGS`] argv items.
     TooManyArgs {

@@ -18,7 +18,7 @@ pub struct IniNote {
 /// What happens to a key the emperor has no option for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IniNoteKind {
-    /// A uWSGI master/worker key ([`IGNORED_KEYS`]).
+    /// A uWSGI master/worker key ([`IGNORED_KEYS`](super::ignored::IGNORED_KEYS)).
     Ignored,
     /// Any other key: kept as a `%(key)` placeholder.
     Placeholder,

@@ -66,10 +66,10 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// What a new vassal receives: returned by [`ForkServer::serve`] in the adopted grandchild.
+/// What a new vassal receives: returned by [`ForkServer::serve`](super::ForkServer::serve) in the adopted grandchild.
 #[derive(Debug)]
 pub struct Adoption {
-    /// The vassal's argv, as sent by the emperor (argv[0] included).
+    /// The vassal's argv, as sent by the emperor (`argv[0]` included).
     pub argv: Vec<OsString>,
     /// The emperor channel.
     pub channel: OwnedFd,
@@ -94,7 +94,7 @@ impl Adoption {
     }
 }
 
-/// Why [`ForkServer::serve`] returned.
+/// Why [`ForkServer::serve`](super::ForkServer::serve) returned.
 #[derive(Debug)]
 pub enum Outcome {
     /// We are the adopted grandchild: continue as the new vassal. The server's own fds are
