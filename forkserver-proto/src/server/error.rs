@@ -27,6 +27,11 @@ pub enum ServerError {
         /// Its index in the slice passed to `serve`.
         index: usize,
     },
+    /// `serve` was called on a server whose listener is closed (in an adopted grandchild).
+    Closed {
+        /// The socket path.
+        path: PathBuf,
+    },
     /// A syscall failed.
     Io {
         /// What was being done.
@@ -58,6 +63,13 @@ impl fmt::Display for ServerError {
             ),
             ServerError::InvalidWatchedFd { index } => {
                 write!(f, "watched fd #{index} is not open")
+            }
+            ServerError::Closed { path } => {
+                write!(
+                    f,
+                    "fork server {}: serve: server already closed",
+                    path.display()
+                )
             }
             ServerError::Io { op, path, source } => {
                 write!(f, "fork server {}: {op}: {source}", path.display())

@@ -179,7 +179,9 @@ impl ForkServer {
         let accepting = self.conns.len() < self.config.max_connections.max(1)
             || self.conns.iter().any(|c| !c.got_bytes);
         let Some(listener) = self.listener.as_ref() else {
-            return Err(self.err("serve", io::Error::other("server already closed")));
+            return Err(ServerError::Closed {
+                path: self.path.clone(),
+            });
         };
         let next_deadline = self.conns.iter().map(Conn::next_deadline).min();
         let timeout = next_deadline
