@@ -22,7 +22,8 @@ use vassal_shim::notify::{self, Notification};
 use vassal_shim::{ConfigChannel, Event, Vassal, VassalMsg};
 
 use crate::backlog::{Meter, Progress, Watch};
-use crate::core::{Action, Core, CoreSettings, Input, ShimSignal};
+use vassal_shim::core::{Action, Core, Input, ShimSignal};
+
 use crate::options::{Cli, Settings, CONFIG_ENV};
 use crate::probe::{self, Probe};
 use crate::sentinel::{self, Sentinel};
@@ -80,7 +81,6 @@ pub struct Runtime {
     probe_request: Vec<u8>,
     program: Option<Program>,
     pgid: Option<i32>,
-    settings: Settings,
     /// The command line alone, without the ini section merged in.
     cli: Cli,
     source: Source,
@@ -192,7 +192,7 @@ impl Runtime {
             }
         };
 
-        let core = Core::new(CoreSettings::from_settings(&settings, config.is_some()));
+        let core = Core::new(settings, config.is_some());
         Ok(Runtime {
             poll,
             core,
@@ -206,7 +206,6 @@ impl Runtime {
             probe_request: Vec::new(),
             program: None,
             pgid: None,
-            settings,
             cli,
             source,
             listener,
@@ -370,12 +369,8 @@ impl Runtime {
         };
         let mut cli = self.cli.clone();
         cli.merge_section(&sec);
-        match Settings::from_cli(&cli) {
-            Ok(s) => {
-                self.core
-                    .update_settings(CoreSettings::from_settings(&s, self.config.is_some()));
-                self.settings = s;
-            }
+        match cli.settings() {
+            Ok(s) => self.core.update_settings(s),
             Err(e) => warn!("new settings rejected ({e}); keeping the previous ones"),
         }
     }
@@ -385,13 +380,13 @@ impl Runtime {
             self.reload_settings();
         }
         self.generation += 1;
-        probe::http_request(&self.settings.ready, &mut self.probe_request);
+        probe::http_request(&self.core.settings().ready, &mut self.probe_request);
         // The program binds its sockets anew: forget what the meter found about the old ones.
-        if self.settings.sos_backlog.is_some() {
+        if self.core.settings().sos_backlog.is_some() {
             let watch = self
                 .listener_watch
                 .clone()
-                .or_else(|| Watch::of_ready(&self.settings.ready));
+                .or_else(|| Watch::of_ready(&self.core.settings().ready));
             if let Some(fd) = self.meter.set_watch(watch) {
                 if let Err(e) =
                     self.poll
@@ -408,7 +403,7 @@ impl Runtime {
 
         let mut extra: Vec<(OsString, OsString)> = Vec::new();
         extra.push(("NOTIFY_SOCKET".into(), self.notify_path.clone().into()));
-        if let Some(w) = self.settings.watchdog {
+        if let Some(w) = self.core.settings().watchdog {
             extra.push(("WATCHDOG_USEC".into(), w.as_micros().to_string().into()));
         }
         if let Some(p) = &self.config_path {
@@ -418,7 +413,7 @@ impl Runtime {
             extra.push(("LISTEN_FDS".into(), "1".into()));
             extra.push(("LISTEN_FDNAMES".into(), "emperor".into()));
         }
-        if !self.settings.fork_base {
+        if !self.core.settings().fork_base {
             // A fork base's adopted vassals inherit its environment: with the tag the sentinel
             // would kill them, although they belong to the emperor.
             extra.push((sentinel::ENV_INSTANCE.into(), self.tag.clone().into()));
@@ -427,12 +422,12 @@ impl Runtime {
             "VASSAL_SHIM_GENERATION".into(),
             self.generation.to_string().into(),
         ));
-        for (k, v) in &self.settings.env {
+        for (k, v) in &self.core.settings().env {
             extra.push((k.into(), v.into()));
         }
         let spec = SpawnSpec {
-            argv: self.settings.exec.clone(),
-            chdir: self.settings.chdir.clone(),
+            argv: self.core.settings().exec.clone(),
+            chdir: self.core.settings().chdir.clone(),
             env: spawn::build_env(&extra),
             listener: self.listener,
         };
@@ -628,11 +623,19 @@ impl Runtime {
         if let Some(p) = self.probe.take() {
             p.close(self.poll.registry());
         }
-        let deadline = now + self.settings.probe_timeout;
-        match Probe::start(&self.settings.ready, self.poll.registry(), PROBE, deadline) {
+        let deadline = now + self.core.settings().probe_timeout;
+        match Probe::start(
+            &self.core.settings().ready,
+            self.poll.registry(),
+            PROBE,
+            deadline,
+        ) {
             Ok(p) => self.probe = Some(p),
             Err(e) => {
-                debug!("probe of {:?} failed at once: {e}", self.settings.ready);
+                debug!(
+                    "probe of {:?} failed at once: {e}",
+                    self.core.settings().ready
+                );
                 self.core.handle(now, Input::Probe(false));
             }
         }
@@ -653,7 +656,7 @@ impl Runtime {
         }
         let was_ready = self.core.is_ready();
         if was_ready && !ok {
-            warn!("health check of {:?} failed", self.settings.ready);
+            warn!("health check of {:?} failed", self.core.settings().ready);
         }
         self.core.handle(now, Input::Probe(ok));
     }
