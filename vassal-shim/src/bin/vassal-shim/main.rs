@@ -8,6 +8,7 @@
 mod backlog;
 mod options;
 mod probe;
+mod rundir;
 mod runtime;
 mod sentinel;
 mod spawn;
