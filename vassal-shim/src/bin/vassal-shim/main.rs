@@ -238,7 +238,7 @@ fn main() {
     let settings = match cli.settings() {
         Ok(s) => s,
         Err(e) => {
-            error!("{e}");
+            error!("{e}; fix it in {}", source.origin());
             std::process::exit(2);
         }
     };

@@ -64,6 +64,58 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
+/// What the shim could not set up before starting the program.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The poll or the signalfd.
+    #[error("cannot create the event loop: {0}")]
+    Loop(#[source] io::Error),
+    /// The private directory.
+    #[error(
+        "cannot create a private directory in $XDG_RUNTIME_DIR or the temporary directory: {0} \
+         (check that it exists and is writable)"
+    )]
+    RunDir(#[source] io::Error),
+    /// The notification socket.
+    #[error("cannot bind the notification socket {}: {source}", path.display())]
+    Notify {
+        /// Where it was to be bound.
+        path: PathBuf,
+        /// Why not.
+        source: io::Error,
+    },
+    /// The emperor's channels.
+    #[error("cannot watch the emperor's channel: {0}")]
+    Channel(#[source] io::Error),
+}
+
+impl Source {
+    /// Where a bad setting is to be fixed.
+    pub fn origin(&self) -> String {
+        match self {
+            Source::Cli => "the command line".to_string(),
+            Source::File { path, section } => {
+                format!("[{section}] of {} or the command line", path.display())
+            }
+            Source::Pushed { section } => {
+                format!("[{section}] of the pushed config or the command line")
+            }
+        }
+    }
+}
+
+/// The notification socket, non-blocking and registered with the poll.
+fn bind_notify(poll: &Poll, path: &std::path::Path) -> io::Result<UnixDatagram> {
+    let notify = UnixDatagram::bind(path)?;
+    notify.set_nonblocking(true)?;
+    poll.registry().register(
+        &mut SourceFd(&notify.as_raw_fd()),
+        NOTIFY,
+        Interest::READABLE,
+    )?;
+    Ok(notify)
+}
+
 #[derive(Debug)]
 pub struct Runtime {
     poll: Poll,
@@ -103,35 +155,35 @@ impl Runtime {
         cli: Cli,
         source: Source,
         vassal: Option<Vassal>,
-    ) -> io::Result<Runtime> {
+    ) -> Result<Runtime, SetupError> {
         let mut vassal = vassal;
-        let poll = Poll::new()?;
+        let poll = Poll::new().map_err(SetupError::Loop)?;
         let sigfd = SignalFd::with_flags(
             &handled_signals(),
             SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
         )
-        .map_err(io::Error::from)?;
-        poll.registry().register(
-            &mut SourceFd(&sigfd.as_raw_fd()),
-            SIGNALS,
-            Interest::READABLE,
-        )?;
+        .map_err(|e| SetupError::Loop(e.into()))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&sigfd.as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(SetupError::Loop)?;
 
-        let rundir = rundir::create()?;
+        let rundir = rundir::create().map_err(SetupError::RunDir)?;
         let notify_path = rundir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path)?;
-        notify.set_nonblocking(true)?;
-        poll.registry().register(
-            &mut SourceFd(&notify.as_raw_fd()),
-            NOTIFY,
-            Interest::READABLE,
-        )?;
+        let notify = bind_notify(&poll, &notify_path).map_err(|source| SetupError::Notify {
+            path: notify_path.clone(),
+            source,
+        })?;
 
         let mut config = None;
         if let Some(v) = vassal.as_mut() {
-            v.set_cloexec(true)?;
+            v.set_cloexec(true).map_err(SetupError::Channel)?;
             poll.registry()
-                .register(&mut SourceFd(&v.as_raw_fd()), EMPEROR, Interest::READABLE)?;
+                .register(&mut SourceFd(&v.as_raw_fd()), EMPEROR, Interest::READABLE)
+                .map_err(SetupError::Channel)?;
             config = v.take_config();
         }
         let config_path = if config.is_some() {
@@ -146,7 +198,8 @@ impl Runtime {
         };
         if let Some(c) = &config {
             poll.registry()
-                .register(&mut SourceFd(&c.as_raw_fd()), CONFIG, Interest::READABLE)?;
+                .register(&mut SourceFd(&c.as_raw_fd()), CONFIG, Interest::READABLE)
+                .map_err(SetupError::Channel)?;
         }
 
         let listener = take_on_demand_listener();
