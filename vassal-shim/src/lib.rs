@@ -9,7 +9,7 @@
 //!   reload, SOS) as a state machine with time passed in, and its [`crate::core::Settings`].
 //! * [`notify`]: a parser for systemd-style notification datagrams (`READY=1`, `WATCHDOG=1`, ...)
 //!   and the shim's extension keys.
-//! * [`words`]: shell-style word splitting for the `exec` option (with the `shlex` crate).
+//! * [`words`]: shell-style word splitting for the `exec` option.
 //! * [`ini`]: a small, forgiving ini reader with repeated keys (uWSGI style).
 //!
 //! A native vassal in a few lines:
