@@ -210,7 +210,7 @@ impl Runtime {
         }
         let mut scanners = Vec::new();
         for m in &monitors {
-            let spec = parse_monitor(m, &cwd).map_err(RunError)?;
+            let spec = parse_monitor(m, &cwd).map_err(|e| RunError(e.to_string()))?;
             scanners.push(Scanner::new(
                 spec,
                 opts.extra_extension.clone(),
@@ -290,13 +290,16 @@ impl Runtime {
             opts.emperor_use_clone.as_deref(),
             opts.emperor_cap.as_deref(),
         )
-        .map_err(RunError)?;
+        .map_err(|e| RunError(e.to_string()))?;
         if opts.tyrant_nofollow {
             for s in &mut scanners {
                 s.set_owner_nofollow(true);
             }
         }
-        let mode: crate::cgroup::Mode = opts.process_tree.parse().map_err(RunError)?;
+        let mode = opts
+            .process_tree
+            .parse::<crate::cgroup::Mode>()
+            .map_err(|e| RunError(e.to_string()))?;
         // Before anything is spawned: the emperor moves into its own leaf cgroup.
         let tree = crate::cgroup::Tree::setup(mode).map_err(|e| RunError(e.to_string()))?;
         let pid = std::process::id();
@@ -1142,7 +1145,8 @@ impl Runtime {
             path,
             &cwd,
         )
-        .transpose()?;
+        .transpose()
+        .map_err(|e| e.to_string())?;
         let creds = crate::tyrant::creds_for(&self.core, req.inc, self.tyrant_initgroups)?;
         let mut setup = self.isolation.setup(creds);
         // A shim vassal runs the shim: uWSGI's programs and argv are not looked for.

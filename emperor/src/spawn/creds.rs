@@ -3,11 +3,11 @@
 //! way. The lifecycle rules (refusal, an owner change stops the vassal) live in the core; this
 //! module has the messages and the credential lookup, which happens in the emperor before the
 //! spawn (the child only calls `setresgid`/`setgroups`/`setresuid`, see
-//! [`crate::isolation::apply_in_child`]).
+//! [`crate::spawn::isolation::apply_in_child`]).
 
 use std::ffi::CString;
 
-use crate::isolation::Creds;
+use crate::spawn::isolation::Creds;
 
 /// True when tyrant mode must refuse a file with this owner.
 pub fn is_root_owned(uid: u32, gid: u32) -> bool {
@@ -27,22 +27,51 @@ pub fn refusal(name: &str, key: &str, uid: u32, gid: u32) -> String {
     )
 }
 
+/// Why the supplementary groups of a tyrant vassal could not be found
+/// (`--emperor-tyrant-initgroups`).
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    /// The user database could not be asked.
+    #[error("cannot look up uid {uid} for --emperor-tyrant-initgroups: {err}")]
+    Lookup {
+        /// The uid.
+        uid: u32,
+        /// The error.
+        err: nix::Error,
+    },
+    /// The uid has no user entry.
+    #[error("uid {uid} has no user entry, so --emperor-tyrant-initgroups cannot find its groups; create the user or drop the option")]
+    NoUser {
+        /// The uid.
+        uid: u32,
+    },
+    /// The user name has a NUL byte.
+    #[error("user name has a NUL")]
+    Nul,
+    /// `getgrouplist` failed.
+    #[error("cannot list the groups of {user}: {err}")]
+    Groups {
+        /// The user name.
+        user: String,
+        /// The error.
+        err: nix::Error,
+    },
+}
+
 /// The credentials of a vassal whose file is owned by `uid`:`gid`: no supplementary groups,
 /// or with `initgroups` the groups of the user `uid` names (plus `gid`), looked up now, in the
 /// emperor (NSS is not async-signal-safe).
-pub fn creds(uid: u32, gid: u32, initgroups: bool) -> Result<Creds, String> {
+pub fn creds(uid: u32, gid: u32, initgroups: bool) -> Result<Creds, CredsError> {
     let groups = if initgroups {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .map_err(|e| format!("cannot look up uid {uid} for --emperor-tyrant-initgroups: {e}"))?
-            .ok_or_else(|| {
-                format!(
-                    "uid {uid} has no user entry, so --emperor-tyrant-initgroups cannot find its groups; create the user or drop the option"
-                )
-            })?;
-        let name =
-            CString::new(user.name.clone()).map_err(|_| "user name has a NUL".to_string())?;
+            .map_err(|err| CredsError::Lookup { uid, err })?
+            .ok_or(CredsError::NoUser { uid })?;
+        let name = CString::new(user.name.clone()).map_err(|_| CredsError::Nul)?;
         nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
-            .map_err(|e| format!("cannot list the groups of {}: {e}", user.name))?
+            .map_err(|err| CredsError::Groups {
+                user: user.name.clone(),
+                err,
+            })?
             .into_iter()
             .map(|g| g.as_raw())
             .collect()
@@ -68,7 +97,9 @@ pub fn creds_for(
     if is_root_owned(v.uid, v.gid) {
         return Err(refusal(&v.name, &v.key, v.uid, v.gid));
     }
-    creds(v.uid, v.gid, initgroups).map(Some)
+    creds(v.uid, v.gid, initgroups)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -103,6 +134,14 @@ mod tests {
         let c = creds(0, 0, true).unwrap();
         assert!(c.groups.contains(&0));
         let e = creds(4_000_000_001, 1, true).unwrap_err();
-        assert!(e.contains("no user entry"), "{e}");
+        assert!(
+            matches!(e, CredsError::NoUser { uid: 4_000_000_001 }),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("uid 4000000001 has no user entry"),
+            "{e}"
+        );
     }
 }

@@ -1,13 +1,13 @@
 //! Per-vassal isolation applied in the spawn child, between `clone` and `execve`:
 //! namespaces (`--emperor-use-clone`), the capability bounding set (`--emperor-cap`) and the
-//! credentials of tyrant mode (see [`crate::tyrant`]).
+//! credentials of tyrant mode (see [`crate::spawn::creds`]).
 //!
 //! Everything is decided and allocated in the emperor; [`apply_in_child`] only makes raw
 //! syscalls (no libc wrappers that could take locks or broadcast to other threads: glibc's
 //! `setuid` would signal every thread of the process it believes it is in, and the spawn child
 //! shares the emperor's memory).
 
-use std::fmt::Write as _;
+use std::io;
 
 /// Linux capability names (without the `cap_` prefix) and numbers.
 pub const CAPS: [(&str, u32); 41] = [
@@ -59,7 +59,7 @@ pub const CAP_SETPCAP: u32 = 8;
 
 /// Parses an `--emperor-cap` list: names with or without `cap_` (any case) or numbers,
 /// separated by commas or spaces. Unknown names are an error naming them.
-pub fn parse_caps(s: &str) -> Result<Vec<u32>, String> {
+pub fn parse_caps(s: &str) -> Result<Vec<u32>, IsolationError> {
     let mut out = Vec::new();
     for word in s.split([',', ' ']).map(str::trim).filter(|w| !w.is_empty()) {
         let lower = word.to_ascii_lowercase();
@@ -70,11 +70,8 @@ pub fn parse_caps(s: &str) -> Result<Vec<u32>, String> {
                 .iter()
                 .find(|(n, _)| *n == bare)
                 .map(|(_, c)| *c)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown capability `{word}` in --emperor-cap (known: {})",
-                        CAPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(",")
-                    )
+                .ok_or_else(|| IsolationError::UnknownCap {
+                    word: word.to_string(),
                 })?,
         };
         if !out.contains(&cap) {
@@ -123,6 +120,38 @@ const CLONE_NAMES: [(&str, libc::c_int); 9] = [
     ("cgroup", libc::CLONE_NEWCGROUP),
 ];
 
+/// `--emperor-use-clone` flags that are refused, and why.
+const REFUSED_CLONE: [(&str, &str); 3] = [
+    ("files", "the spawn child would share the emperor's fd table and close its descriptors"),
+    ("parent", "the vassal would be the child of the emperor's parent, so the emperor could not reap it"),
+    ("user", "a user namespace needs uid/gid maps written by the emperor while the child waits, which this spawn path cannot do; use tyrant mode (--emperor-tyrant) to run vassals unprivileged"),
+];
+
+/// A bad `--emperor-cap` or `--emperor-use-clone` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IsolationError {
+    /// A capability name that is not known.
+    #[error("unknown capability `{word}` in --emperor-cap (known: {})", CAPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","))]
+    UnknownCap {
+        /// The word as given.
+        word: String,
+    },
+    /// A clone flag that is not known.
+    #[error("unknown --emperor-use-clone flag `{word}` (known: fs|ns|mount|mnt, net, ipc, pid, uts, cgroup, sysvsem, io)")]
+    UnknownClone {
+        /// The word as given.
+        word: String,
+    },
+    /// A clone flag this spawn path cannot honour.
+    #[error("--emperor-use-clone={flag} is not supported: {why}")]
+    CloneRefused {
+        /// The flag.
+        flag: &'static str,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
+}
+
 /// Parsed `--emperor-use-clone`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CloneSpec {
@@ -134,31 +163,25 @@ pub struct CloneSpec {
 
 /// Parses a comma list of `--emperor-use-clone` flags. `sysvsem` and `io` are accepted
 /// (harmless); `files`, `parent` and `user` are refused with the reason.
-pub fn parse_clone(s: &str) -> Result<CloneSpec, String> {
+pub fn parse_clone(s: &str) -> Result<CloneSpec, IsolationError> {
     let mut spec = CloneSpec::default();
     for word in s.split([',', ' ']).map(str::trim).filter(|w| !w.is_empty()) {
         let lower = word.to_ascii_lowercase();
         let flag = match lower.as_str() {
             "sysvsem" => libc::CLONE_SYSVSEM,
             "io" => libc::CLONE_IO,
-            "files" => return Err(
-                "--emperor-use-clone=files is not supported: the spawn child would share the emperor's fd table and close its descriptors".into(),
-            ),
-            "parent" => return Err(
-                "--emperor-use-clone=parent is not supported: the vassal would be the child of the emperor's parent, so the emperor could not reap it".into(),
-            ),
-            "user" => return Err(
-                "--emperor-use-clone=user is not supported: a user namespace needs uid/gid maps written by the emperor while the child waits, which this spawn path cannot do; use tyrant mode (--emperor-tyrant) to run vassals unprivileged".into(),
-            ),
-            other => CLONE_NAMES
-                .iter()
-                .find(|(n, _)| *n == other)
-                .map(|(_, f)| *f)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown --emperor-use-clone flag `{word}` (known: fs|ns|mount|mnt, net, ipc, pid, uts, cgroup, sysvsem, io)"
-                    )
-                })?,
+            other => {
+                if let Some((flag, why)) = REFUSED_CLONE.iter().find(|(n, _)| *n == other) {
+                    return Err(IsolationError::CloneRefused { flag, why });
+                }
+                CLONE_NAMES
+                    .iter()
+                    .find(|(n, _)| *n == other)
+                    .map(|(_, f)| *f)
+                    .ok_or_else(|| IsolationError::UnknownClone {
+                        word: word.to_string(),
+                    })?
+            }
         };
         spec.flags |= flag;
         spec.names.push(lower);
@@ -188,7 +211,7 @@ pub struct ChildSetup {
     pub cap_drop: Vec<u32>,
     /// Switch to these credentials.
     pub creds: Option<Creds>,
-    /// An open `cgroup.procs` (CLOEXEC) the child joins first (see [`crate::cgroup`]). Not
+    /// An open `cgroup.procs` (CLOEXEC) the child joins first (see [`crate::spawn::cgroup`]). Not
     /// isolation proper: launchers that cannot apply it ignore it and the runtime moves the
     /// process afterwards.
     pub cgroup_procs: Option<std::os::fd::RawFd>,
@@ -278,43 +301,103 @@ pub fn is_setup_stage(stage: i32) -> bool {
     (STAGE_MOUNT..=STAGE_SETUID).contains(&stage)
 }
 
-/// A message for a failed stage of [`apply_in_child`]: what failed, why, what to do.
-pub fn describe(stage: i32, errno: i32, setup: &ChildSetup) -> String {
-    let err = std::io::Error::from_raw_os_error(errno);
-    let mut s = String::new();
-    match stage {
-        STAGE_MOUNT => {
-            let _ = write!(s, "cannot make the vassal's mount namespace private (--emperor-use-clone={}): {err}; the emperor needs CAP_SYS_ADMIN", setup.clone_names);
-        }
-        STAGE_CAP => {
-            let _ = write!(s, "cannot drop capabilities from the bounding set (--emperor-cap): {err}; the emperor needs CAP_SETPCAP (run it as root) or drop the option");
-        }
-        STAGE_SETGID | STAGE_SETGROUPS | STAGE_SETUID => {
-            let what = match stage {
-                STAGE_SETGID => "setresgid",
-                STAGE_SETGROUPS => "setgroups",
-                _ => "setresuid",
-            };
-            let (uid, gid) = setup
-                .creds
-                .as_ref()
-                .map(|c| (c.uid, c.gid))
-                .unwrap_or_default();
-            let _ = write!(s, "tyrant mode cannot switch to uid {uid} gid {gid} ({what}: {err}); the emperor must run as root (CAP_SETUID/CAP_SETGID)");
-        }
-        _ => {
-            let _ = write!(s, "vassal setup failed: {err}");
-        }
-    }
-    s
+/// A failed stage of [`apply_in_child`], or of `clone(2)` with namespace flags: what failed,
+/// why, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `clone(2)` with `--emperor-use-clone` flags failed.
+    #[error("clone() with --emperor-use-clone={names} failed: {err}; creating namespaces needs root (CAP_SYS_ADMIN) in a context that allows them (a container or sandbox may forbid it), or remove the flags")]
+    Clone {
+        /// The `--emperor-use-clone` names.
+        names: String,
+        /// The error.
+        err: io::Error,
+    },
+    /// The new mount namespace could not be made private.
+    #[error("cannot make the vassal's mount namespace private (--emperor-use-clone={names}): {err}; the emperor needs CAP_SYS_ADMIN")]
+    Mount {
+        /// The `--emperor-use-clone` names.
+        names: String,
+        /// The error.
+        err: io::Error,
+    },
+    /// A capability could not be dropped from the bounding set.
+    #[error("cannot drop capabilities from the bounding set (--emperor-cap): {err}; the emperor needs CAP_SETPCAP (run it as root) or drop the option")]
+    CapDrop {
+        /// The error.
+        err: io::Error,
+    },
+    /// The tyrant credentials could not be taken.
+    #[error("tyrant mode cannot switch to uid {uid} gid {gid} ({call}: {err}); the emperor must run as root (CAP_SETUID/CAP_SETGID)")]
+    Creds {
+        /// The syscall that failed (`setresgid`, `setgroups`, `setresuid`).
+        call: &'static str,
+        /// The uid asked for.
+        uid: u32,
+        /// The gid asked for.
+        gid: u32,
+        /// The error.
+        err: io::Error,
+    },
+    /// Another stage failed.
+    #[error("vassal setup failed: {err}")]
+    Other {
+        /// The error.
+        err: io::Error,
+    },
 }
 
-/// A message for a `clone(2)` failure with namespace flags.
-pub fn describe_clone_failure(err: &std::io::Error, setup: &ChildSetup) -> String {
-    format!(
-        "clone() with --emperor-use-clone={} failed: {err}; creating namespaces needs root (CAP_SYS_ADMIN) in a context that allows them (a container or sandbox may forbid it), or remove the flags",
-        setup.clone_names
-    )
+impl SetupError {
+    /// The error of a failed stage of [`apply_in_child`] (`stage`, `errno`) for `setup`.
+    pub fn of_stage(stage: i32, errno: i32, setup: &ChildSetup) -> SetupError {
+        let err = io::Error::from_raw_os_error(errno);
+        let names = || setup.clone_names.clone();
+        match stage {
+            STAGE_MOUNT => SetupError::Mount {
+                names: names(),
+                err,
+            },
+            STAGE_CAP => SetupError::CapDrop { err },
+            STAGE_SETGID | STAGE_SETGROUPS | STAGE_SETUID => {
+                let call = match stage {
+                    STAGE_SETGID => "setresgid",
+                    STAGE_SETGROUPS => "setgroups",
+                    _ => "setresuid",
+                };
+                let (uid, gid) = setup
+                    .creds
+                    .as_ref()
+                    .map(|c| (c.uid, c.gid))
+                    .unwrap_or_default();
+                SetupError::Creds {
+                    call,
+                    uid,
+                    gid,
+                    err,
+                }
+            }
+            _ => SetupError::Other { err },
+        }
+    }
+
+    /// The error of `clone(2)` failing with `setup`'s namespace flags.
+    pub fn clone_failed(err: io::Error, setup: &ChildSetup) -> SetupError {
+        SetupError::Clone {
+            names: setup.clone_names.clone(),
+            err,
+        }
+    }
+
+    /// The OS error underneath.
+    pub fn os_error(&self) -> &io::Error {
+        match self {
+            SetupError::Clone { err, .. }
+            | SetupError::Mount { err, .. }
+            | SetupError::CapDrop { err }
+            | SetupError::Creds { err, .. }
+            | SetupError::Other { err } => err,
+        }
+    }
 }
 
 /// The process-wide isolation settings (from the options), turned into a [`ChildSetup`] per
@@ -329,7 +412,7 @@ pub struct Isolation {
 
 impl Isolation {
     /// From the option values.
-    pub fn new(use_clone: Option<&str>, caps: Option<&str>) -> Result<Isolation, String> {
+    pub fn new(use_clone: Option<&str>, caps: Option<&str>) -> Result<Isolation, IsolationError> {
         let clone = match use_clone {
             Some(s) => parse_clone(s)?,
             None => CloneSpec::default(),
@@ -363,8 +446,11 @@ mod tests {
             parse_caps("CAP_NET_BIND_SERVICE, setuid 0").unwrap(),
             vec![10, 7, 0]
         );
-        let e = parse_caps("net_bind,chown").unwrap_err();
-        assert!(e.contains("`net_bind`"), "{e}");
+        let e = parse_caps("net_bind,chown").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown capability `net_bind` in --emperor-cap (known: chown,"),
+            "{e}"
+        );
         assert_eq!(mask_of(&[0, 10]), 0x401);
     }
 
@@ -392,22 +478,41 @@ mod tests {
         );
         assert_eq!(parse_clone("fs").unwrap().flags, libc::CLONE_NEWNS);
         for bad in ["files", "parent", "user"] {
-            let e = parse_clone(bad).unwrap_err();
-            assert!(e.contains("not supported"), "{e}");
+            let e = parse_clone(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--emperor-use-clone={bad} is not supported: ")),
+                "{e}"
+            );
         }
-        assert!(parse_clone("bogus").unwrap_err().contains("`bogus`"));
+        assert!(parse_clone("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown --emperor-use-clone flag `bogus`"));
         assert!(ChildSetup::default().is_empty());
     }
 
     #[test]
     fn messages_say_what_to_do() {
         let setup = Isolation::new(Some("net"), None).unwrap().setup(None);
-        let m = describe_clone_failure(&std::io::Error::from_raw_os_error(libc::EPERM), &setup);
+        let m =
+            SetupError::clone_failed(io::Error::from_raw_os_error(libc::EPERM), &setup).to_string();
         assert!(
-            m.contains("--emperor-use-clone=net") && m.contains("CAP_SYS_ADMIN"),
+            m.starts_with("clone() with --emperor-use-clone=net failed: Operation not permitted")
+                && m.contains("CAP_SYS_ADMIN"),
             "{m}"
         );
-        let m = describe(STAGE_CAP, libc::EPERM, &setup);
+        let m = SetupError::of_stage(STAGE_CAP, libc::EPERM, &setup).to_string();
         assert!(m.contains("CAP_SETPCAP"), "{m}");
+        let creds = Creds {
+            uid: 1000,
+            gid: 1001,
+            groups: vec![],
+        };
+        let setup = Isolation::default().setup(Some(creds));
+        let m = SetupError::of_stage(STAGE_SETGROUPS, libc::EPERM, &setup).to_string();
+        assert!(
+            m.starts_with("tyrant mode cannot switch to uid 1000 gid 1001 (setgroups: "),
+            "{m}"
+        );
     }
 }

@@ -14,6 +14,26 @@ use crate::spawn::{resolve, Exec};
 /// The shim's binary name.
 pub const SHIM: &str = "vassal-shim";
 
+/// Why a shim vassal cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The vassal file (or what its symlink points to) is not a regular file.
+    #[error("{}: {err}", esc_path(path))]
+    NotRegular {
+        /// The vassal file.
+        path: PathBuf,
+        /// What it is instead.
+        err: ConfigError,
+    },
+    /// The shim binary is neither beside the emperor nor on `PATH`.
+    #[error("the vassal has a [vassal-shim] section but `{SHIM}` is neither beside the emperor ({dir}) nor on PATH; \
+             build it (`cargo build --release -p vassal-shim`) and put it next to the emperor binary or on PATH")]
+    Missing {
+        /// The emperor's directory (`?` when unknown).
+        dir: String,
+    },
+}
+
 /// True when the ini text has a `[vassal-shim]` section (or `[vassal-shim:...]`).
 pub fn has_shim_section<R: BufRead>(r: R) -> bool {
     r.lines().map_while(Result::ok).any(|l| {
@@ -37,7 +57,7 @@ pub fn is_shim_vassal(name: &str, path: &Path) -> bool {
 /// first [`MAX_CONFIG`](crate::monitor::MAX_CONFIG) bytes. Read without blocking and bounded ([`read_config_head`]); a file
 /// that is not a regular file is an error saying so (a FIFO or a device put behind a config
 /// must not freeze the emperor), one that cannot be read is left to uWSGI to report.
-pub fn shim_section(name: &str, path: &Path) -> Result<bool, String> {
+pub fn shim_section(name: &str, path: &Path) -> Result<bool, ShimError> {
     // A zerg (`app.ini:zerg`) is a shim vassal when its base file is.
     let base = name.split_once(':').map_or(name, |(b, _)| b);
     if !base.ends_with(".ini") {
@@ -45,7 +65,10 @@ pub fn shim_section(name: &str, path: &Path) -> Result<bool, String> {
     }
     match read_config_head(path) {
         Ok((head, _)) => Ok(has_shim_section(&head[..])),
-        Err(e @ ConfigError::NotRegular(_)) => Err(format!("{}: {e}", esc_path(path))),
+        Err(err @ ConfigError::NotRegular(_)) => Err(ShimError::NotRegular {
+            path: path.to_path_buf(),
+            err,
+        }),
         Err(_) => Ok(false),
     }
 }
@@ -62,14 +85,13 @@ pub fn find_shim(exe: Option<&Path>, path: Option<&OsStr>, cwd: &Path) -> Option
 }
 
 /// How to get the shim when it is missing.
-pub fn missing(exe: Option<&Path>) -> String {
-    format!(
-        "the vassal has a [vassal-shim] section but `{SHIM}` is neither beside the emperor ({}) nor on PATH; \
-         build it (`cargo build --release -p vassal-shim`) and put it next to the emperor binary or on PATH",
-        exe.and_then(Path::parent)
+pub fn missing(exe: Option<&Path>) -> ShimError {
+    ShimError::Missing {
+        dir: exe
+            .and_then(Path::parent)
             .map(|d| d.display().to_string())
-            .unwrap_or_else(|| "?".into())
-    )
+            .unwrap_or_else(|| "?".into()),
+    }
 }
 
 /// The shim's argv for vassal `name`.
@@ -87,7 +109,7 @@ pub fn plan_for(
     exe: Option<&Path>,
     path: Option<&OsStr>,
     cwd: &Path,
-) -> Option<Result<Exec, String>> {
+) -> Option<Result<Exec, ShimError>> {
     if pushed {
         return None;
     }
@@ -160,17 +182,20 @@ mod tests {
                 Path::new("/"),
             )
         });
-        let e = r.unwrap().unwrap_err();
+        let e = r.unwrap().unwrap_err().to_string();
         assert!(e.contains("a FIFO, not a regular file"), "{e}");
         assert!(e.contains("x.ini"), "{e}");
         let zero = d.path().join("zero.ini");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-        let e = within_10s(move || shim_section("zero.ini", &zero)).unwrap_err();
+        let e = within_10s(move || shim_section("zero.ini", &zero))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a character device"), "{e}");
         // A directory named like a config, too.
         std::fs::create_dir(d.path().join("dir.ini")).unwrap();
         assert!(shim_section("dir.ini", &d.path().join("dir.ini"))
             .unwrap_err()
+            .to_string()
             .contains("a directory"));
     }
 
@@ -183,21 +208,18 @@ mod tests {
         let (head, longer) = read_config_head(&p).unwrap();
         assert_eq!((head.len(), longer), (MAX_CONFIG, true));
         assert_eq!(head.capacity(), MAX_CONFIG + 1);
-        assert_eq!(shim_section("big.ini", &p), Ok(false));
+        assert!(!shim_section("big.ini", &p).unwrap());
         // A shim section within the limit is found; one after it is not.
         let mut text = b"[vassal-shim]\nexec = sleep 1\n".to_vec();
         text.resize(MAX_CONFIG * 2, b'#');
         std::fs::write(&p, &text).unwrap();
-        assert_eq!(shim_section("big.ini", &p), Ok(true));
+        assert!(shim_section("big.ini", &p).unwrap());
         let mut text = vec![b'#'; MAX_CONFIG];
         text.extend_from_slice(b"\n[vassal-shim]\n");
         std::fs::write(&p, &text).unwrap();
-        assert_eq!(shim_section("big.ini", &p), Ok(false));
+        assert!(!shim_section("big.ini", &p).unwrap());
         // Missing: uWSGI reports it.
-        assert_eq!(
-            shim_section("nope.ini", &d.path().join("nope.ini")),
-            Ok(false)
-        );
+        assert!(!shim_section("nope.ini", &d.path().join("nope.ini")).unwrap());
     }
 
     #[test]
@@ -210,6 +232,13 @@ mod tests {
             Some(d.path().join(SHIM))
         );
         assert_eq!(find_shim(None, None, d.path()), None);
-        assert!(missing(Some(&exe)).contains("cargo build"));
+        let m = missing(Some(&exe)).to_string();
+        assert!(
+            m.contains(&format!(
+                "neither beside the emperor ({}) nor on PATH; build it (`cargo build",
+                d.path().display()
+            )),
+            "{m}"
+        );
     }
 }
