@@ -133,12 +133,12 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
         .map(|v| {
             let ch = core.channel(v);
             let cursed = match v.state {
-                State::Stopping { since, .. } => clock.unix(Some(since)),
+                State::Stopping(s) => clock.unix(Some(s.since)),
                 _ => 0,
             };
             let next = match v.state {
-                State::Waiting { at } => {
-                    Some(at.saturating_duration_since(clock.now).as_millis() as u64)
+                State::Waiting(w) => {
+                    Some(w.at.saturating_duration_since(clock.now).as_millis() as u64)
                 }
                 _ => None,
             };
@@ -158,9 +158,9 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 last_run: clock.unix(v.last_run),
                 cursed,
                 zerg: u8::from(v.zerg.is_some()),
-                on_demand: v.on_demand.as_deref().unwrap_or(""),
-                suspended: u8::from(v.suspended),
-                adopted: u8::from(v.adopted),
+                on_demand: v.on_demand().unwrap_or(""),
+                suspended: u8::from(v.suspended()),
+                adopted: u8::from(v.adopted()),
                 uid: v.uid,
                 gid: v.gid,
                 monitor: info
@@ -178,12 +178,10 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 next_attempt_in_ms: next,
                 sos: v.sos,
                 channel_unknown_bytes: v.unknown_bytes,
-                cgroup: match v.state {
-                    State::Running { inc, .. } | State::Stopping { inc, .. } => {
-                        info.cgroups.get(&inc).map(String::as_str)
-                    }
-                    _ => None,
-                },
+                cgroup: v
+                    .state
+                    .process()
+                    .and_then(|p| info.cgroups.get(&p.inc).map(String::as_str)),
             }
         })
         .collect();

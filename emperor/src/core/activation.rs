@@ -1,5 +1,4 @@
-//! On-demand (socket-activated) and suspended vassals, and the per-vassal commands of the
-//! command socket: the sans-IO side.
+//! On-demand (socket-activated) and suspended vassals: the sans-IO side.
 //!
 //! Every start of a vassal goes through [`Core::park`] first. A vassal waiting for a `spawn`
 //! command is parked as [`State::Suspended`]; with an on-demand option set, a new vassal first
@@ -13,23 +12,8 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{set_state, Action, Backoff, Core, MonitorId, State, Vassal, VassalId};
-
-/// Where a vassal stands with respect to on-demand activation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum OdPhase {
-    /// Not looked up yet.
-    #[default]
-    Unresolved,
-    /// No on-demand socket: an ordinary vassal.
-    Plain,
-    /// The runtime is looking up / binding the socket.
-    Resolving,
-    /// The listener is bound; starts of the vassal park it instead.
-    Bound,
-    /// A connection (or a spawn command) asked for the process: the next start goes through.
-    Activating,
-}
+use super::record::Listener;
+use super::{set_state, Action, Core, MonitorId, State, Vassal, VassalId};
 
 /// Settings of the activation features (uWSGI option names in the field docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,7 +31,6 @@ pub struct ActivationConfig {
 /// The core's bookkeeping for activation and broodlord.
 #[derive(Debug, Default)]
 pub(super) struct Ext {
-    pub(super) cfg: ActivationConfig,
     /// Zergs of each base vassal, by zerg number.
     pub(super) zergs: HashMap<VassalId, BTreeMap<u32, VassalId>>,
     /// Base and number of each zerg.
@@ -106,32 +89,6 @@ pub enum OnDemandEvent {
     },
 }
 
-/// A per-vassal command (command socket, `emperor ctl`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VassalCommand {
-    /// Start a suspended or on-demand vassal now.
-    Spawn,
-    /// Reload a running vassal (byte 1).
-    Respawn,
-    /// Stop the process and keep the vassal suspended until a `spawn`.
-    Stop,
-    /// Lift the vassal's backoff (and exile): it starts at once if it was waiting.
-    Reset,
-}
-
-impl VassalCommand {
-    /// Parses a command name (`spawn`, `respawn`/`reload`, `stop`, `reset`).
-    pub fn parse(s: &str) -> Option<VassalCommand> {
-        Some(match s {
-            "spawn" | "start" => VassalCommand::Spawn,
-            "respawn" | "reload" => VassalCommand::Respawn,
-            "stop" => VassalCommand::Stop,
-            "reset" => VassalCommand::Reset,
-            _ => return None,
-        })
-    }
-}
-
 impl Vassal {
     /// The name given to uWSGI: zerg `app.ini:zerg:2` runs as `--ini app.ini:zerg` (the
     /// `[zerg]` section of `app.ini`).
@@ -144,26 +101,30 @@ impl Vassal {
 }
 
 impl Core {
-    /// Enables on-demand, wait-for-command and broodlord (before the first scan).
+    /// Enables on-demand, wait-for-command and broodlord (before the first scan);
+    /// [`CoreConfig::activation`](super::CoreConfig::activation) does the same.
+    #[doc(hidden)]
     pub fn set_activation(&mut self, cfg: ActivationConfig) {
-        self.ext.cfg = cfg;
+        self.cfg.activation = cfg;
     }
 
     /// The activation settings.
     pub fn activation(&self) -> &ActivationConfig {
-        &self.ext.cfg
+        &self.cfg.activation
     }
 
     /// A new record: decide whether it waits for a command.
     pub(super) fn on_added(&mut self, id: VassalId) {
-        let cfg = &self.ext.cfg;
+        let cfg = &self.cfg.activation;
         if !cfg.wait_for_command {
             return;
         }
         if let Some(v) = self.vassals.get_mut(&id) {
             if !cfg.wait_for_command_ignore.contains(&v.name) {
                 info!(vassal = %v.name, "\"wait-for-command\" instance {} detected", v.name);
-                v.suspended = true;
+                if let State::Waiting(w) = &mut v.state {
+                    w.suspend = true;
+                }
             }
         }
     }
@@ -171,11 +132,16 @@ impl Core {
     /// Called at the top of every start: true when the vassal was parked instead (suspended,
     /// or on demand) and no process must be started.
     pub(super) fn park(&mut self, _now: Instant, id: VassalId) -> bool {
-        let on_demand = self.ext.cfg.on_demand;
+        let on_demand = self.cfg.activation.on_demand;
         let Some(v) = self.vassals.get_mut(&id) else {
             return false;
         };
-        if v.suspended {
+        let suspend = match v.state {
+            State::Suspended => true,
+            State::Waiting(w) => w.suspend,
+            _ => false,
+        };
+        if suspend {
             if v.state != State::Suspended {
                 info!(vassal = %v.name, "vassal {} is suspended: waiting for a spawn command", v.name);
             }
@@ -185,18 +151,18 @@ impl Core {
         if !on_demand || v.zerg.is_some() {
             return false;
         }
-        match v.od {
-            OdPhase::Plain => false,
-            OdPhase::Activating => {
-                v.od = OdPhase::Bound;
+        match &mut v.listener {
+            Listener::Plain => false,
+            Listener::Activating(sock) => {
+                v.listener = Listener::Bound(std::mem::take(sock));
                 false
             }
-            OdPhase::Resolving => {
+            Listener::Resolving => {
                 set_state(&mut self.lines, v, State::OnDemand);
                 true
             }
-            OdPhase::Unresolved => {
-                v.od = OdPhase::Resolving;
+            Listener::Unresolved => {
+                v.listener = Listener::Resolving;
                 set_state(&mut self.lines, v, State::OnDemand);
                 self.actions
                     .push_back(Action::OnDemand(OnDemandAction::Resolve {
@@ -207,8 +173,7 @@ impl Core {
                     }));
                 true
             }
-            OdPhase::Bound => {
-                let sock = v.on_demand.as_deref().unwrap_or("");
+            Listener::Bound(sock) => {
                 info!(vassal = %v.name, "vassal {} back to \"on demand\" mode (socket {sock})", v.name);
                 set_state(&mut self.lines, v, State::OnDemand);
                 let l = &mut self.lines[v.slot as usize];
@@ -227,17 +192,16 @@ impl Core {
                 let Some(v) = self.vassals.get_mut(&vassal) else {
                     return;
                 };
-                if v.od != OdPhase::Resolving {
+                if v.listener != Listener::Resolving {
                     return;
                 }
                 match socket {
                     Some(s) => {
                         info!(vassal = %v.name, socket = %s, "\"on demand\" instance {} detected (socket {s})", v.name);
-                        v.on_demand = Some(s);
-                        v.od = OdPhase::Bound;
+                        v.listener = Listener::Bound(s);
                     }
                     None => {
-                        v.od = OdPhase::Plain;
+                        v.listener = Listener::Plain;
                         if v.state == State::OnDemand {
                             self.start(now, vassal);
                         }
@@ -248,13 +212,12 @@ impl Core {
                 let Some(v) = self.vassals.get_mut(&vassal) else {
                     return;
                 };
-                if v.od != OdPhase::Resolving {
+                if v.listener != Listener::Resolving {
                     return;
                 }
                 warn!(vassal = %v.name, "cannot set up the on-demand socket of vassal {}: {reason}", v.name);
                 // Looked up again at the next attempt, after the backoff.
-                v.od = OdPhase::Unresolved;
-                v.on_demand = None;
+                v.listener = Listener::Unresolved;
                 if v.state == State::OnDemand {
                     self.failed(now, vassal, true);
                 }
@@ -263,11 +226,14 @@ impl Core {
                 let Some(v) = self.vassals.get_mut(&vassal) else {
                     return;
                 };
-                if v.state != State::OnDemand || v.od != OdPhase::Bound {
+                let Listener::Bound(sock) = &mut v.listener else {
+                    return;
+                };
+                if v.state != State::OnDemand {
                     return;
                 }
+                v.listener = Listener::Activating(std::mem::take(sock));
                 info!(vassal = %v.name, "connection on the socket of \"on demand\" vassal {}: starting it", v.name);
-                v.od = OdPhase::Activating;
                 self.start(now, vassal);
             }
         }
@@ -279,15 +245,14 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
         };
-        if v.on_demand.is_some() {
+        if v.on_demand().is_some() {
             info!(vassal = %v.name, "bringing back instance {} to on-demand mode", v.name);
         } else {
             info!(vassal = %v.name, "vassal {} asked to be stopped", v.name);
         }
-        if v.zerg.is_some() {
-            v.wanted = false;
-        }
-        self.stop(now, id);
+        // A zerg asking to stop is gone for good.
+        let gone = v.zerg.is_some();
+        self.stop(now, id, gone);
     }
 
     /// The record is being dropped: close its listener, forget it as a zerg.
@@ -300,111 +265,9 @@ impl Core {
                 }
             }
         }
-        if matches!(
-            v.od,
-            OdPhase::Resolving | OdPhase::Bound | OdPhase::Activating
-        ) {
+        if !matches!(v.listener, Listener::Unresolved | Listener::Plain) {
             self.actions
                 .push_back(Action::OnDemand(OnDemandAction::Close { vassal: v.id }));
         }
-    }
-
-    /// Vassals whose instance name (or key) is `name`.
-    fn find(&self, name: &str) -> Result<VassalId, String> {
-        if let Some(&id) = self.by_key.get(name) {
-            return Ok(id);
-        }
-        let mut found: Vec<&Vassal> = self.vassals.values().filter(|v| v.name == name).collect();
-        match found.len() {
-            0 => Err(format!("no vassal named {name}")),
-            1 => Ok(found[0].id),
-            _ => {
-                found.sort_by(|a, b| a.key.cmp(&b.key));
-                let keys: Vec<&str> = found.iter().map(|v| v.key.as_str()).collect();
-                Err(format!(
-                    "{} vassals are named {name}: give the config path instead ({})",
-                    keys.len(),
-                    keys.join(", ")
-                ))
-            }
-        }
-    }
-
-    /// Applies a per-vassal command to the vassal named (or keyed) `name`; returns what
-    /// happened, or why nothing did.
-    pub fn command(
-        &mut self,
-        now: Instant,
-        cmd: VassalCommand,
-        name: &str,
-    ) -> Result<String, String> {
-        let id = self.find(name)?;
-        let Some(v) = self.vassals.get_mut(&id) else {
-            return Err(format!("no vassal named {name}"));
-        };
-        let vname = v.name.clone();
-        let out = match cmd {
-            VassalCommand::Spawn => {
-                v.suspended = false;
-                match v.state {
-                    State::Suspended | State::Exiled => {
-                        v.backoff = Backoff::default();
-                        self.start(now, id);
-                        format!("starting vassal {vname}")
-                    }
-                    State::OnDemand if v.od == OdPhase::Bound => {
-                        v.od = OdPhase::Activating;
-                        self.start(now, id);
-                        format!("starting \"on demand\" vassal {vname}")
-                    }
-                    State::Waiting { .. } => {
-                        v.backoff = Backoff::default();
-                        self.start(now, id);
-                        format!("starting vassal {vname} (backoff lifted)")
-                    }
-                    s => format!("vassal {vname} is already {}", s.name()),
-                }
-            }
-            VassalCommand::Respawn => match v.state {
-                State::Running { .. } => {
-                    self.reload(now, id, "command");
-                    format!("reloading vassal {vname}")
-                }
-                s => format!("vassal {vname} is {}: nothing to reload", s.name()),
-            },
-            VassalCommand::Stop => {
-                v.suspended = true;
-                match v.state {
-                    State::Running { .. } | State::Stopping { .. } => {
-                        self.stop(now, id);
-                        format!("stopping vassal {vname}: it stays suspended until a spawn command")
-                    }
-                    State::Suspended => format!("vassal {vname} is already suspended"),
-                    State::Starting { .. } => {
-                        // Its start is being answered (fork server): never lose that process.
-                        v.suspended = false;
-                        return Err(format!("vassal {vname} is starting: stop it once it runs"));
-                    }
-                    _ => {
-                        set_state(&mut self.lines, v, State::Suspended);
-                        format!("vassal {vname} suspended until a spawn command")
-                    }
-                }
-            }
-            VassalCommand::Reset => {
-                let had = v.backoff.attempt;
-                v.backoff = Backoff::default();
-                match v.state {
-                    State::Waiting { .. } | State::Exiled => {
-                        self.start(now, id);
-                        format!("backoff of vassal {vname} lifted (was attempt {had}): starting it")
-                    }
-                    _ => format!("backoff of vassal {vname} lifted (was attempt {had})"),
-                }
-            }
-        };
-        info!(vassal = %vname, "{out}");
-        self.check_done();
-        Ok(out)
     }
 }

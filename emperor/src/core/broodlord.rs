@@ -21,7 +21,7 @@ impl Core {
 
     /// Byte 30 from vassal `id`.
     pub(super) fn on_sos(&mut self, now: Instant, id: VassalId) {
-        let max = self.ext.cfg.broodlord;
+        let max = self.cfg.activation.broodlord;
         let shutting = self.shutdown.is_some();
         let Some(v) = self.vassals.get_mut(&id) else {
             return;
@@ -40,7 +40,7 @@ impl Core {
         let Some(base) = self.vassals.get(&base_id) else {
             return;
         };
-        if !base.wanted {
+        if !base.wanted() {
             return;
         }
         if self.ext.zerg_base.len() >= max as usize {
@@ -81,22 +81,17 @@ impl Core {
 
     /// Stopping vassal `id` because its config is gone: its zergs go too.
     pub(super) fn stop_zergs(&mut self, now: Instant, id: VassalId) {
-        match self.vassals.get(&id) {
-            Some(v) if !v.wanted => {}
-            _ => return,
-        }
         let Some(zergs) = self.ext.zergs.get(&id) else {
             return;
         };
         let ids: Vec<VassalId> = zergs.values().copied().collect();
         for z in ids {
-            if let Some(v) = self.vassals.get_mut(&z) {
-                if v.wanted {
+            if let Some(v) = self.vassals.get(&z) {
+                if v.wanted() {
                     info!(vassal = %v.name, "base of zerg {} is gone: stopping it", v.name);
                 }
-                v.wanted = false;
             }
-            self.stop(now, z);
+            self.stop(now, z, true);
         }
     }
 }

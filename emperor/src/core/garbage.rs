@@ -19,6 +19,8 @@ pub const GARBAGE_LIMIT: u32 = 4096;
 pub const GARBAGE_WINDOW: Duration = Duration::from_secs(10);
 /// At most one warning line per vassal (or per command socket) per interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Warnings about failed commands written per [`WARN_INTERVAL`] (the command socket's burst).
+pub const WARN_BURST: u32 = 10;
 
 /// A rate limit for one kind of log line: at most `burst` lines per interval, the rest counted
 /// and reported by the next line written.
@@ -113,10 +115,10 @@ impl Core {
         if g.in_window < GARBAGE_LIMIT || g.broken {
             return;
         }
-        let (inc, pid) = match v.state {
-            State::Running { inc, pid } | State::Stopping { inc, pid, .. } => (inc, pid),
-            _ => return,
+        let Some(&process) = v.state.process() else {
+            return;
         };
+        let pid = process.pid;
         g.broken = true;
         // What it still has in flight is garbage too: not even counted.
         self.lines[v.slot as usize].ignored = true;
@@ -128,10 +130,10 @@ impl Core {
             g.in_window,
             GARBAGE_WINDOW.as_secs()
         );
-        let running = matches!(v.state, State::Running { .. });
+        let running = matches!(v.state, State::Running(_));
         self.actions.push_back(Action::Kill { pid });
         if running {
-            self.enter_stopping(now, id, inc, pid, false);
+            self.enter_stopping(now, id, process, false, false);
         }
     }
 

@@ -3,26 +3,43 @@
 //! then starts again as the new owner (or is refused if that is root).
 
 use super::*;
-use crate::tyrant::{is_root_owned, refusal};
 use tracing::error;
+
+/// True when tyrant mode must refuse a file with this owner.
+pub fn is_root_owned(uid: u32, gid: u32) -> bool {
+    uid == 0 || gid == 0
+}
+
+/// Why a root-owned file is refused, and what to do.
+pub fn refusal(name: &str, key: &str, uid: u32, gid: u32) -> String {
+    let whose = match (uid, gid) {
+        (0, 0) => "user root and group root".to_string(),
+        (0, g) => format!("user root (uid 0, gid {g})"),
+        (u, _) => format!("group root (uid {u}, gid 0)"),
+    };
+    format!(
+        "tyrant mode refuses vassal {name}: {key} is owned by {whose}, and a vassal must never run as root; \
+         chown it to the app's user and group (e.g. `chown app:app {key}`) and it starts by itself"
+    )
+}
 
 /// Tyrant-mode state of the core.
 #[derive(Debug, Default)]
 pub(super) struct TyrantState {
-    on: bool,
     /// Refused configs: key → (monitor, uid, gid) they were refused with.
     refused: HashMap<String, (MonitorId, u32, u32)>,
 }
 
 impl Core {
-    /// Turns tyrant mode on (`--emperor-tyrant`).
+    /// Turns tyrant mode on (`--emperor-tyrant`); [`CoreConfig::tyrant`] does the same.
+    #[doc(hidden)]
     pub fn set_tyrant(&mut self, on: bool) {
-        self.tyrant.on = on;
+        self.cfg.tyrant = on;
     }
 
     /// True in tyrant mode.
     pub fn tyrant(&self) -> bool {
-        self.tyrant.on
+        self.cfg.tyrant
     }
 
     /// Configs refused because root owns them (keys).
@@ -32,7 +49,7 @@ impl Core {
 
     /// True when `e` must not get a record (root-owned, tyrant mode); logs once per owner.
     pub(super) fn tyrant_refuses(&mut self, monitor: MonitorId, e: &Entry) -> bool {
-        if !self.tyrant.on {
+        if !self.cfg.tyrant {
             return false;
         }
         if !is_root_owned(e.uid, e.gid) {
@@ -71,7 +88,7 @@ impl Core {
     /// In tyrant mode, a new owner of a known config stops its process (it restarts as the new
     /// owner once reaped). Returns true when the owner changed (the entry is then recorded).
     pub(super) fn tyrant_owner_changed(&mut self, now: Instant, id: VassalId, e: &Entry) -> bool {
-        if !self.tyrant.on {
+        if !self.cfg.tyrant {
             return false;
         }
         let Some(v) = self.vassals.get_mut(&id) else {
@@ -92,7 +109,7 @@ impl Core {
                 "owner of vassal {name} changed from {old_uid}:{old_gid} to {}:{}: stopping it (it starts again as the new owner)",
                 e.uid, e.gid
             );
-            self.stop(now, id);
+            self.stop(now, id, false);
         } else {
             info!(vassal = %name, "owner of vassal {name} changed from {old_uid}:{old_gid} to {}:{}", e.uid, e.gid);
         }
@@ -102,7 +119,7 @@ impl Core {
     /// Called before every start: in tyrant mode a root-owned vassal is refused and its record
     /// dropped. True when the start must not happen.
     pub(super) fn tyrant_blocks_start(&mut self, id: VassalId) -> bool {
-        if !self.tyrant.on {
+        if !self.cfg.tyrant {
             return false;
         }
         let Some(v) = self.vassals.get(&id) else {
@@ -117,150 +134,5 @@ impl Core {
             .insert(v.key.clone(), (v.monitor, v.uid, v.gid));
         self.remove(id);
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(name: &str, n: i128, uid: u32, gid: u32) -> Entry {
-        Entry {
-            key: format!("/v/{name}"),
-            name: name.to_string(),
-            stamp: FileStamp {
-                mtime_ns: n,
-                size: 1,
-                ino: 1,
-            },
-            content: None,
-            uid,
-            gid,
-        }
-    }
-
-    fn actions(c: &mut Core) -> Vec<Action> {
-        std::iter::from_fn(|| c.poll_action()).collect()
-    }
-
-    fn scan(c: &mut Core, now: Instant, entries: Vec<Entry>) -> Vec<Action> {
-        c.handle(
-            now,
-            Event::Scanned {
-                monitor: 0,
-                entries,
-            },
-        );
-        actions(c)
-    }
-
-    fn spawned(c: &mut Core, now: Instant, a: &[Action], pid: i32) -> Inc {
-        let inc = a
-            .iter()
-            .find_map(|a| match a {
-                Action::Spawn(r) => Some(r.inc),
-                _ => None,
-            })
-            .expect("a spawn");
-        c.handle(now, Event::Spawned { inc, pid });
-        actions(c);
-        inc
-    }
-
-    fn tyrant_core() -> Core {
-        let mut c = Core::new(CoreConfig::default());
-        c.set_tyrant(true);
-        c
-    }
-
-    #[test]
-    fn root_owned_files_are_refused_until_chowned() {
-        let mut c = tyrant_core();
-        let now = Instant::now();
-        for (uid, gid) in [(0, 0), (1000, 0), (0, 1000)] {
-            assert!(scan(&mut c, now, vec![entry("app.ini", 1, uid, gid)]).is_empty());
-            assert!(c.is_empty());
-        }
-        assert_eq!(c.tyrant_refused().collect::<Vec<_>>(), vec!["/v/app.ini"]);
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
-        assert!(matches!(a.as_slice(), [Action::Spawn(_)]), "{a:?}");
-        assert_eq!(c.tyrant_refused().count(), 0);
-        // Without tyrant mode, root-owned files run (as the emperor's user).
-        let mut plain = Core::new(CoreConfig::default());
-        assert_eq!(
-            scan(&mut plain, now, vec![entry("app.ini", 1, 0, 0)]).len(),
-            1
-        );
-    }
-
-    #[test]
-    fn an_owner_change_stops_the_vassal_and_it_restarts_as_the_new_owner() {
-        let mut c = tyrant_core();
-        let now = Instant::now();
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
-        let inc = spawned(&mut c, now, &a, 10);
-        // Same stamp (chown changes only the ctime), new owner.
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1001, 1001)]);
-        assert_eq!(
-            a,
-            vec![Action::Send {
-                inc,
-                msg: EmperorMsg::Stop
-            }]
-        );
-        c.handle(
-            now,
-            Event::Reaped {
-                pid: 10,
-                exit: ExitKind::Code(0),
-            },
-        );
-        let a = actions(&mut c);
-        assert!(a.contains(&Action::Release { inc }));
-        assert!(a.iter().any(|a| matches!(a, Action::Spawn(_))), "{a:?}");
-        let v = c.vassal("/v/app.ini").unwrap();
-        assert_eq!((v.uid, v.gid), (1001, 1001));
-        // An unchanged rescan does nothing.
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1001, 1001)]);
-        assert!(a.is_empty(), "{a:?}");
-    }
-
-    #[test]
-    fn chown_to_root_stops_the_vassal_and_refuses_it() {
-        let mut c = tyrant_core();
-        let now = Instant::now();
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
-        let inc = spawned(&mut c, now, &a, 10);
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 0, 0)]);
-        assert_eq!(
-            a,
-            vec![Action::Send {
-                inc,
-                msg: EmperorMsg::Stop
-            }]
-        );
-        c.handle(
-            now,
-            Event::Reaped {
-                pid: 10,
-                exit: ExitKind::Code(0),
-            },
-        );
-        let a = actions(&mut c);
-        assert_eq!(a, vec![Action::Release { inc }]);
-        assert!(c.is_empty());
-        assert!(scan(&mut c, now, vec![entry("app.ini", 1, 0, 0)]).is_empty());
-        // The file goes: forgotten.
-        scan(&mut c, now, vec![]);
-        assert_eq!(c.tyrant_refused().count(), 0);
-    }
-
-    #[test]
-    fn without_tyrant_an_owner_change_is_only_recorded() {
-        let mut c = Core::new(CoreConfig::default());
-        let now = Instant::now();
-        let a = scan(&mut c, now, vec![entry("app.ini", 1, 1000, 1000)]);
-        spawned(&mut c, now, &a, 10);
-        assert!(scan(&mut c, now, vec![entry("app.ini", 1, 1001, 1001)]).is_empty());
     }
 }

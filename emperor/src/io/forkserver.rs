@@ -46,6 +46,7 @@
 //!     name: "app.ini".into(),
 //!     monitor: 0,
 //!     content: None,
+//!     ..SpawnRequest::default()
 //! };
 //! let plan = Plan {
 //!     programs: vec![],
@@ -811,6 +812,7 @@ mod tests {
             name: name.into(),
             monitor: 0,
             content: None,
+            ..SpawnRequest::default()
         }
     }
 
@@ -1235,7 +1237,7 @@ mod tests {
             if loyal {
                 core.handle(now, Event::Message { inc, byte: 17 });
             }
-            assert!(core.vassal("/v/a.ini").unwrap().adopted);
+            assert!(core.vassal("/v/a.ini").unwrap().adopted());
             drain(&mut core);
             (core, inc)
         }
@@ -1275,7 +1277,7 @@ mod tests {
                 let a = drain(&mut core);
                 assert!(spawned_again(&a, inc), "loyal={loyal}: {a:?}");
                 let v = core.vassal("/v/a.ini").unwrap();
-                assert_eq!((v.adopted, v.backoff.attempt), (false, 0));
+                assert_eq!((v.adopted(), v.backoff.attempt), (false, 0));
             }
         }
 

@@ -228,6 +228,7 @@ impl Runtime {
             graceful_shutdown: opts.graceful_shutdown,
             reload_mercy: Duration::from_secs(opts.reload_mercy),
             seed: seed(),
+            ..CoreConfig::default()
         };
         let poll = Poll::new().map_err(err("cannot create the event loop"))?;
         let mut signals = Signals::new([
@@ -1055,7 +1056,7 @@ impl Runtime {
         let reason = match self.core.vassal_by_inc(req.inc) {
             None => return,
             Some(_) if self.core.shutting_down() => "the emperor is shutting down",
-            Some(v) if !v.wanted => "its config is gone",
+            Some(v) if !v.wanted() => "its config is gone",
             Some(_) => return self.spawn_now(req),
         };
         let reason = format!("not started after its start hook: {reason}");

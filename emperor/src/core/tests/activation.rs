@@ -3,99 +3,6 @@
 
 use super::*;
 
-fn entry(name: &str, n: i128) -> Entry {
-    Entry {
-        key: format!("/v/{name}"),
-        name: name.to_string(),
-        stamp: FileStamp {
-            mtime_ns: n,
-            size: 10,
-            ino: 1,
-        },
-        content: None,
-        uid: 0,
-        gid: 0,
-    }
-}
-
-struct H {
-    core: Core,
-    now: Instant,
-    next_pid: i32,
-}
-
-impl H {
-    fn new(act: ActivationConfig) -> H {
-        let mut core = Core::new(CoreConfig::default());
-        core.set_activation(act);
-        H {
-            core,
-            now: Instant::now(),
-            next_pid: 100,
-        }
-    }
-
-    fn actions(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.core.poll_action()).collect()
-    }
-
-    fn ev(&mut self, e: Event) -> Vec<Action> {
-        self.core.handle(self.now, e);
-        self.actions()
-    }
-
-    fn scan(&mut self, entries: Vec<Entry>) -> Vec<Action> {
-        self.ev(Event::Scanned {
-            monitor: 0,
-            entries,
-        })
-    }
-
-    fn od(&mut self, e: OnDemandEvent) -> Vec<Action> {
-        self.ev(Event::OnDemand(e))
-    }
-
-    fn cmd(&mut self, c: VassalCommand, name: &str) -> (Result<String, String>, Vec<Action>) {
-        let r = self.core.command(self.now, c, name);
-        (r, self.actions())
-    }
-
-    /// Answers every Spawn with a pid; returns (request, pid) of each.
-    fn spawn_all(&mut self, actions: &[Action]) -> Vec<(SpawnRequest, i32)> {
-        let mut out = Vec::new();
-        for a in actions {
-            if let Action::Spawn(r) = a {
-                let pid = self.next_pid;
-                self.next_pid += 1;
-                self.ev(Event::Spawned { inc: r.inc, pid });
-                out.push((r.clone(), pid));
-            }
-        }
-        out
-    }
-
-    fn advance(&mut self, d: Duration) -> Vec<Action> {
-        self.now += d;
-        self.core.handle_timeout(self.now);
-        self.actions()
-    }
-
-    fn v(&self, key: &str) -> &Vassal {
-        self.core
-            .vassal(key)
-            .unwrap_or_else(|| panic!("no record {key}"))
-    }
-}
-
-fn spawns(a: &[Action]) -> Vec<&SpawnRequest> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Spawn(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
 fn on_demand() -> ActivationConfig {
     ActivationConfig {
         on_demand: true,
@@ -104,9 +11,9 @@ fn on_demand() -> ActivationConfig {
 }
 
 /// Scans `app.ini` and binds its socket; returns its record id.
-fn armed(h: &mut H) -> VassalId {
+fn armed(h: &mut Harness) -> VassalId {
     let a = h.scan(vec![entry("app.ini", 1)]);
-    assert!(spawns(&a).is_empty(), "{a:?}");
+    assert!(spawn_requests(&a).is_empty(), "{a:?}");
     let [Action::OnDemand(OnDemandAction::Resolve {
         vassal, ref name, ..
     })] = a[..]
@@ -120,16 +27,13 @@ fn armed(h: &mut H) -> VassalId {
         socket: Some("/run/app.sock".into()),
     });
     assert!(a.is_empty(), "{a:?}");
-    assert_eq!(
-        h.v("/v/app.ini").on_demand.as_deref(),
-        Some("/run/app.sock")
-    );
+    assert_eq!(h.v("/v/app.ini").on_demand(), Some("/run/app.sock"));
     vassal
 }
 
 #[test]
 fn on_demand_vassal_starts_on_connection_and_byte_22_rearms_it() {
-    let mut h = H::new(on_demand());
+    let mut h = Harness::with_activation(on_demand());
     let id = armed(&mut h);
     // Nothing runs until a connection arrives; rescans change nothing.
     assert!(h.scan(vec![entry("app.ini", 1)]).is_empty());
@@ -186,7 +90,7 @@ fn on_demand_vassal_starts_on_connection_and_byte_22_rearms_it() {
 
 #[test]
 fn config_change_while_inactive_is_only_recorded() {
-    let mut h = H::new(on_demand());
+    let mut h = Harness::with_activation(on_demand());
     armed(&mut h);
     let a = h.scan(vec![entry("app.ini", 2)]);
     assert!(a.is_empty(), "{a:?}");
@@ -199,7 +103,7 @@ fn config_change_while_inactive_is_only_recorded() {
 
 #[test]
 fn a_crash_of_an_on_demand_vassal_rearms_its_listener() {
-    let mut h = H::new(on_demand());
+    let mut h = Harness::with_activation(on_demand());
     let id = armed(&mut h);
     let a = h.od(OnDemandEvent::Connection { vassal: id });
     let (req, pid) = h.spawn_all(&a)[0].clone();
@@ -211,13 +115,13 @@ fn a_crash_of_an_on_demand_vassal_rearms_its_listener() {
         pid,
         exit: ExitKind::Signal(9),
     });
-    assert!(spawns(&a).is_empty(), "{a:?}");
+    assert!(spawn_requests(&a).is_empty(), "{a:?}");
     assert!(a.contains(&Action::OnDemand(OnDemandAction::Arm { vassal: id })));
 }
 
 #[test]
 fn removing_the_config_closes_the_listener() {
-    let mut h = H::new(on_demand());
+    let mut h = Harness::with_activation(on_demand());
     let id = armed(&mut h);
     let a = h.scan(vec![]);
     assert_eq!(
@@ -247,7 +151,7 @@ fn removing_the_config_closes_the_listener() {
 
 #[test]
 fn no_socket_means_an_ordinary_vassal_and_a_bind_failure_is_retried() {
-    let mut h = H::new(on_demand());
+    let mut h = Harness::with_activation(on_demand());
     let a = h.scan(vec![entry("plain.ini", 1)]);
     let [Action::OnDemand(OnDemandAction::Resolve { vassal, .. })] = a[..] else {
         panic!("{a:?}")
@@ -256,7 +160,7 @@ fn no_socket_means_an_ordinary_vassal_and_a_bind_failure_is_retried() {
         vassal,
         socket: None,
     });
-    assert_eq!(spawns(&a).len(), 1);
+    assert_eq!(spawn_requests(&a).len(), 1);
     // A plain vassal is respawned as usual.
     let (req, pid) = h.spawn_all(&a)[0].clone();
     h.ev(Event::Message {
@@ -267,7 +171,7 @@ fn no_socket_means_an_ordinary_vassal_and_a_bind_failure_is_retried() {
         pid,
         exit: ExitKind::Code(1),
     });
-    assert_eq!(spawns(&a).len(), 1);
+    assert_eq!(spawn_requests(&a).len(), 1);
 
     let a = h.scan(vec![entry("plain.ini", 1), entry("bad.ini", 1)]);
     let [Action::OnDemand(OnDemandAction::Resolve { vassal, .. })] = a[..] else {
@@ -291,30 +195,30 @@ fn no_socket_means_an_ordinary_vassal_and_a_bind_failure_is_retried() {
 
 #[test]
 fn wait_for_command_suspends_new_vassals_except_ignored_ones() {
-    let mut h = H::new(ActivationConfig {
+    let mut h = Harness::with_activation(ActivationConfig {
         wait_for_command: true,
         wait_for_command_ignore: ["free.ini".to_string()].into(),
         ..Default::default()
     });
     let a = h.scan(vec![entry("w.ini", 1), entry("free.ini", 1)]);
-    let s = spawns(&a);
+    let s = spawn_requests(&a);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].name, "free.ini");
     let v = h.v("/v/w.ini");
-    assert_eq!((v.state, v.suspended), (State::Suspended, true));
+    assert_eq!((v.state, v.suspended()), (State::Suspended, true));
     // Rescans and edits do not start it.
     assert!(h
         .scan(vec![entry("w.ini", 2), entry("free.ini", 1)])
         .is_empty());
     let (r, a) = h.cmd(VassalCommand::Spawn, "w.ini");
     assert!(r.unwrap().contains("starting vassal w.ini"));
-    assert_eq!(spawns(&a).len(), 1);
-    assert!(!h.v("/v/w.ini").suspended);
+    assert_eq!(spawn_requests(&a).len(), 1);
+    assert!(!h.v("/v/w.ini").suspended());
 }
 
 #[test]
 fn stop_command_keeps_the_vassal_suspended_until_spawn() {
-    let mut h = H::new(ActivationConfig::default());
+    let mut h = Harness::with_activation(ActivationConfig::default());
     let a = h.scan(vec![entry("app.ini", 1)]);
     let (req, pid) = h.spawn_all(&a)[0].clone();
     let (r, a) = h.cmd(VassalCommand::Stop, "app.ini");
@@ -330,14 +234,14 @@ fn stop_command_keeps_the_vassal_suspended_until_spawn() {
         pid,
         exit: ExitKind::Code(0),
     });
-    assert!(spawns(&a).is_empty(), "{a:?}");
+    assert!(spawn_requests(&a).is_empty(), "{a:?}");
     assert_eq!(h.v("/v/app.ini").state, State::Suspended);
     assert!(h.scan(vec![entry("app.ini", 1)]).is_empty());
     assert!(h.advance(Duration::from_secs(100)).is_empty());
     let (_, a) = h.cmd(VassalCommand::Spawn, "app.ini");
-    assert_eq!(spawns(&a).len(), 1);
+    assert_eq!(spawn_requests(&a).len(), 1);
     // Config gone while suspended: the record goes.
-    let mut h = H::new(ActivationConfig::default());
+    let mut h = Harness::with_activation(ActivationConfig::default());
     let a = h.scan(vec![entry("x.ini", 1)]);
     let (_, pid) = h.spawn_all(&a)[0].clone();
     let _ = h.cmd(VassalCommand::Stop, "x.ini");
@@ -351,7 +255,7 @@ fn stop_command_keeps_the_vassal_suspended_until_spawn() {
 
 #[test]
 fn reset_lifts_one_backoff_and_respawn_reloads() {
-    let mut h = H::new(ActivationConfig::default());
+    let mut h = Harness::with_activation(ActivationConfig::default());
     let a = h.scan(vec![entry("bad.ini", 1), entry("ok.ini", 1)]);
     let s = h.spawn_all(&a);
     let bad = s.iter().find(|(r, _)| r.name == "bad.ini").unwrap().clone();
@@ -363,7 +267,7 @@ fn reset_lifts_one_backoff_and_respawn_reloads() {
     assert_eq!(h.v("/v/bad.ini").backoff.attempt, 1);
     let (r, a) = h.cmd(VassalCommand::Reset, "bad.ini");
     assert!(r.unwrap().contains("lifted"));
-    assert_eq!(spawns(&a).len(), 1);
+    assert_eq!(spawn_requests(&a).len(), 1);
     assert_eq!(h.v("/v/bad.ini").backoff.attempt, 0);
     let (_, a) = h.cmd(VassalCommand::Respawn, "ok.ini");
     assert_eq!(
@@ -390,7 +294,7 @@ fn brood(n: u32) -> ActivationConfig {
 
 #[test]
 fn byte_30_starts_zergs_with_their_own_identity_up_to_the_limit() {
-    let mut h = H::new(brood(2));
+    let mut h = Harness::with_activation(brood(2));
     let a = h.scan(vec![entry("app.ini", 1)]);
     let (base, _) = h.spawn_all(&a)[0].clone();
     let sos = Event::Message {
@@ -409,7 +313,7 @@ fn byte_30_starts_zergs_with_their_own_identity_up_to_the_limit() {
     assert_eq!(h.v("/v/app.ini:zerg:2").zerg, Some(2));
     assert_eq!(h.core.zerg_count(), 2);
     // At the limit: ignored, but counted.
-    assert!(spawns(&h.ev(sos.clone())).is_empty());
+    assert!(spawn_requests(&h.ev(sos.clone())).is_empty());
     assert_eq!(h.v("/v/app.ini").sos, 3);
     // A rescan neither stops nor duplicates zergs.
     assert!(h.scan(vec![entry("app.ini", 1)]).is_empty());
@@ -418,7 +322,7 @@ fn byte_30_starts_zergs_with_their_own_identity_up_to_the_limit() {
         pid: z1[0].1,
         exit: ExitKind::Code(0),
     });
-    assert!(spawns(&a).is_empty(), "{a:?}");
+    assert!(spawn_requests(&a).is_empty(), "{a:?}");
     assert!(h.core.vassal("/v/app.ini:zerg:1").is_none());
     assert_eq!(h.core.zerg_count(), 1);
     assert!(h.scan(vec![entry("app.ini", 1)]).is_empty());
@@ -443,17 +347,17 @@ fn byte_30_starts_zergs_with_their_own_identity_up_to_the_limit() {
 
 #[test]
 fn broodlord_off_only_counts_and_a_zerg_asking_to_stop_is_not_restarted() {
-    let mut h = H::new(ActivationConfig::default());
+    let mut h = Harness::with_activation(ActivationConfig::default());
     let a = h.scan(vec![entry("app.ini", 1)]);
     let (base, _) = h.spawn_all(&a)[0].clone();
     let a = h.ev(Event::Message {
         inc: base.inc,
         byte: 30,
     });
-    assert!(spawns(&a).is_empty());
+    assert!(spawn_requests(&a).is_empty());
     assert_eq!(h.v("/v/app.ini").sos, 1);
 
-    let mut h = H::new(brood(1));
+    let mut h = Harness::with_activation(brood(1));
     let a = h.scan(vec![entry("app.ini", 1)]);
     let (base, _) = h.spawn_all(&a)[0].clone();
     let a = h.ev(Event::Message {
@@ -473,16 +377,16 @@ fn broodlord_off_only_counts_and_a_zerg_asking_to_stop_is_not_restarted() {
         pid: zpid,
         exit: ExitKind::Code(0),
     });
-    assert!(spawns(&a).is_empty(), "{a:?}");
+    assert!(spawn_requests(&a).is_empty(), "{a:?}");
     assert_eq!(h.core.zerg_count(), 0);
     assert_eq!(h.core.len(), 1);
 }
 
 #[test]
 fn stop_command_during_an_asynchronous_start_keeps_the_process_tracked() {
-    let mut h = H::new(ActivationConfig::default());
+    let mut h = Harness::with_activation(ActivationConfig::default());
     let a = h.scan(vec![entry("app.ini", 1)]);
-    let req = spawns(&a)[0].clone();
+    let req = spawn_requests(&a)[0].clone();
     let (r, a) = h.cmd(VassalCommand::Stop, "app.ini");
     assert!(r.unwrap_err().contains("is starting"));
     assert!(a.is_empty());
@@ -491,28 +395,19 @@ fn stop_command_during_an_asynchronous_start_keeps_the_process_tracked() {
         pid: 42,
     });
     let v = h.v("/v/app.ini");
-    assert_eq!(
-        (v.state, v.suspended),
-        (
-            State::Running {
-                inc: req.inc,
-                pid: 42
-            },
-            false
-        )
-    );
+    assert_eq!((v.state, v.suspended()), (running(req.inc, 42), false));
 }
 
 #[test]
 fn spawn_command_activates_an_on_demand_vassal_and_wait_for_command_comes_first() {
-    let mut h = H::new(on_demand());
+    let mut h = Harness::with_activation(on_demand());
     let id = armed(&mut h);
     let (r, a) = h.cmd(VassalCommand::Spawn, "app.ini");
     assert!(r.unwrap().contains("on demand"));
-    let s = spawns(&a);
+    let s = spawn_requests(&a);
     assert_eq!((s.len(), s[0].vassal), (1, id));
 
-    let mut h = H::new(ActivationConfig {
+    let mut h = Harness::with_activation(ActivationConfig {
         on_demand: true,
         wait_for_command: true,
         ..Default::default()
@@ -526,4 +421,22 @@ fn spawn_command_activates_an_on_demand_vassal_and_wait_for_command_comes_first(
         "{a:?}"
     );
     assert_eq!(h.v("/v/w.ini").state, State::OnDemand);
+}
+
+#[test]
+fn a_stopping_vassal_is_suspended_until_a_spawn_command_which_restarts_it_once_reaped() {
+    let mut h = Harness::with_activation(ActivationConfig::default());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let (_, pid) = h.spawn_all(&a)[0].clone();
+    assert!(h.cmd(VassalCommand::Stop, "app.ini").0.is_ok());
+    let v = h.v("/v/app.ini");
+    assert!(matches!(v.state, State::Stopping(_)) && v.suspended());
+    let (r, _) = h.cmd(VassalCommand::Spawn, "app.ini");
+    assert_eq!(r.as_deref(), Ok("vassal app.ini is already stopping"));
+    assert!(!h.v("/v/app.ini").suspended());
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(spawn_requests(&a).len(), 1, "{a:?}");
 }

@@ -2,104 +2,6 @@
 
 use super::*;
 
-fn stamp(n: i128) -> FileStamp {
-    FileStamp {
-        mtime_ns: n,
-        size: 10,
-        ino: 1,
-    }
-}
-
-fn entry(name: &str, n: i128) -> Entry {
-    Entry {
-        key: format!("/v/{name}"),
-        name: name.to_string(),
-        stamp: stamp(n),
-        content: None,
-        uid: 0,
-        gid: 0,
-    }
-}
-
-struct Harness {
-    core: Core,
-    now: Instant,
-    next_pid: i32,
-}
-
-impl Harness {
-    fn new(cfg: CoreConfig) -> Harness {
-        Harness {
-            core: Core::new(cfg),
-            now: Instant::now(),
-            next_pid: 100,
-        }
-    }
-
-    fn actions(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.core.poll_action()).collect()
-    }
-
-    fn ev(&mut self, e: Event) -> Vec<Action> {
-        self.core.handle(self.now, e);
-        self.actions()
-    }
-
-    fn scan(&mut self, entries: Vec<Entry>) -> Vec<Action> {
-        self.ev(Event::Scanned {
-            monitor: 0,
-            entries,
-        })
-    }
-
-    /// Answers every Spawn in `actions` with a pid; returns (inc, pid) of the last one.
-    fn spawn_all(&mut self, actions: &[Action]) -> Option<(Inc, i32)> {
-        let mut last = None;
-        for a in actions {
-            if let Action::Spawn(r) = a {
-                let pid = self.next_pid;
-                self.next_pid += 1;
-                let more = self.ev(Event::Spawned { inc: r.inc, pid });
-                assert!(more.iter().all(|a| !matches!(a, Action::Spawn(_))));
-                last = Some((r.inc, pid));
-            }
-        }
-        last
-    }
-
-    fn advance(&mut self, d: Duration) -> Vec<Action> {
-        self.now += d;
-        self.core.handle_timeout(self.now);
-        self.actions()
-    }
-
-    /// Advances the clock to the next deadline (if any, and within `max`).
-    fn run_until_deadline(&mut self, max: Duration) -> Vec<Action> {
-        let limit = self.now + max;
-        match self.core.next_deadline() {
-            Some(t) if t <= limit => {
-                self.now = self.now.max(t);
-                self.core.handle_timeout(self.now);
-                self.actions()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    fn start_one(&mut self, name: &str) -> (Inc, i32) {
-        let a = self.scan(vec![entry(name, 1)]);
-        self.spawn_all(&a).expect("spawned")
-    }
-
-    fn state(&self, name: &str) -> State {
-        self.core.vassal(&format!("/v/{name}")).unwrap().state
-    }
-}
-
-fn spawns(a: &[Action]) -> usize {
-    a.iter().filter(|a| matches!(a, Action::Spawn(_))).count()
-}
-
 fn cfg() -> CoreConfig {
     CoreConfig::default()
 }
@@ -109,8 +11,8 @@ fn new_file_is_spawned_and_bytes_update_flags() {
     let mut h = Harness::new(cfg());
     let a = h.scan(vec![entry("app.ini", 1)]);
     assert_eq!(spawns(&a), 1);
-    let (inc, pid) = h.spawn_all(&a).unwrap();
-    assert_eq!(h.state("app.ini"), State::Running { inc, pid });
+    let (inc, pid) = h.spawn_last(&a).unwrap();
+    assert_eq!(h.state("app.ini"), running(inc, pid));
     for b in [1u8, 5, 17] {
         h.ev(Event::Message { inc, byte: b });
     }
@@ -135,7 +37,8 @@ fn modified_file_reloads_with_byte_1_and_keeps_the_pid() {
     let v = h.core.vassal("/v/app.ini").unwrap();
     assert_eq!(v.respawns, 1);
     assert!(!h.core.channel(v).accepting);
-    assert_eq!(v.state, State::Running { inc, pid });
+    assert!(matches!(v.state, State::Running(_)));
+    assert_eq!(v.state.process().map(|p| (p.inc, p.pid)), Some((inc, pid)));
     // An unchanged rescan does nothing.
     assert!(h.scan(vec![entry("app.ini", 2)]).is_empty());
 }
@@ -211,7 +114,7 @@ fn unloyal_death_backs_off_exponentially_with_jitter_and_a_cap() {
         assert_eq!(spawns(&a), 0, "no immediate respawn");
         let v = h.core.vassal("/v/bad.ini").unwrap();
         levels.push(v.backoff.level_ms);
-        let State::Waiting { at } = v.state else {
+        let State::Waiting(state::Waiting { at, .. }) = v.state else {
             panic!("not waiting: {:?}", v.state)
         };
         let delay = at - h.now;
@@ -220,7 +123,7 @@ fn unloyal_death_backs_off_exponentially_with_jitter_and_a_cap() {
         // Nothing happens before the deadline.
         assert_eq!(spawns(&h.advance(delay / 2)), 0);
         let a = h.advance(delay);
-        pid = h.spawn_all(&a).expect("respawned after backoff").1;
+        pid = h.spawn_last(&a).expect("respawned after backoff").1;
     }
     assert_eq!(levels, vec![100, 200, 350, 350, 350]);
     assert_eq!(h.core.vassal("/v/bad.ini").unwrap().backoff.attempt, 5);
@@ -235,7 +138,7 @@ fn loyalty_resets_the_backoff() {
         exit: ExitKind::Code(1),
     });
     let a = h.run_until_deadline(Duration::from_secs(5));
-    let (inc, _) = h.spawn_all(&a).unwrap();
+    let (inc, _) = h.spawn_last(&a).unwrap();
     assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 1);
     h.ev(Event::Message { inc, byte: 17 });
     assert_eq!(
@@ -348,10 +251,10 @@ fn channel_eof_curses_and_kills_after_tolerance_then_respawns_on_reap() {
     h.ev(Event::ChannelClosed { inc });
     assert!(matches!(
         h.state("app.ini"),
-        State::Stopping {
+        State::Stopping(state::Stopping {
             requested: false,
             ..
-        }
+        })
     ));
     assert_eq!(
         h.advance(Duration::from_secs(2)),
@@ -493,7 +396,7 @@ fn shutdown_stops_all_kills_after_mercy_and_exits_once_reaped() {
         entry("b.ini", 1),
         entry("c.ini", 1),
     ]);
-    h.spawn_all(&a);
+    h.spawn_last(&a);
     let pids: Vec<i32> = h.core.vassals().filter_map(|v| v.state.pid()).collect();
     let a = h.ev(Event::Control(Control::Shutdown));
     assert_eq!(
@@ -551,7 +454,7 @@ fn shutdown_with_a_backed_off_vassal_exits_at_once() {
 fn hup_reloads_every_running_vassal() {
     let mut h = Harness::new(cfg());
     let a = h.scan(vec![entry("a.ini", 1), entry("b.ini", 1)]);
-    h.spawn_all(&a);
+    h.spawn_last(&a);
     let a = h.ev(Event::Control(Control::ReloadAll));
     assert_eq!(
         a.iter()
@@ -600,13 +503,13 @@ fn monitors_do_not_remove_each_others_vassals() {
         monitor: 0,
         entries: vec![a],
     });
-    h.spawn_all(&x);
+    h.spawn_last(&x);
     let x = h.ev(Event::Scanned {
         monitor: 1,
         entries: vec![b],
     });
     assert_eq!(spawns(&x), 1);
-    h.spawn_all(&x);
+    h.spawn_last(&x);
     // An empty scan of monitor 1 stops only its own vassal.
     let x = h.ev(Event::Scanned {
         monitor: 1,
@@ -648,7 +551,7 @@ fn single_file_updates_add_reload_and_stop() {
         key: e.key.clone(),
         entry: Some(e.clone()),
     });
-    let (inc, pid) = h.spawn_all(&a).unwrap();
+    let (inc, pid) = h.spawn_last(&a).unwrap();
     let a = h.ev(Event::Updated {
         monitor: 0,
         key: e.key.clone(),
@@ -699,7 +602,7 @@ fn a_stale_incarnation_never_touches_the_next_one_in_its_slot() {
         pid,
         exit: ExitKind::Signal(9),
     });
-    let (new, _) = h.spawn_all(&a).expect("respawned");
+    let (new, _) = h.spawn_last(&a).expect("respawned");
     assert_ne!(new, old);
     assert_eq!(new.slot(), old.slot());
     // A byte still buffered from the dead process.
@@ -717,11 +620,12 @@ fn a_stale_incarnation_never_touches_the_next_one_in_its_slot() {
 fn a_reused_slot_ignores_the_previous_records_incarnation() {
     let mut h = Harness::new(cfg());
     let a = h.scan(vec![entry("a.ini", 1), entry("b.ini", 1)]);
-    h.spawn_all(&a);
-    let State::Running {
+    h.spawn_last(&a);
+    let State::Running(state::Running {
         inc: a_inc,
         pid: a_pid,
-    } = h.state("a.ini")
+        ..
+    }) = h.state("a.ini")
     else {
         panic!("a.ini not running");
     };
@@ -732,7 +636,7 @@ fn a_reused_slot_ignores_the_previous_records_incarnation() {
     });
     assert!(h.core.vassal("/v/a.ini").is_none());
     let a = h.scan(vec![entry("b.ini", 1), entry("c.ini", 1)]);
-    let (c_inc, _) = h.spawn_all(&a).expect("c.ini spawned");
+    let (c_inc, _) = h.spawn_last(&a).expect("c.ini spawned");
     assert_eq!(c_inc.slot(), a_inc.slot(), "the freed slot is reused");
     for byte in [1u8, 5, 17, 26] {
         h.ev(Event::Message { inc: a_inc, byte });
@@ -784,12 +688,12 @@ fn beyond_the_vassal_limit_a_config_is_refused_until_a_slot_frees() {
         .into_iter()
         .find(|n| h.core.vassal(&format!("/v/{n}")).is_none())
         .expect("one refused");
-    h.spawn_all(&a);
+    h.spawn_last(&a);
     let kept = ["a.ini", "b.ini", "c.ini"]
         .into_iter()
         .find(|n| *n != refused)
         .unwrap();
-    let State::Running { pid, .. } = h.state(kept) else {
+    let State::Running(state::Running { pid, .. }) = h.state(kept) else {
         panic!("{kept} not running");
     };
     let others: Vec<Entry> = ["a.ini", "b.ini", "c.ini"]
@@ -827,7 +731,7 @@ fn ready_accepting_and_loyal_are_cleared_when_the_process_is_gone() {
     assert_eq!(serving(&h), (false, false, false));
     // A loyal one stopped by a command: suspended, with no process.
     let a = h.run_until_deadline(Duration::from_secs(10));
-    let (inc, pid) = h.spawn_all(&a).expect("respawned after its backoff");
+    let (inc, pid) = h.spawn_last(&a).expect("respawned after its backoff");
     for b in [1u8, 5, 17] {
         h.ev(Event::Message { inc, byte: b });
     }
@@ -885,10 +789,10 @@ fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
     assert!(a.contains(&Action::Kill { pid }));
     assert!(matches!(
         h.state("app.ini"),
-        State::Stopping {
+        State::Stopping(state::Stopping {
             requested: false,
             ..
-        }
+        })
     ));
     // More garbage while it dies: ignored (no second kill, not even counted).
     let before = h.core.vassal("/v/app.ini").unwrap().unknown_bytes;
@@ -905,7 +809,7 @@ fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
     assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 1);
     // The next flood doubles the backoff: the garbage's loyal byte earns no clean slate.
     let a = h.run_until_deadline(Duration::from_secs(2));
-    let (inc, pid) = h.spawn_all(&a).expect("retried after its backoff");
+    let (inc, pid) = h.spawn_last(&a).expect("retried after its backoff");
     let a = flood(&mut h, inc, &garbage, n, Duration::from_micros(10));
     assert_eq!(kills(&a), 1);
     h.ev(Event::Reaped {
@@ -922,4 +826,36 @@ fn a_vassal_flooding_its_channel_with_garbage_is_killed_once_and_backs_off() {
     let a = flood(&mut h, inc, &[99], GARBAGE_LIMIT as usize * 10, step);
     assert_eq!(kills(&a), 0);
     assert!(matches!(h.state("app.ini"), State::Running { .. }));
+}
+
+#[test]
+fn a_config_gone_during_an_asynchronous_start_is_stopped_once_running_and_dropped_when_reaped() {
+    let mut h = Harness::new(cfg());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let req = spawn_of(&a).expect("a spawn");
+    assert!(h.scan(vec![]).is_empty());
+    assert!(!h.v("/v/app.ini").wanted());
+    let a = h.ev(Event::Spawned {
+        inc: req.inc,
+        pid: 42,
+    });
+    assert_eq!(sent(&a), vec![(req.inc, EmperorMsg::Stop)]);
+    assert!(!h.v("/v/app.ini").wanted());
+    let a = h.ev(Event::Reaped {
+        pid: 42,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(a, vec![Action::Release { inc: req.inc }]);
+    assert!(h.core.is_empty());
+    // Back while its start is under way: it runs and stays.
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let req = spawn_of(&a).expect("a spawn");
+    h.scan(vec![]);
+    h.scan(vec![entry("app.ini", 2)]);
+    assert!(h.v("/v/app.ini").wanted());
+    let a = h.ev(Event::Spawned {
+        inc: req.inc,
+        pid: 43,
+    });
+    assert!(sent(&a).is_empty(), "{a:?}");
 }
