@@ -99,47 +99,170 @@ where
     }
 }
 
-/// Does what `ctl` says, printing to `out`.
-pub fn run(ctl: &Ctl, out: &mut dyn Write) -> Result<(), String> {
-    let (cmd, name, msg) = match &ctl.cmd {
-        Sub::Status => {
-            let addr = ctl.stats.as_deref().ok_or(
+/// Why `emperor ctl` failed: each message says which socket or vassal, and what to check.
+#[derive(Debug)]
+pub enum CtlError {
+    /// `status` without `--stats`.
+    NeedsStats,
+    /// A command without `--command-socket`.
+    NeedsCommandSocket,
+    /// Writing the output failed.
+    Output(std::io::Error),
+    /// The stats socket cannot be read.
+    StatsRead {
+        /// Its address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The stats socket answered something that is not a stats document.
+    NotStats {
+        /// Its address.
+        addr: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// The stats have no vassal of that name or config path.
+    UnknownVassal {
+        /// The name asked for.
+        name: String,
+        /// The stats address.
+        stats: String,
+        /// The vassal names the stats list, sorted.
+        known: Vec<String>,
+    },
+    /// The command datagram cannot be built (a field too long).
+    Encode {
+        /// What the encoder said.
+        message: String,
+    },
+    /// The command socket cannot be sent to.
+    Send {
+        /// Its address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CtlError::NeedsStats => f.write_str(
                 "status needs the stats socket: pass --stats ADDR (the emperor's --emperor-stats)",
-            )?;
-            let raw = fetch_stats(addr)?;
-            if ctl.json {
-                out.write_all(raw.as_bytes()).map_err(|e| e.to_string())?;
-                if !raw.ends_with('\n') {
-                    let _ = out.write_all(b"\n");
+            ),
+            CtlError::NeedsCommandSocket => f.write_str(
+                "this needs the command socket: pass --command-socket ADDR (the emperor's \
+                 --emperor-command-socket)",
+            ),
+            CtlError::Output(e) => write!(f, "{e}"),
+            CtlError::StatsRead { addr, source } => write!(
+                f,
+                "cannot read the stats socket {addr}: {source}; check that the emperor is \
+                 running with --emperor-stats {addr} (and that you may open it)"
+            ),
+            CtlError::NotStats { addr, source } => write!(
+                f,
+                "{addr} did not answer with a stats document ({source}); is it the emperor's \
+                 --emperor-stats socket?"
+            ),
+            CtlError::UnknownVassal { name, stats, known } => write!(
+                f,
+                "no vassal named {name} in the stats of {stats} (known: {}); check the name \
+                 with `emperor ctl --stats {stats} status`",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
                 }
-            } else {
-                let doc = parse_stats(addr, &raw)?;
-                out.write_all(table(&doc).as_bytes())
-                    .map_err(|e| e.to_string())?;
-            }
-            return Ok(());
+            ),
+            CtlError::Encode { message } => write!(f, "{message}"),
+            CtlError::Send { addr, source } => write!(
+                f,
+                "cannot send to the command socket {addr}: {source}; check that the emperor is \
+                 running with --emperor-command-socket {addr}"
+            ),
         }
-        Sub::Reload { name } => ("respawn", Some(name), None),
-        Sub::Stop { name } => ("stop", Some(name), None),
-        Sub::Spawn { name } => ("spawn", Some(name), None),
-        Sub::Reset { name } => ("reset", Some(name), None),
-        Sub::Log { msg } => ("log", None, Some(msg.as_str())),
-    };
-    let addr = ctl.command_socket.as_deref().ok_or(
-        "this needs the command socket: pass --command-socket ADDR (the emperor's --emperor-command-socket)",
-    )?;
+    }
+}
+
+impl std::error::Error for CtlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CtlError::Output(e) => Some(e),
+            CtlError::StatsRead { source, .. } | CtlError::Send { source, .. } => Some(source),
+            CtlError::NotStats { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Sub {
+    /// The command datagram's `cmd`, `vassal` and `msg`; `None` for `status`, which reads the
+    /// stats socket instead.
+    fn datagram(&self) -> Option<(&'static str, Option<&str>, Option<&str>)> {
+        match self {
+            Sub::Status => None,
+            Sub::Reload { name } => Some(("respawn", Some(name), None)),
+            Sub::Stop { name } => Some(("stop", Some(name), None)),
+            Sub::Spawn { name } => Some(("spawn", Some(name), None)),
+            Sub::Reset { name } => Some(("reset", Some(name), None)),
+            Sub::Log { msg } => Some(("log", None, Some(msg))),
+        }
+    }
+}
+
+/// Does what `ctl` says, printing to `out`.
+pub fn run(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
+    match ctl.cmd.datagram() {
+        None => status(ctl, out),
+        Some((cmd, name, msg)) => command(ctl, cmd, name, msg, out),
+    }
+}
+
+/// `status`: the stats as a table, or raw with `--json`.
+fn status(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
+    let addr = ctl.stats.as_deref().ok_or(CtlError::NeedsStats)?;
+    let raw = fetch_stats(addr)?;
+    if ctl.json {
+        out.write_all(raw.as_bytes()).map_err(CtlError::Output)?;
+        if !raw.ends_with('\n') {
+            let _ = out.write_all(b"\n");
+        }
+    } else {
+        let doc = parse_stats(addr, &raw)?;
+        out.write_all(table(&doc).as_bytes())
+            .map_err(CtlError::Output)?;
+    }
+    Ok(())
+}
+
+/// A command datagram to the command socket, after checking the vassal name against the stats
+/// when `--stats` is given.
+fn command(
+    ctl: &Ctl,
+    cmd: &str,
+    name: Option<&str>,
+    msg: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let addr = ctl
+        .command_socket
+        .as_deref()
+        .ok_or(CtlError::NeedsCommandSocket)?;
     if let (Some(name), Some(stats)) = (name, ctl.stats.as_deref()) {
         let doc = parse_stats(stats, &fetch_stats(stats)?)?;
         check_vassal(&doc, name, stats)?;
     }
-    let packet =
-        crate::command::encode(cmd, name.map(String::as_str), msg).map_err(|e| e.to_string())?;
+    let packet = crate::command::encode(cmd, name, msg).map_err(|e| CtlError::Encode {
+        message: e.to_string(),
+    })?;
     send(addr, &packet)?;
     match name {
         Some(n) => writeln!(out, "sent `{cmd}` for vassal {n} to {addr}"),
         None => writeln!(out, "sent `{cmd}` to {addr}"),
     }
-    .map_err(|e| e.to_string())
+    .map_err(CtlError::Output)
 }
 
 fn is_inet(addr: &str) -> bool {
@@ -155,12 +278,10 @@ fn inet_addr(addr: &str) -> String {
 
 /// Reads one stats document from `addr` (unix path or host:port; an HTTP answer from
 /// `--stats-http` is unwrapped).
-pub fn fetch_stats(addr: &str) -> Result<String, String> {
-    let hint = |e: std::io::Error| {
-        format!(
-            "cannot read the stats socket {addr}: {e}; check that the emperor is running with \
-             --emperor-stats {addr} (and that you may open it)"
-        )
+pub fn fetch_stats(addr: &str) -> Result<String, CtlError> {
+    let hint = |source| CtlError::StatsRead {
+        addr: addr.to_string(),
+        source,
     };
     let raw = if is_inet(addr) {
         let s = std::net::TcpStream::connect(inet_addr(addr)).map_err(hint)?;
@@ -206,13 +327,14 @@ fn read_doc<S: Read + Write>(
     Ok(raw)
 }
 
-fn parse_stats(addr: &str, raw: &str) -> Result<Value, String> {
-    serde_json::from_str(raw).map_err(|e| {
-        format!("{addr} did not answer with a stats document ({e}); is it the emperor's --emperor-stats socket?")
+fn parse_stats(addr: &str, raw: &str) -> Result<Value, CtlError> {
+    serde_json::from_str(raw).map_err(|source| CtlError::NotStats {
+        addr: addr.to_string(),
+        source,
     })
 }
 
-fn check_vassal(doc: &Value, name: &str, stats: &str) -> Result<(), String> {
+fn check_vassal(doc: &Value, name: &str, stats: &str) -> Result<(), CtlError> {
     let vassals = doc["vassals"].as_array().cloned().unwrap_or_default();
     if vassals
         .iter()
@@ -220,24 +342,23 @@ fn check_vassal(doc: &Value, name: &str, stats: &str) -> Result<(), String> {
     {
         return Ok(());
     }
-    let mut known: Vec<&str> = vassals.iter().filter_map(|v| v["id"].as_str()).collect();
+    let mut known: Vec<String> = vassals
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .map(str::to_string)
+        .collect();
     known.sort_unstable();
-    Err(format!(
-        "no vassal named {name} in the stats of {stats} (known: {}); check the name with `emperor ctl --stats {stats} status`",
-        if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.join(", ")
-        }
-    ))
+    Err(CtlError::UnknownVassal {
+        name: name.to_string(),
+        stats: stats.to_string(),
+        known,
+    })
 }
 
-fn send(addr: &str, packet: &[u8]) -> Result<(), String> {
-    let hint = |e: std::io::Error| {
-        format!(
-            "cannot send to the command socket {addr}: {e}; check that the emperor is running with \
-             --emperor-command-socket {addr}"
-        )
+fn send(addr: &str, packet: &[u8]) -> Result<(), CtlError> {
+    let hint = |source| CtlError::Send {
+        addr: addr.to_string(),
+        source,
     };
     if is_inet(addr) {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(hint)?;
@@ -390,6 +511,7 @@ mod tests {
         t2.join().unwrap();
         assert!(parse_stats("x", "not json")
             .unwrap_err()
+            .to_string()
             .contains("--emperor-stats"));
     }
 
@@ -398,14 +520,16 @@ mod tests {
         let doc = serde_json::json!({"vassals": [{"id": "a.ini", "config": "/v/a.ini"}]});
         assert!(check_vassal(&doc, "a.ini", "s").is_ok());
         assert!(check_vassal(&doc, "/v/a.ini", "s").is_ok());
-        let e = check_vassal(&doc, "b.ini", "s").unwrap_err();
+        let e = check_vassal(&doc, "b.ini", "s").unwrap_err().to_string();
         assert!(
             e.contains("known: a.ini") && e.contains("ctl --stats s status"),
             "{e}"
         );
-        let e = fetch_stats("/nonexistent/stats.sock").unwrap_err();
+        let e = fetch_stats("/nonexistent/stats.sock")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--emperor-stats /nonexistent/stats.sock"), "{e}");
-        let e = send("/nonexistent/cmd.sock", b"x").unwrap_err();
+        let e = send("/nonexistent/cmd.sock", b"x").unwrap_err().to_string();
         assert!(
             e.contains("--emperor-command-socket /nonexistent/cmd.sock"),
             "{e}"

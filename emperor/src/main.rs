@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 
 use emperor::options::{Options, OptionsError};
 use emperor::process::{self, Identity};
-// Errors name paths and values from the command line and ini files: escaped when printed.
 use emperor::runtime::Runtime;
 use emperor::sanitize::esc;
 
@@ -13,13 +12,32 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
         std::process::exit(emperor::ctl::main(std::env::args_os().skip(1)));
     }
+    let opts = parse_options();
+    let identity = prepare_process(&opts);
+    init_logging();
+    for note in &opts.ini_notes {
+        tracing::warn!("{note}");
+    }
+    if opts.log_date.is_some() {
+        tracing::debug!("log-date: every log line already starts with a UTC timestamp; ignored");
+    }
+    mark_inherited_fds_cloexec();
+    supervise(&opts, identity.as_ref());
+}
+
+/// Before logging exists: prints `emperor: <error>` (escaped: errors name paths and values
+/// from the command line and ini files) on stderr and exits with `code`.
+fn exit_with(e: &dyn std::fmt::Display, code: i32) -> ! {
+    eprintln!("emperor: {}", esc(&e.to_string()));
+    std::process::exit(code);
+}
+
+/// The command line and `--ini` files; a usage error exits 2 as clap does.
+fn parse_options() -> Options {
     let opts = match Options::parse_from_args(std::env::args_os()) {
         Ok(o) => o,
         Err(OptionsError::Clap(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("emperor: {}", esc(&e.to_string()));
-            std::process::exit(2);
-        }
+        Err(e) => exit_with(&e, 2),
     };
     if opts.all_monitors().is_empty() {
         // A usage error like any other: clap's format and exit status (2).
@@ -31,36 +49,40 @@ fn main() {
             )
             .exit();
     }
-    // Everything that can be refused is refused here, on the terminal, before detaching.
-    let identity = match Identity::resolve(&opts).and_then(|id| {
+    opts
+}
+
+/// The process keys, in their order (see [`emperor::process`]): everything that can be refused
+/// is refused here, on the terminal, before detaching. Returns the identity to drop to.
+fn prepare_process(opts: &Options) -> Option<Identity> {
+    let identity = match Identity::resolve(opts).and_then(|id| {
         if let Some(id) = &id {
-            id.check(&opts)?;
+            id.check(opts)?;
         }
         Ok(id)
     }) {
         Ok(id) => id,
-        Err(e) => {
-            eprintln!("emperor: {}", esc(&e.to_string()));
-            std::process::exit(2);
-        }
+        Err(e) => exit_with(&e, 2),
     };
     // Still a single thread: the only safe time to change the environment, and to fork.
-    if let Err(e) = process::setup_environment(&opts) {
-        eprintln!("emperor: {}", esc(&e.to_string()));
-        std::process::exit(2);
+    if let Err(e) = process::setup_environment(opts) {
+        exit_with(&e, 2);
     }
     if opts.daemonize.is_some() {
         if let Err(e) = process::daemonize() {
-            eprintln!("emperor: {}", esc(&e.to_string()));
-            std::process::exit(1);
+            exit_with(&e, 1);
         }
     }
     if let Some(file) = opts.logto.as_ref().or(opts.daemonize.as_ref()) {
         if let Err(e) = process::log_to(file) {
-            eprintln!("emperor: {}", esc(&e.to_string()));
-            std::process::exit(1);
+            exit_with(&e, 1);
         }
     }
+    identity
+}
+
+/// `tracing` on stderr, filtered by `EMPEROR_LOG` (default `info`).
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMPEROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -69,38 +91,35 @@ fn main() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    for note in &opts.ini_notes {
-        tracing::warn!("{note}");
-    }
-    if opts.log_date.is_some() {
-        tracing::debug!("log-date: every log line already starts with a UTC timestamp; ignored");
-    }
-    mark_inherited_fds_cloexec();
+}
+
+/// Writes the pidfiles, sets up the runtime, drops privileges and runs the loop, then exits
+/// with its code. Every failure is logged and exits 1 (after removing the pidfiles written).
+/// The process exits from here, without dropping the runtime.
+fn supervise(opts: &Options, identity: Option<&Identity>) -> ! {
     let mut pidfiles = Vec::new();
+    let fail = |e: &dyn std::fmt::Display, pidfiles: &[&std::path::PathBuf]| -> ! {
+        tracing::error!("{}", esc(&e.to_string()));
+        remove_pidfiles(pidfiles);
+        std::process::exit(1);
+    };
     if let Some(p) = &opts.master_pidfile {
         if let Err(e) = process::write_pidfile(p, "pidfile") {
-            tracing::error!("{}", esc(&e.to_string()));
-            std::process::exit(1);
+            fail(&e, &pidfiles);
         }
         pidfiles.push(p);
     }
-    let mut rt = match Runtime::new(&opts) {
+    let mut rt = match Runtime::new(opts) {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("{}", esc(&e.to_string()));
-            remove_pidfiles(&pidfiles);
-            std::process::exit(1);
-        }
+        Err(e) => fail(&e, &pidfiles),
     };
-    if let Some(id) = &identity {
+    if let Some(id) = identity {
         rt.hand_over_to(
             id.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
             id.gid,
         );
         if let Err(e) = id.drop_privileges() {
-            tracing::error!("{}", esc(&e.to_string()));
-            remove_pidfiles(&pidfiles);
-            std::process::exit(1);
+            fail(&e, &pidfiles);
         }
         tracing::info!("dropped privileges: now running as {}", id.label);
         rt.set_credentials(
@@ -110,9 +129,7 @@ fn main() {
     }
     if let Some(p) = &opts.master_pidfile2 {
         if let Err(e) = process::write_pidfile(p, "pidfile2") {
-            tracing::error!("{}", esc(&e.to_string()));
-            remove_pidfiles(&pidfiles);
-            std::process::exit(1);
+            fail(&e, &pidfiles);
         }
         pidfiles.push(p);
     }

@@ -19,6 +19,10 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::options::Options;
 
+mod error;
+
+pub use error::{ProcessError, Untaken};
+
 /// Who the emperor becomes once set up (`uid`/`gid`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -34,7 +38,7 @@ pub struct Identity {
 
 impl Identity {
     /// Looks up `--uid`/`--gid` (names or numbers). `Ok(None)` when neither is given.
-    pub fn resolve(opts: &Options) -> Result<Option<Identity>, String> {
+    pub fn resolve(opts: &Options) -> Result<Option<Identity>, ProcessError> {
         if opts.uid.is_none() && opts.gid.is_none() {
             return Ok(None);
         }
@@ -51,20 +55,20 @@ impl Identity {
                     .unwrap_or_else(|| gid.to_string());
                 (gid, format!("{name} (gid {gid}, the user's primary group)"))
             }
-            (None, Some((uid, None))) => {
-                return Err(format!(
-                    "uid {uid} has no user entry, so the emperor cannot know its group: \
-                     add `gid = GROUP` (ini) or --gid GROUP"
-                ))
-            }
+            (None, Some((uid, None))) => return Err(ProcessError::NoUserForUid { uid: *uid }),
             (None, None) => return Ok(None),
         };
         let groups = match &user {
             Some((_, Some(u))) => {
-                let name = CString::new(u.name.clone())
-                    .map_err(|_| format!("user name {:?} contains a NUL byte", u.name))?;
+                let name =
+                    CString::new(u.name.clone()).map_err(|_| ProcessError::NulInUserName {
+                        name: u.name.clone(),
+                    })?;
                 nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
-                    .map_err(|e| format!("cannot list the groups of user {}: {e}", u.name))?
+                    .map_err(|source| ProcessError::GroupList {
+                        user: u.name.clone(),
+                        source,
+                    })?
                     .into_iter()
                     .map(|g| g.as_raw())
                     .collect()
@@ -90,7 +94,7 @@ impl Identity {
 
     /// Refuses what cannot work: a non-root `uid` with options that need the emperor to stay
     /// root, and a change of identity without root.
-    pub fn check(&self, opts: &Options) -> Result<(), String> {
+    pub fn check(&self, opts: &Options) -> Result<(), ProcessError> {
         if self.uid.is_some_and(|u| u != 0) {
             for (set, name, why) in [
                 (
@@ -110,22 +114,21 @@ impl Identity {
                 ),
             ] {
                 if set {
-                    return Err(format!(
-                        "uid ({}) cannot be combined with {name} ({}): {why} needs the emperor \
-                         to stay root; remove one of them",
-                        self.label,
-                        name.trim_start_matches('-')
-                    ));
+                    return Err(ProcessError::NeedsRoot {
+                        label: self.label.clone(),
+                        option: name,
+                        why,
+                    });
                 }
             }
         }
         let (uid, gid) = (Uid::current().as_raw(), Gid::current().as_raw());
         if !Uid::effective().is_root() && (self.uid.is_some_and(|u| u != uid) || self.gid != gid) {
-            return Err(format!(
-                "uid/gid ({}) need root, but the emperor runs as uid {uid}, gid {gid}: start it \
-                 as root, or remove uid/gid",
-                self.label
-            ));
+            return Err(ProcessError::NotRoot {
+                label: self.label.clone(),
+                uid,
+                gid,
+            });
         }
         Ok(())
     }
@@ -133,12 +136,15 @@ impl Identity {
     /// Becomes this identity for good: supplementary groups, then gid, then uid (real, effective
     /// and saved), then checks that each took and that root cannot be regained. A no-op when
     /// not root (then [`Identity::check`] made sure nothing has to change).
-    pub fn drop_privileges(&self) -> Result<(), String> {
+    pub fn drop_privileges(&self) -> Result<(), ProcessError> {
         if !Uid::effective().is_root() {
             return Ok(());
         }
-        let fail =
-            |what: &str, e: nix::Error| format!("cannot become {}: {what} failed: {e}", self.label);
+        let fail = |call: &'static str, source: nix::Error| ProcessError::Drop {
+            label: self.label.clone(),
+            call,
+            source,
+        };
         let groups: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
         let gid = Gid::from_raw(self.gid);
@@ -150,16 +156,19 @@ impl Identity {
         self.verify()
     }
 
-    fn verify(&self) -> Result<(), String> {
-        let bad =
-            |what: String| format!("dropping privileges to {} did not take: {what}", self.label);
-        let g = nix::unistd::getresgid().map_err(|e| bad(format!("getresgid: {e}")))?;
+    fn verify(&self) -> Result<(), ProcessError> {
+        let bad = |found: Untaken| ProcessError::DropDidNotTake {
+            label: self.label.clone(),
+            found,
+        };
+        let query = |call: &'static str| move |source| bad(Untaken::Query { call, source });
+        let g = nix::unistd::getresgid().map_err(query("getresgid"))?;
         let gids = [g.real, g.effective, g.saved].map(|g| g.as_raw());
         if gids != [self.gid; 3] {
-            return Err(bad(format!("gids are {gids:?}")));
+            return Err(bad(Untaken::Gids(gids)));
         }
         let mut have: Vec<u32> = nix::unistd::getgroups()
-            .map_err(|e| bad(format!("getgroups: {e}")))?
+            .map_err(query("getgroups"))?
             .into_iter()
             .map(|g| g.as_raw())
             .collect();
@@ -169,43 +178,45 @@ impl Identity {
         want.sort_unstable();
         want.dedup();
         if have != want {
-            return Err(bad(format!("supplementary groups are {have:?}")));
+            return Err(bad(Untaken::Groups(have)));
         }
         let Some(uid) = self.uid else {
             return Ok(());
         };
-        let u = nix::unistd::getresuid().map_err(|e| bad(format!("getresuid: {e}")))?;
+        let u = nix::unistd::getresuid().map_err(query("getresuid"))?;
         let uids = [u.real, u.effective, u.saved].map(|u| u.as_raw());
         if uids != [uid; 3] {
-            return Err(bad(format!("uids are {uids:?}")));
+            return Err(bad(Untaken::Uids(uids)));
         }
         if uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-            return Err(bad("setuid(0) still succeeds".into()));
+            return Err(bad(Untaken::RootRegainable));
         }
         Ok(())
     }
 }
 
 /// A user by name or number, with its passwd entry when there is one.
-fn lookup_user(spec: &str) -> Result<(u32, Option<User>), String> {
+fn lookup_user(spec: &str) -> Result<(u32, Option<User>), ProcessError> {
     let spec = spec.trim();
     if let Ok(uid) = spec.parse::<u32>() {
         let entry = User::from_uid(Uid::from_raw(uid))
-            .map_err(|e| format!("cannot look up uid {uid}: {e}"))?;
+            .map_err(|source| ProcessError::UidLookup { uid, source })?;
         return Ok((uid, entry));
     }
     match User::from_name(spec) {
         Ok(Some(u)) => Ok((u.uid.as_raw(), Some(u))),
-        Ok(None) => Err(format!(
-            "uid: there is no user named `{spec}` (see /etc/passwd or `getent passwd`); give an \
-             existing user name or a number"
-        )),
-        Err(e) => Err(format!("cannot look up user `{spec}`: {e}")),
+        Ok(None) => Err(ProcessError::NoSuchUser {
+            name: spec.to_string(),
+        }),
+        Err(source) => Err(ProcessError::UserLookup {
+            name: spec.to_string(),
+            source,
+        }),
     }
 }
 
 /// A group by name or number, with a label for messages.
-fn lookup_group(spec: &str) -> Result<(u32, String), String> {
+fn lookup_group(spec: &str) -> Result<(u32, String), ProcessError> {
     let spec = spec.trim();
     if let Ok(gid) = spec.parse::<u32>() {
         let name = Group::from_gid(Gid::from_raw(gid))
@@ -216,32 +227,30 @@ fn lookup_group(spec: &str) -> Result<(u32, String), String> {
     }
     match Group::from_name(spec) {
         Ok(Some(g)) => Ok((g.gid.as_raw(), format!("{spec} (gid {})", g.gid))),
-        Ok(None) => Err(format!(
-            "gid: there is no group named `{spec}` (see /etc/group or `getent group`); give an \
-             existing group name or a number"
-        )),
-        Err(e) => Err(format!("cannot look up group `{spec}`: {e}")),
+        Ok(None) => Err(ProcessError::NoSuchGroup {
+            name: spec.to_string(),
+        }),
+        Err(source) => Err(ProcessError::GroupLookup {
+            name: spec.to_string(),
+            source,
+        }),
     }
 }
 
 /// Checks `umask`, `env` and `unenv` without applying anything.
-pub fn check_environment(opts: &Options) -> Result<(), String> {
+pub fn check_environment(opts: &Options) -> Result<(), ProcessError> {
     if let Some(mask) = &opts.umask {
         parse_umask(mask)?;
     }
     for pair in &opts.env {
         match pair.split_once('=') {
             Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {}
-            _ => {
-                return Err(format!(
-                    "env `{pair}`: expected KEY=VALUE (a non-empty name, then `=`)"
-                ))
-            }
+            _ => return Err(ProcessError::BadEnv { pair: pair.clone() }),
         }
     }
     for key in &opts.unenv {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(format!("unenv `{key}`: expected a variable name"));
+            return Err(ProcessError::BadUnenv { key: key.clone() });
         }
     }
     Ok(())
@@ -249,18 +258,16 @@ pub fn check_environment(opts: &Options) -> Result<(), String> {
 
 /// Applies `umask`, `chdir`, `env` and `unenv`, in that order, once [`check_environment`]
 /// passes. Must run while the process has a single thread (it changes the environment).
-pub fn setup_environment(opts: &Options) -> Result<(), String> {
+pub fn setup_environment(opts: &Options) -> Result<(), ProcessError> {
     check_environment(opts)?;
     if let Some(mask) = &opts.umask {
         let bits = parse_umask(mask)?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(bits));
     }
     if let Some(dir) = &opts.chdir {
-        std::env::set_current_dir(dir).map_err(|e| {
-            format!(
-                "chdir: cannot change the working directory to {}: {e}",
-                dir.display()
-            )
+        std::env::set_current_dir(dir).map_err(|source| ProcessError::Chdir {
+            dir: dir.clone(),
+            source,
         })?;
     }
     for (k, v) in opts.env.iter().filter_map(|p| p.split_once('=')) {
@@ -273,12 +280,12 @@ pub fn setup_environment(opts: &Options) -> Result<(), String> {
 }
 
 /// An octal umask such as `022` or `0027`.
-pub fn parse_umask(s: &str) -> Result<libc::mode_t, String> {
+pub fn parse_umask(s: &str) -> Result<libc::mode_t, ProcessError> {
     match libc::mode_t::from_str_radix(s.trim(), 8) {
         Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(format!(
-            "umask `{s}`: expected an octal mode between 000 and 777, such as 022"
-        )),
+        _ => Err(ProcessError::BadUmask {
+            value: s.to_string(),
+        }),
     }
 }
 
@@ -286,7 +293,7 @@ pub fn parse_umask(s: &str) -> Result<libc::mode_t, String> {
 /// daemon can never get a controlling terminal), stdin on /dev/null. Must run while the process
 /// has a single thread. Under a parent emperor (`UWSGI_EMPEROR_FD` set) it does nothing, as in
 /// uWSGI: that emperor supervises this process and must keep it as its child.
-pub fn daemonize() -> Result<(), String> {
+pub fn daemonize() -> Result<(), ProcessError> {
     if std::env::var_os("UWSGI_EMPEROR_FD").is_some() {
         return Ok(());
     }
@@ -300,37 +307,50 @@ pub fn daemonize() -> Result<(), String> {
                 unsafe { libc::_exit(0) }
             }
             Ok(nix::unistd::ForkResult::Child) => {}
-            Err(e) => return Err(format!("cannot daemonize: fork failed: {e}")),
+            Err(source) => {
+                return Err(ProcessError::DaemonizeCall {
+                    call: "fork",
+                    source,
+                })
+            }
         }
         if round == 0 {
-            nix::unistd::setsid().map_err(|e| format!("cannot daemonize: setsid failed: {e}"))?;
+            nix::unistd::setsid().map_err(|source| ProcessError::DaemonizeCall {
+                call: "setsid",
+                source,
+            })?;
         }
     }
     let null = OpenOptions::new()
         .read(true)
         .open("/dev/null")
-        .map_err(|e| format!("cannot daemonize: cannot open /dev/null: {e}"))?;
-    redirect(&null, 0).map_err(|e| format!("cannot daemonize: stdin to /dev/null: {e}"))
+        .map_err(|source| ProcessError::DaemonizeStdin {
+            step: "cannot open /dev/null",
+            source,
+        })?;
+    redirect(&null, 0).map_err(|source| ProcessError::DaemonizeStdin {
+        step: "stdin to /dev/null",
+        source,
+    })
 }
 
 /// Appends stdout and stderr (so the emperor's log, and the output of every vassal, which
 /// inherits them) to `path`, created with mode 0640 if missing.
-pub fn log_to(path: &Path) -> Result<(), String> {
+pub fn log_to(path: &Path) -> Result<(), ProcessError> {
     let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
         .open(path)
-        .map_err(|e| {
-            format!(
-                "cannot open the log file {} (logto/daemonize): {e}; check that its directory \
-                 exists and is writable",
-                path.display()
-            )
+        .map_err(|source| ProcessError::LogOpen {
+            path: path.to_path_buf(),
+            source,
         })?;
     for fd in [1, 2] {
-        redirect(&file, fd)
-            .map_err(|e| format!("cannot log to {}: dup2 failed: {e}", path.display()))?;
+        redirect(&file, fd).map_err(|source| ProcessError::LogDup {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -346,112 +366,15 @@ fn redirect(file: &std::fs::File, fd: i32) -> std::io::Result<()> {
 }
 
 /// Writes this process's pid to `path` (`pidfile`, `pidfile2`).
-pub fn write_pidfile(path: &Path, key: &str) -> Result<(), String> {
-    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
-        format!(
-            "cannot write the pidfile {} ({key}): {e}; check that its directory exists and is \
-             writable",
-            path.display()
-        )
+pub fn write_pidfile(path: &Path, key: &str) -> Result<(), ProcessError> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+        ProcessError::Pidfile {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            source,
+        }
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn opts(args: &[&str]) -> Options {
-        let mut v = vec!["emperor", "/v"];
-        v.extend_from_slice(args);
-        Options::parse_from_args(v).unwrap()
-    }
-
-    #[test]
-    fn no_uid_or_gid_means_no_identity() {
-        assert_eq!(Identity::resolve(&opts(&[])).unwrap(), None);
-    }
-
-    #[test]
-    fn names_and_numbers_resolve() {
-        let nobody = User::from_name("nobody").unwrap().expect("user nobody");
-        let by_name = Identity::resolve(&opts(&["--uid", "nobody"]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(by_name.uid, Some(nobody.uid.as_raw()));
-        assert_eq!(by_name.gid, nobody.gid.as_raw(), "the user's primary group");
-        assert!(by_name.groups.contains(&nobody.gid.as_raw()));
-        assert!(
-            by_name.label.starts_with("user nobody ("),
-            "{}",
-            by_name.label
-        );
-        let num = nobody.uid.as_raw().to_string();
-        let by_number = Identity::resolve(&opts(&["--uid", &num])).unwrap().unwrap();
-        assert_eq!(by_number, by_name);
-
-        let root_group = Identity::resolve(&opts(&["--uid", "nobody", "--gid", "0"]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(root_group.gid, 0);
-        let only_gid = Identity::resolve(&opts(&["--gid", "0"])).unwrap().unwrap();
-        assert_eq!((only_gid.uid, only_gid.gid), (None, 0));
-        assert!(only_gid.groups.is_empty());
-    }
-
-    #[test]
-    fn unknown_names_are_clear_errors() {
-        let e = Identity::resolve(&opts(&["--uid", "no-such-user-here"])).unwrap_err();
-        assert!(e.contains("no user named `no-such-user-here`"), "{e}");
-        let e = Identity::resolve(&opts(&["--gid", "no-such-group-here"])).unwrap_err();
-        assert!(e.contains("no group named `no-such-group-here`"), "{e}");
-        // A numeric uid without a passwd entry has no primary group to fall back on.
-        let e = Identity::resolve(&opts(&["--uid", "3999999"])).unwrap_err();
-        assert!(e.contains("gid"), "{e}");
-        let id = Identity::resolve(&opts(&["--uid", "3999999", "--gid", "3999999"]))
-            .unwrap()
-            .unwrap();
-        assert!(id.groups.is_empty());
-    }
-
-    #[test]
-    fn umask_is_octal() {
-        assert_eq!(parse_umask("022"), Ok(0o022));
-        assert_eq!(parse_umask("0027"), Ok(0o027));
-        assert_eq!(parse_umask(" 7 "), Ok(0o007));
-        for bad in ["", "8", "0x22", "1777", "-1", "abc"] {
-            let e = parse_umask(bad).unwrap_err();
-            assert!(e.contains(&format!("`{bad}`")), "{e}");
-        }
-    }
-
-    #[test]
-    fn bad_env_entries_are_named() {
-        for (args, needle) in [
-            (&["--env", "NOEQUALS"][..], "env `NOEQUALS`"),
-            (&["--env", "=v"][..], "env `=v`"),
-            (&["--unenv", "A=B"][..], "unenv `A=B`"),
-        ] {
-            let e = check_environment(&opts(args)).unwrap_err();
-            assert!(e.contains(needle), "{e}");
-        }
-    }
-
-    #[test]
-    fn combinations_that_need_root_are_refused() {
-        for extra in [
-            &["--emperor-tyrant"][..],
-            &["--emperor-cap", "net_bind_service"][..],
-            &["--emperor-use-clone", "net"][..],
-        ] {
-            let mut args = vec!["--uid", "nobody"];
-            args.extend_from_slice(extra);
-            let o = opts(&args);
-            let e = Identity::resolve(&o)
-                .unwrap()
-                .unwrap()
-                .check(&o)
-                .unwrap_err();
-            assert!(e.contains(extra[0]), "{e}");
-        }
-    }
-}
+mod tests;

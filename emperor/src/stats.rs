@@ -159,7 +159,7 @@ pub fn render(core: &Core, info: &ProcessInfo, clock: Clock) -> String {
                 cursed,
                 zerg: u8::from(v.zerg.is_some()),
                 on_demand: v.on_demand().unwrap_or(""),
-                suspended: u8::from(v.suspended),
+                suspended: u8::from(v.suspended()),
                 adopted: u8::from(v.adopted()),
                 uid: v.uid,
                 gid: v.gid,

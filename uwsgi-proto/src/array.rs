@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::header::{push_field, read_u16, EncodeError, Header, HEADER_LEN, MAX_BODY};
+use crate::header::{read_u16, EncodeError, PacketBuf};
 
 /// Why an array body is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,7 @@ pub fn validate(body: &[u8]) -> Result<usize, ArrayError> {
 /// Builds an array body, leaving room for the header.
 #[derive(Debug, Clone)]
 pub struct ArrayBuilder {
-    buf: Vec<u8>,
+    buf: PacketBuf,
 }
 
 impl Default for ArrayBuilder {
@@ -124,48 +124,36 @@ impl ArrayBuilder {
 
     /// An empty array with room for `capacity` body bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(HEADER_LEN + capacity.min(MAX_BODY));
-        buf.extend_from_slice(&[0; HEADER_LEN]);
-        ArrayBuilder { buf }
+        ArrayBuilder {
+            buf: PacketBuf::with_capacity(capacity),
+        }
     }
 
     /// Appends one item; errors, leaving the array unchanged, when the item or the body would
     /// exceed 65535 bytes.
     pub fn push(&mut self, item: impl AsRef<[u8]>) -> Result<&mut Self, EncodeError> {
-        let item = item.as_ref();
-        if item.len() > MAX_BODY {
-            return Err(EncodeError::FieldTooLarge { len: item.len() });
-        }
-        let len = self.body_len() + 2 + item.len();
-        if len > MAX_BODY {
-            return Err(EncodeError::BodyTooLarge { len });
-        }
-        push_field(&mut self.buf, item)?;
+        self.buf.push_fields(&[item.as_ref()])?;
         Ok(self)
     }
 
     /// Current body length.
     pub fn body_len(&self) -> usize {
-        self.buf.len() - HEADER_LEN
+        self.buf.body_len()
     }
 
     /// The body built so far.
     pub fn body(&self) -> &[u8] {
-        &self.buf[HEADER_LEN..]
+        self.buf.body()
     }
 
     /// The body alone.
-    pub fn into_body(mut self) -> Vec<u8> {
-        self.buf.drain(..HEADER_LEN);
-        self.buf
+    pub fn into_body(self) -> Vec<u8> {
+        self.buf.into_body()
     }
 
-    /// The whole packet with the given modifiers.
-    pub fn into_packet(mut self, modifier1: u8, modifier2: u8) -> Vec<u8> {
-        // The push checks keep the body within u16.
-        let size = self.body_len() as u16;
-        self.buf[..HEADER_LEN].copy_from_slice(&Header::new(modifier1, size, modifier2).encode());
-        self.buf
+    /// The whole packet (header plus body) with the given modifiers.
+    pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
+        self.buf.into_packet(modifier1, modifier2)
     }
 }
 

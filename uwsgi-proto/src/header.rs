@@ -182,6 +182,66 @@ pub(crate) fn push_field(out: &mut Vec<u8>, field: &[u8]) -> Result<(), EncodeEr
     Ok(())
 }
 
+/// A packet under construction: room for the header, then the body. The one builder tail of
+/// [`ArrayBuilder`](crate::array::ArrayBuilder) and [`VarsBuilder`](crate::vars::VarsBuilder):
+/// they differ only in which fields make up one item.
+#[derive(Debug, Clone)]
+pub(crate) struct PacketBuf {
+    buf: Vec<u8>,
+}
+
+impl PacketBuf {
+    /// An empty body with room for `capacity` body bytes.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + capacity.min(MAX_BODY));
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        PacketBuf { buf }
+    }
+
+    /// Appends `fields`, each as `u16le len, bytes`, all or none: errors, leaving the body
+    /// unchanged, when a field or the body would exceed 65535 bytes.
+    pub(crate) fn push_fields(&mut self, fields: &[&[u8]]) -> Result<(), EncodeError> {
+        let mut len = self.body_len();
+        for field in fields {
+            if field.len() > MAX_BODY {
+                return Err(EncodeError::FieldTooLarge { len: field.len() });
+            }
+            len += 2 + field.len();
+        }
+        if len > MAX_BODY {
+            return Err(EncodeError::BodyTooLarge { len });
+        }
+        for field in fields {
+            push_field(&mut self.buf, field)?;
+        }
+        Ok(())
+    }
+
+    /// Current body length.
+    pub(crate) fn body_len(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// The body built so far.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.buf[HEADER_LEN..]
+    }
+
+    /// The body alone.
+    pub(crate) fn into_body(mut self) -> Vec<u8> {
+        self.buf.drain(..HEADER_LEN);
+        self.buf
+    }
+
+    /// The whole packet (header plus body) with the given modifiers.
+    pub(crate) fn into_packet(mut self, modifier1: u8, modifier2: u8) -> Vec<u8> {
+        // `push_fields` keeps the body within u16, so the size always fits.
+        let size = self.body_len() as u16;
+        self.buf[..HEADER_LEN].copy_from_slice(&Header::new(modifier1, size, modifier2).encode());
+        self.buf
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

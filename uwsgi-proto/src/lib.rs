@@ -6,7 +6,7 @@
 //!
 //! * [`header`]: the 4-byte packet header (modifier1, u16 little-endian size, modifier2).
 //! * [`vars`]: the key/value dictionary body (CGI-style request vars, reply vars).
-//! * [`array`]: the array body (a list of byte strings, e.g. a vassal's argv).
+//! * [`array`](mod@array): the array body (a list of byte strings, e.g. a vassal's argv).
 //! * [`codec`]: a streaming packet decoder (feed bytes, take whole packets).
 //! * [`channel`]: the one-byte messages on the emperor ↔ vassal channel.
 //! * [`config`]: the config-push frame sent on the vassal's config channel.

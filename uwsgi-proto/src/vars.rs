@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io::Write as _;
 
-use crate::header::{push_field, read_u16, EncodeError, Header, HEADER_LEN, MAX_BODY};
+use crate::header::{read_u16, EncodeError, PacketBuf};
 
 /// Why a vars body is malformed. `offset` is where the offending field starts in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +141,7 @@ pub fn validate(body: &[u8]) -> Result<usize, VarsError> {
 /// Builds a vars body, leaving room for the header so a packet is produced without copying.
 #[derive(Debug, Clone)]
 pub struct VarsBuilder {
-    buf: Vec<u8>,
+    buf: PacketBuf,
 }
 
 impl Default for VarsBuilder {
@@ -158,9 +158,9 @@ impl VarsBuilder {
 
     /// An empty body with room for `capacity` body bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(HEADER_LEN + capacity.min(MAX_BODY));
-        buf.extend_from_slice(&[0; HEADER_LEN]);
-        VarsBuilder { buf }
+        VarsBuilder {
+            buf: PacketBuf::with_capacity(capacity),
+        }
     }
 
     /// Appends one pair. Errors, leaving the body unchanged, when the key is empty, a field
@@ -174,17 +174,7 @@ impl VarsBuilder {
         if key.is_empty() {
             return Err(EncodeError::EmptyKey);
         }
-        for field in [key, value] {
-            if field.len() > MAX_BODY {
-                return Err(EncodeError::FieldTooLarge { len: field.len() });
-            }
-        }
-        let len = self.body_len() + 4 + key.len() + value.len();
-        if len > MAX_BODY {
-            return Err(EncodeError::BodyTooLarge { len });
-        }
-        push_field(&mut self.buf, key)?;
-        push_field(&mut self.buf, value)?;
+        self.buf.push_fields(&[key, value])?;
         Ok(self)
     }
 
@@ -204,26 +194,22 @@ impl VarsBuilder {
 
     /// Current body length.
     pub fn body_len(&self) -> usize {
-        self.buf.len() - HEADER_LEN
+        self.buf.body_len()
     }
 
     /// The body built so far.
     pub fn body(&self) -> &[u8] {
-        &self.buf[HEADER_LEN..]
+        self.buf.body()
     }
 
     /// The body alone.
-    pub fn into_body(mut self) -> Vec<u8> {
-        self.buf.drain(..HEADER_LEN);
-        self.buf
+    pub fn into_body(self) -> Vec<u8> {
+        self.buf.into_body()
     }
 
     /// The whole packet (header plus body) with the given modifiers.
-    pub fn into_packet(mut self, modifier1: u8, modifier2: u8) -> Vec<u8> {
-        // The push checks keep the body within u16, so the size always fits.
-        let size = self.body_len() as u16;
-        self.buf[..HEADER_LEN].copy_from_slice(&Header::new(modifier1, size, modifier2).encode());
-        self.buf
+    pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
+        self.buf.into_packet(modifier1, modifier2)
     }
 }
 

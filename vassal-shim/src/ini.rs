@@ -2,6 +2,13 @@
 //! lines, repeated keys kept in order, `;` and `#` comment lines. Values are taken verbatim
 //! (trimmed), so `env = A=1` and `exec = sh -c "x; y"` work as written. Lines without `=`
 //! and entries before the first section are ignored. Never panics.
+//!
+//! Hand-written rather than `rust-ini` (which the emperor uses for its own `[uwsgi]` files):
+//! the shim reads whatever file an emperor hands its wrapper, uWSGI apps' files included, and
+//! must find its section in all of them. `rust-ini` joins a line without `=` to the next
+//! line's key (so `nonsense` followed by `[vassal-shim]` swallows the section header), fails
+//! the whole file on a trailing line without `=` or an unclosed `[`, and also splits on `:` and
+//! continues values over a trailing `\`.
 
 /// One section: its entries in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

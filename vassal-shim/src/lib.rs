@@ -5,6 +5,8 @@
 //!   (`UWSGI_EMPEROR_FD_CONFIG`): send ready / accepting / loyal / heartbeat / SOS / stop-me,
 //!   receive stop, graceful stop, reload and EOF as [`Event`]s, read pushed configs keeping the
 //!   newest queued frame.
+//! * [`core`]: the shim's decisions without I/O (readiness, loyalty, heartbeats, stop,
+//!   reload, SOS) as a state machine with time passed in, and its [`crate::core::Settings`].
 //! * [`notify`]: a parser for systemd-style notification datagrams (`READY=1`, `WATCHDOG=1`, ...)
 //!   and the shim's extension keys.
 //! * [`words`]: shell-style word splitting for the `exec` option.
@@ -30,6 +32,7 @@
 //! ```
 
 pub mod channel;
+pub mod core;
 pub mod ini;
 pub mod notify;
 pub mod wire;

@@ -12,6 +12,9 @@
 //! | `X_VASSAL_LOYAL=1` | declare loyalty now instead of after `loyal-after` | 17 |
 //!
 //! Anything else is reported as [`Notification::Other`] and ignored by the shim.
+//!
+//! This is the receiving side of the protocol (the shim bridges its program's
+//! `NOTIFY_SOCKET`), which `sd-notify` and the other notify crates, all senders, do not cover.
 
 /// One understood assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,12 @@
-//! Byte-level parsers for what the shim binary reads from the kernel (sock_diag netlink answers,
-//! `/proc/net/tcp`) and from a probed program (an HTTP status line). Public so that they can be
-//! fuzzed (`vassal-shim/fuzz`); they borrow, never panic and bound every length by the input's.
+//! Byte-level codecs for what the shim binary exchanges with the kernel (sock_diag netlink
+//! requests and answers, `/proc/net/tcp`) and reads from a probed program (an HTTP status
+//! line). Public so that they can be fuzzed (`vassal-shim/fuzz`); the parsers borrow, never
+//! panic and bound every length by the input's.
+//!
+//! Hand-written rather than taken from `netlink-packet-sock-diag`: that crate cannot encode the
+//! `INET_DIAG_REQ_BYTECODE` port filter the backlog meter sends, and its decoder builds owned
+//! values for every attribute of every socket of a dump, where the meter reads two fields in
+//! place from one reused buffer.
 
 /// Size of a netlink message header.
 pub const NLMSG_HDRLEN: usize = 16;
@@ -10,6 +16,18 @@ pub const TCP_LISTEN: u8 = 10;
 pub const UNIX_DIAG_VFS: u16 = 1;
 /// unix_diag attribute: receive queue (for a listener, its accept queue).
 pub const UNIX_DIAG_RQLEN: u16 = 4;
+
+/// `nlmsg_type` of sock_diag requests and answers.
+pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// unix_diag request flag: report the bound file (`UNIX_DIAG_VFS`).
+pub const UDIAG_SHOW_VFS: u32 = 0x02;
+/// unix_diag request flag: report the queue lengths (`UNIX_DIAG_RQLEN`).
+pub const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+/// The largest request: nlmsghdr (16) + inet_diag_req_v2 (56) + bytecode attribute (20).
+pub const REQ_MAX: usize = 92;
 
 /// The outcome of an HTTP status line: `Some(ok)` once the line is complete.
 pub fn http_status_ok(buf: &[u8]) -> Option<bool> {
@@ -139,6 +157,58 @@ pub fn inet_diag_rqueue(p: &[u8], port: u16) -> Option<u32> {
     (state == TCP_LISTEN && sport == port)
         .then(|| u32_at(p, 56))
         .flatten()
+}
+
+/// Writes a nlmsghdr for a `len`-byte SOCK_DIAG_BY_FAMILY request into `req[..16]`.
+pub fn nl_header(req: &mut [u8], len: usize, dump: bool, seq: u32) {
+    let flags = libc::NLM_F_REQUEST | if dump { libc::NLM_F_DUMP } else { 0 };
+    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    req[12..16].copy_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+}
+
+/// A unix_diag request: a dump of listening sockets, or the socket with inode `ino`.
+pub fn unix_request(req: &mut [u8; REQ_MAX], seq: u32, dump: bool, ino: u32, show: u32) -> usize {
+    const LEN: usize = NLMSG_HDRLEN + 24;
+    nl_header(req, LEN, dump, seq);
+    let b = &mut req[NLMSG_HDRLEN..LEN];
+    b[0] = libc::AF_UNIX as u8; // sdiag_family
+    b[1] = 0; // sdiag_protocol
+    b[2..4].copy_from_slice(&0u16.to_ne_bytes()); // pad
+    b[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // udiag_states
+    b[8..12].copy_from_slice(&ino.to_ne_bytes()); // udiag_ino
+    b[12..16].copy_from_slice(&show.to_ne_bytes()); // udiag_show
+    b[16..24].copy_from_slice(&[0xff; 8]); // udiag_cookie: none
+    LEN
+}
+
+/// An inet_diag dump of listening TCP sockets of `family`, filtered in the kernel to local
+/// port `port` (bytecode: sport >= port && sport <= port).
+pub fn inet_request(req: &mut [u8; REQ_MAX], seq: u32, family: u8, port: u16) -> usize {
+    nl_header(req, REQ_MAX, true, seq);
+    let b = &mut req[NLMSG_HDRLEN..];
+    b.fill(0);
+    b[0] = family; // sdiag_family
+    b[1] = libc::IPPROTO_TCP as u8; // sdiag_protocol
+    b[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // idiag_states
+                                                                  // id (48 bytes) stays zero except the cookie: none.
+    b[48..56].copy_from_slice(&[0xff; 8]);
+    // Attribute INET_DIAG_REQ_BYTECODE: 4-byte header, two port comparisons of 8 bytes.
+    let a = &mut b[56..76];
+    a[0..2].copy_from_slice(&20u16.to_ne_bytes());
+    a[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    // op {code, yes, no}: "yes" steps to the next op, "no" jumps past the end (reject).
+    a[4] = INET_DIAG_BC_S_GE;
+    a[5] = 8;
+    a[6..8].copy_from_slice(&20u16.to_ne_bytes());
+    a[10..12].copy_from_slice(&port.to_ne_bytes());
+    a[12] = INET_DIAG_BC_S_LE;
+    a[13] = 8;
+    a[14..16].copy_from_slice(&12u16.to_ne_bytes());
+    a[18..20].copy_from_slice(&port.to_ne_bytes());
+    REQ_MAX
 }
 
 #[cfg(test)]

@@ -3,6 +3,11 @@
 //! Words are separated by unquoted whitespace. `'...'` keeps everything literally, `"..."`
 //! keeps everything except that `\"`, `\\`, `\$` and `` \` `` lose their backslash, and an
 //! unquoted backslash escapes the next character (a backslash-newline is removed).
+//!
+//! Hand-written rather than `shlex::split`: that one starts a comment at a word beginning with
+//! `#` (`exec = app --color #fff` would lose `#fff`), separates words on ASCII blanks only, and
+//! reports a failure without saying which quote is open. The behaviour here is what users'
+//! `exec =` lines already rely on.
 
 use std::fmt;
 

@@ -122,7 +122,9 @@ impl Core {
         if let Some(v) = self.vassals.get_mut(&id) {
             if !cfg.wait_for_command_ignore.contains(&v.name) {
                 info!(vassal = %v.name, "\"wait-for-command\" instance {} detected", v.name);
-                v.suspended = true;
+                if let State::Waiting(w) = &mut v.state {
+                    w.suspend = true;
+                }
             }
         }
     }
@@ -134,7 +136,12 @@ impl Core {
         let Some(v) = self.vassals.get_mut(&id) else {
             return false;
         };
-        if v.suspended {
+        let suspend = match v.state {
+            State::Suspended => true,
+            State::Waiting(w) => w.suspend,
+            _ => false,
+        };
+        if suspend {
             if v.state != State::Suspended {
                 info!(vassal = %v.name, "vassal {} is suspended: waiting for a spawn command", v.name);
             }

@@ -59,7 +59,13 @@ impl Core {
         let delay = Duration::from_millis(((delay_ms as f64) * jitter).round() as u64);
         let at = now + delay;
         if let Some(v) = self.vassals.get_mut(&id) {
-            set_state(&mut self.lines, v, State::waiting(at));
+            // A process stopped by a stop command stays suspended after its backoff.
+            let suspend = v.suspended();
+            set_state(
+                &mut self.lines,
+                v,
+                State::Waiting(state::Waiting { at, suspend }),
+            );
         }
         if self.cfg.no_blacklist {
             info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());

@@ -131,10 +131,15 @@ impl Core {
         let vname = v.name.clone();
         let out = match cmd {
             VassalCommand::Spawn => {
-                v.suspended = false;
+                match &mut v.state {
+                    State::Waiting(state::Waiting { suspend, .. })
+                    | State::Stopping(state::Stopping { suspend, .. }) => *suspend = false,
+                    _ => {}
+                }
                 match v.state {
                     State::Suspended | State::Exiled => {
                         v.backoff = Backoff::default();
+                        set_state(&mut self.lines, v, State::waiting(now));
                         self.start(now, id);
                         format!("starting vassal {vname}")
                     }
@@ -161,16 +166,19 @@ impl Core {
                 s => format!("vassal {vname} is {}: nothing to reload", s.name()),
             },
             VassalCommand::Stop => {
-                v.suspended = true;
                 match v.state {
                     State::Running(_) | State::Stopping(_) => {
                         self.stop(now, id, false);
+                        if let Some(State::Stopping(s)) =
+                            self.vassals.get_mut(&id).map(|v| &mut v.state)
+                        {
+                            s.suspend = true;
+                        }
                         format!("stopping vassal {vname}: it stays suspended until a spawn command")
                     }
                     State::Suspended => format!("vassal {vname} is already suspended"),
                     State::Starting(_) => {
                         // Its start is being answered (fork server): never lose that process.
-                        v.suspended = false;
                         return Err(CommandError::Starting { name: vname });
                     }
                     _ => {

@@ -27,6 +27,7 @@ impl Core {
                 kill_at: now + tolerance,
                 requested,
                 gone,
+                suspend: false,
             }),
         );
         self.timer(now + tolerance, Timer::Curse(id));

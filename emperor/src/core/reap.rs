@@ -30,13 +30,16 @@ impl Core {
         let name = v.name.clone();
         match state {
             State::Stopping(state::Stopping {
-                requested: true, ..
+                requested: true,
+                suspend,
+                ..
             }) => {
                 info!(vassal = %name, pid, "vassal {name} (pid: {pid}) stopped ({exit})");
                 if gone {
                     self.remove(id);
                 } else {
-                    set_state(&mut self.lines, v, State::waiting(now));
+                    let waiting = state::Waiting { at: now, suspend };
+                    set_state(&mut self.lines, v, State::Waiting(waiting));
                     self.start(now, id);
                 }
             }

@@ -14,6 +14,9 @@ pub mod state {
     pub struct Waiting {
         /// When (backoff, or a pending start).
         pub at: Instant,
+        /// It waits for a `spawn` command (wait-for-command, or a stop command): at `at` it is
+        /// suspended instead of started.
+        pub suspend: bool,
     }
 
     /// Spawn requested, pid not known yet.
@@ -55,6 +58,8 @@ pub mod state {
         pub requested: bool,
         /// Its config is gone (or it is a zerg told to go): not restarted once reaped.
         pub gone: bool,
+        /// A stop command: suspended once reaped, until a `spawn` command.
+        pub suspend: bool,
     }
 }
 
@@ -136,7 +141,7 @@ impl State {
 
     /// Waiting until `at`.
     pub(super) fn waiting(at: Instant) -> State {
-        State::Waiting(state::Waiting { at })
+        State::Waiting(state::Waiting { at, suspend: false })
     }
 }
 
@@ -341,13 +346,21 @@ pub struct Vassal {
     pub(super) garbage: garbage::Garbage,
     /// Broodlord: `Some(n)` for the zerg record `NAME:zerg:n`.
     pub zerg: Option<u32>,
-    /// Waiting for a `spawn` command (stats `suspended`).
-    pub suspended: bool,
     /// On-demand activation and its listener.
     pub(super) listener: Listener,
 }
 
 impl Vassal {
+    /// Waiting for a `spawn` command (stats `suspended`): suspended, or on its way there.
+    pub fn suspended(&self) -> bool {
+        match self.state {
+            State::Suspended => true,
+            State::Waiting(state::Waiting { suspend, .. })
+            | State::Stopping(state::Stopping { suspend, .. }) => suspend,
+            _ => false,
+        }
+    }
+
     /// Its config is present (it is restarted when its process ends).
     pub fn wanted(&self) -> bool {
         match self.state {
@@ -488,7 +501,6 @@ impl Core {
             unknown_bytes: 0,
             garbage: garbage::Garbage::default(),
             zerg: None,
-            suspended: false,
             listener: Listener::default(),
         };
         self.vassals.insert(id, v);

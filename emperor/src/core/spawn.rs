@@ -97,7 +97,7 @@ impl Core {
 
     pub(super) fn timer_start(&mut self, now: Instant, id: VassalId) {
         if let Some(v) = self.vassals.get(&id) {
-            if let State::Waiting(state::Waiting { at }) = v.state {
+            if let State::Waiting(state::Waiting { at, .. }) = v.state {
                 if at <= now {
                     self.start(now, id);
                 }

@@ -205,7 +205,7 @@ fn wait_for_command_suspends_new_vassals_except_ignored_ones() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].name, "free.ini");
     let v = h.v("/v/w.ini");
-    assert_eq!((v.state, v.suspended), (State::Suspended, true));
+    assert_eq!((v.state, v.suspended()), (State::Suspended, true));
     // Rescans and edits do not start it.
     assert!(h
         .scan(vec![entry("w.ini", 2), entry("free.ini", 1)])
@@ -213,7 +213,7 @@ fn wait_for_command_suspends_new_vassals_except_ignored_ones() {
     let (r, a) = h.cmd(VassalCommand::Spawn, "w.ini");
     assert!(r.unwrap().contains("starting vassal w.ini"));
     assert_eq!(spawn_requests(&a).len(), 1);
-    assert!(!h.v("/v/w.ini").suspended);
+    assert!(!h.v("/v/w.ini").suspended());
 }
 
 #[test]
@@ -395,7 +395,7 @@ fn stop_command_during_an_asynchronous_start_keeps_the_process_tracked() {
         pid: 42,
     });
     let v = h.v("/v/app.ini");
-    assert_eq!((v.state, v.suspended), (running(req.inc, 42), false));
+    assert_eq!((v.state, v.suspended()), (running(req.inc, 42), false));
 }
 
 #[test]
@@ -421,4 +421,22 @@ fn spawn_command_activates_an_on_demand_vassal_and_wait_for_command_comes_first(
         "{a:?}"
     );
     assert_eq!(h.v("/v/w.ini").state, State::OnDemand);
+}
+
+#[test]
+fn a_stopping_vassal_is_suspended_until_a_spawn_command_which_restarts_it_once_reaped() {
+    let mut h = Harness::with_activation(ActivationConfig::default());
+    let a = h.scan(vec![entry("app.ini", 1)]);
+    let (_, pid) = h.spawn_all(&a)[0].clone();
+    assert!(h.cmd(VassalCommand::Stop, "app.ini").0.is_ok());
+    let v = h.v("/v/app.ini");
+    assert!(matches!(v.state, State::Stopping(_)) && v.suspended());
+    let (r, _) = h.cmd(VassalCommand::Spawn, "app.ini");
+    assert_eq!(r.as_deref(), Ok("vassal app.ini is already stopping"));
+    assert!(!h.v("/v/app.ini").suspended());
+    let a = h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Code(0),
+    });
+    assert_eq!(spawn_requests(&a).len(), 1, "{a:?}");
 }

@@ -114,7 +114,7 @@ fn unloyal_death_backs_off_exponentially_with_jitter_and_a_cap() {
         assert_eq!(spawns(&a), 0, "no immediate respawn");
         let v = h.core.vassal("/v/bad.ini").unwrap();
         levels.push(v.backoff.level_ms);
-        let State::Waiting(state::Waiting { at }) = v.state else {
+        let State::Waiting(state::Waiting { at, .. }) = v.state else {
             panic!("not waiting: {:?}", v.state)
         };
         let delay = at - h.now;

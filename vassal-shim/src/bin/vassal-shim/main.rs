@@ -6,9 +6,9 @@
 //! a directory that mixes uWSGI apps and shim apps. See docs/vassal-shim.md.
 
 mod backlog;
-mod core;
 mod options;
 mod probe;
+mod rundir;
 mod runtime;
 mod sentinel;
 mod spawn;
@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use vassal_shim::ini::Ini;
 use vassal_shim::{Vassal, ENV_EMPEROR_FD, ENV_EMPEROR_FD_CONFIG};
 
-use options::{Cli, Settings, SECTION};
+use options::{Cli, SECTION};
 use runtime::{Runtime, Source};
 
 /// uWSGI options that load a config: seeing one (without `--`) means "this is for uWSGI".
@@ -235,10 +235,10 @@ fn main() {
         Ok(Mode::Shim { cli, raw, source }) => (*cli, *raw, source),
         Err(e) => e.exit(),
     };
-    let settings = match Settings::from_cli(&cli) {
+    let settings = match cli.settings() {
         Ok(s) => s,
         Err(e) => {
-            error!("{e}");
+            error!("{e}; fix it in {}", source.origin());
             std::process::exit(2);
         }
     };

@@ -10,6 +10,8 @@ use nix::sys::signal::Signal;
 use vassal_shim::ini::Section;
 use vassal_shim::words;
 
+pub use vassal_shim::core::{Ready, ReloadMode, Settings};
+
 /// The section of an ini file the shim reads.
 pub const SECTION: &str = "vassal-shim";
 /// The variable naming the file that holds the pushed config.
@@ -120,82 +122,91 @@ impl Cli {
     }
 }
 
-/// How readiness is detected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ready {
-    /// As soon as the program has been started.
-    Immediate,
-    /// A TCP connect succeeds.
-    Tcp(SocketAddr),
-    /// A unix-socket connect succeeds.
-    Unix(PathBuf),
-    /// An HTTP GET answers 2xx.
-    Http {
-        /// Where to connect.
-        addr: SocketAddr,
-        /// The Host header.
-        host: String,
-        /// The request path.
-        path: String,
+/// A setting that cannot be used, with the option it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    /// Neither `-- PROGRAM` nor `exec`.
+    #[error("no program to run: give `-- PROGRAM [ARGS...]` or `exec = ...`")]
+    NoProgram,
+    /// `exec` does not split into words.
+    #[error("exec = {exec:?}: {source}")]
+    Exec {
+        exec: String,
+        source: words::WordsError,
     },
-    /// The program sends READY=1 on NOTIFY_SOCKET.
-    Notify,
+    /// An `env` entry without `=`.
+    #[error("env = {0:?}: expected K=V")]
+    EnvNotKv(String),
+    /// An `env` entry with an empty name.
+    #[error("env = {0:?}: empty name")]
+    EnvEmptyName(String),
+    /// A duration that is not a number.
+    #[error("{name} = {value:?}: expected a number of seconds")]
+    Seconds { name: &'static str, value: String },
+    /// A duration below zero or above a year.
+    #[error("{name} = {value:?}: out of range")]
+    SecondsRange { name: &'static str, value: String },
+    /// A boolean that is neither true nor false.
+    #[error("{name} = {value:?}: expected true or false")]
+    Bool { name: &'static str, value: String },
+    /// A number that names no signal.
+    #[error("{0:?} is not a signal number")]
+    SignalNumber(String),
+    /// A name that names no signal.
+    #[error("{0:?} is not a signal name")]
+    SignalName(String),
+    /// A `HOST:PORT` that does not resolve.
+    #[error("cannot resolve {addr:?}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// A `HOST:PORT` that resolves to no address.
+    #[error("{0:?} resolves to nothing")]
+    ResolvesToNothing(String),
+    /// `ready = unix:` without a path.
+    #[error("ready = unix: needs a path")]
+    UnixNoPath,
+    /// An unknown `ready` form.
+    #[error(
+        "ready = {0:?}: expected immediate, tcp:HOST:PORT, unix:PATH, http://HOST:PORT/PATH or notify"
+    )]
+    Ready(String),
+    /// An unknown `reload` form.
+    #[error("reload = {0:?}: expected restart or signal:NAME")]
+    Reload(String),
+    /// An exile code that is not a number.
+    #[error("exile-codes: {0:?} is not an exit code")]
+    ExileCode(String),
+    /// A backlog threshold that is not a count.
+    #[error("sos-backlog = {0:?}: expected a count")]
+    SosBacklog(String),
 }
 
-impl Ready {
-    /// Whether readiness (and health) is checked by connecting to something.
-    pub fn is_probe(&self) -> bool {
-        matches!(self, Ready::Tcp(_) | Ready::Unix(_) | Ready::Http { .. })
-    }
-}
-
-/// What a reload does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadMode {
-    /// Stop the program and start it again.
-    Restart,
-    /// Send this signal to the program's main process.
-    Signal(Signal),
-}
-
-/// Checked settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub exec: Vec<String>,
-    pub chdir: Option<PathBuf>,
-    pub env: Vec<(String, String)>,
-    pub ready: Ready,
-    pub heartbeat: Option<Duration>,
-    pub stop_signal: Signal,
-    pub stop_timeout: Duration,
-    pub reload: ReloadMode,
-    pub exile_codes: Vec<i32>,
-    pub loyal_after: Duration,
-    pub ready_timeout: Option<Duration>,
-    pub watchdog: Option<Duration>,
-    pub sos_backlog: Option<u32>,
-    pub config_file: Option<PathBuf>,
-    pub probe_timeout: Duration,
-    pub fork_base: bool,
-}
-
-fn seconds(opt: &Option<String>, name: &str, default: Duration) -> Result<Duration, String> {
+fn seconds(
+    opt: &Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, OptionError> {
     match opt {
         None => Ok(default),
         Some(v) => {
-            let f: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("{name} = {v:?}: expected a number of seconds"))?;
+            let f: f64 = v.trim().parse().map_err(|_| OptionError::Seconds {
+                name,
+                value: v.clone(),
+            })?;
             if !(0.0..=86400.0 * 365.0).contains(&f) {
-                return Err(format!("{name} = {v:?}: out of range"));
+                return Err(OptionError::SecondsRange {
+                    name,
+                    value: v.clone(),
+                });
             }
             Ok(Duration::from_secs_f64(f))
         }
     }
 }
 
-fn boolean(opt: &Option<String>, name: &str) -> Result<bool, String> {
+fn boolean(opt: &Option<String>, name: &'static str) -> Result<bool, OptionError> {
     match opt
         .as_deref()
         .map(|v| v.trim().to_ascii_lowercase())
@@ -203,15 +214,18 @@ fn boolean(opt: &Option<String>, name: &str) -> Result<bool, String> {
     {
         None | Some("false" | "no" | "off" | "0") => Ok(false),
         Some("" | "true" | "yes" | "on" | "1") => Ok(true),
-        Some(v) => Err(format!("{name} = {v:?}: expected true or false")),
+        Some(v) => Err(OptionError::Bool {
+            name,
+            value: v.to_string(),
+        }),
     }
 }
 
 /// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
+pub fn parse_signal(s: &str) -> Result<Signal, OptionError> {
     let t = s.trim();
     if let Ok(n) = t.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("{s:?} is not a signal number"));
+        return Signal::try_from(n).map_err(|_| OptionError::SignalNumber(s.to_string()));
     }
     let up = t.to_ascii_uppercase();
     let name = if up.starts_with("SIG") {
@@ -219,20 +233,23 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     } else {
         format!("SIG{up}")
     };
-    Signal::from_str(&name).map_err(|_| format!("{s:?} is not a signal name"))
+    Signal::from_str(&name).map_err(|_| OptionError::SignalName(s.to_string()))
 }
 
-fn host_port(s: &str) -> Result<(String, SocketAddr), String> {
+fn host_port(s: &str) -> Result<(String, SocketAddr), OptionError> {
     let addr = s
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .map_err(|source| OptionError::Resolve {
+            addr: s.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{s:?} resolves to nothing"))?;
+        .ok_or_else(|| OptionError::ResolvesToNothing(s.to_string()))?;
     Ok((s.to_string(), addr))
 }
 
 /// Parses the `ready` option.
-pub fn parse_ready(s: &str) -> Result<Ready, String> {
+pub fn parse_ready(s: &str) -> Result<Ready, OptionError> {
     let s = s.trim();
     if s == "immediate" || s.is_empty() {
         Ok(Ready::Immediate)
@@ -242,7 +259,7 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
         Ok(Ready::Tcp(host_port(rest)?.1))
     } else if let Some(rest) = s.strip_prefix("unix:") {
         if rest.is_empty() {
-            return Err("ready = unix: needs a path".into());
+            return Err(OptionError::UnixNoPath);
         }
         Ok(Ready::Unix(PathBuf::from(rest)))
     } else if let Some(rest) = s.strip_prefix("http://") {
@@ -265,81 +282,101 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
             path: path.to_string(),
         })
     } else {
-        Err(format!(
-            "ready = {s:?}: expected immediate, tcp:HOST:PORT, unix:PATH, http://HOST:PORT/PATH or notify"
-        ))
+        Err(OptionError::Ready(s.to_string()))
     }
 }
 
-impl Settings {
+fn program(cli: &Cli) -> Result<Vec<String>, OptionError> {
+    let exec = if !cli.program.is_empty() {
+        cli.program.clone()
+    } else if let Some(e) = &cli.exec {
+        words::split(e).map_err(|source| OptionError::Exec {
+            exec: e.clone(),
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
+    if exec.is_empty() {
+        return Err(OptionError::NoProgram);
+    }
+    Ok(exec)
+}
+
+fn environment(entries: &[String]) -> Result<Vec<(String, String)>, OptionError> {
+    let mut env = Vec::new();
+    for kv in entries {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| OptionError::EnvNotKv(kv.clone()))?;
+        if k.is_empty() {
+            return Err(OptionError::EnvEmptyName(kv.clone()));
+        }
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(env)
+}
+
+fn reload_mode(opt: Option<&str>) -> Result<ReloadMode, OptionError> {
+    match opt.map(str::trim) {
+        None | Some("restart") => Ok(ReloadMode::Restart),
+        Some(r) => match r.strip_prefix("signal:") {
+            Some(sig) => Ok(ReloadMode::Signal(parse_signal(sig)?)),
+            None => Err(OptionError::Reload(r.to_string())),
+        },
+    }
+}
+
+fn exile_codes(opt: Option<&str>) -> Result<Vec<i32>, OptionError> {
+    opt.unwrap_or("")
+        .split([',', ' '])
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            c.trim()
+                .parse()
+                .map_err(|_| OptionError::ExileCode(c.to_string()))
+        })
+        .collect()
+}
+
+fn sos_backlog(opt: &Option<String>) -> Result<Option<u32>, OptionError> {
+    match opt {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(OptionError::SosBacklog(v.clone())),
+        },
+    }
+}
+
+/// A duration where zero means "off".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl Cli {
     /// Checks and converts the merged options.
-    pub fn from_cli(cli: &Cli) -> Result<Settings, String> {
-        let exec = if !cli.program.is_empty() {
-            cli.program.clone()
-        } else if let Some(e) = &cli.exec {
-            words::split(e).map_err(|err| format!("exec = {e:?}: {err}"))?
-        } else {
-            Vec::new()
-        };
-        if exec.is_empty() {
-            return Err("no program to run: give `-- PROGRAM [ARGS...]` or `exec = ...`".into());
-        }
-        let mut env = Vec::new();
-        for kv in &cli.env {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("env = {kv:?}: expected K=V"))?;
-            if k.is_empty() {
-                return Err(format!("env = {kv:?}: empty name"));
-            }
-            env.push((k.to_string(), v.to_string()));
-        }
-        let heartbeat = seconds(&cli.heartbeat, "heartbeat", Duration::ZERO)?;
-        let watchdog = seconds(&cli.watchdog, "watchdog", Duration::ZERO)?;
-        let ready_timeout = seconds(&cli.ready_timeout, "ready-timeout", Duration::ZERO)?;
-        let reload = match cli.reload.as_deref().map(str::trim) {
-            None | Some("restart") => ReloadMode::Restart,
-            Some(r) => match r.strip_prefix("signal:") {
-                Some(sig) => ReloadMode::Signal(parse_signal(sig)?),
-                None => return Err(format!("reload = {r:?}: expected restart or signal:NAME")),
-            },
-        };
-        let mut exile_codes = Vec::new();
-        for c in cli
-            .exile_codes
-            .as_deref()
-            .unwrap_or("")
-            .split([',', ' '])
-            .filter(|c| !c.trim().is_empty())
-        {
-            exile_codes.push(
-                c.trim()
-                    .parse()
-                    .map_err(|_| format!("exile-codes: {c:?} is not an exit code"))?,
-            );
-        }
-        let sos_backlog = match &cli.sos_backlog {
-            None => None,
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(0) => None,
-                Ok(n) => Some(n),
-                Err(_) => return Err(format!("sos-backlog = {v:?}: expected a count")),
-            },
-        };
+    pub fn settings(&self) -> Result<Settings, OptionError> {
+        let cli = self;
         Ok(Settings {
-            exec,
+            exec: program(cli)?,
             chdir: cli.chdir.clone(),
-            env,
+            env: environment(&cli.env)?,
             ready: parse_ready(cli.ready.as_deref().unwrap_or("immediate"))?,
-            heartbeat: (!heartbeat.is_zero()).then_some(heartbeat),
+            heartbeat: nonzero(seconds(&cli.heartbeat, "heartbeat", Duration::ZERO)?),
             stop_signal: parse_signal(cli.stop_signal.as_deref().unwrap_or("TERM"))?,
             stop_timeout: seconds(&cli.stop_timeout, "stop-timeout", Duration::from_secs(10))?,
-            reload,
-            exile_codes,
+            reload: reload_mode(cli.reload.as_deref())?,
+            exile_codes: exile_codes(cli.exile_codes.as_deref())?,
             loyal_after: seconds(&cli.loyal_after, "loyal-after", Duration::from_secs(2))?,
-            ready_timeout: (!ready_timeout.is_zero()).then_some(ready_timeout),
-            watchdog: (!watchdog.is_zero()).then_some(watchdog),
-            sos_backlog,
+            ready_timeout: nonzero(seconds(
+                &cli.ready_timeout,
+                "ready-timeout",
+                Duration::ZERO,
+            )?),
+            watchdog: nonzero(seconds(&cli.watchdog, "watchdog", Duration::ZERO)?),
+            sos_backlog: sos_backlog(&cli.sos_backlog)?,
             config_file: cli.config_file.clone(),
             probe_timeout: seconds(&cli.probe_timeout, "probe-timeout", Duration::from_secs(2))?,
             fork_base: boolean(&cli.fork_base, "fork-base")?,
@@ -362,7 +399,7 @@ mod tests {
         let mut cli =
             Cli::try_parse_from(["vassal-shim", "--env", "B=2", "--heartbeat", "7"]).unwrap();
         cli.merge_section(&ini.section(SECTION).unwrap());
-        let s = Settings::from_cli(&cli).unwrap();
+        let s = cli.settings().unwrap();
         assert_eq!(s.exec, vec!["python3", "-m", "http.server", "a b"]);
         assert_eq!(
             s.env,
@@ -381,7 +418,7 @@ mod tests {
     fn dash_dash_program_wins_over_exec() {
         let cli =
             Cli::try_parse_from(["vassal-shim", "--exec", "x", "--", "./app", "--flag"]).unwrap();
-        let s = Settings::from_cli(&cli).unwrap();
+        let s = cli.settings().unwrap();
         assert_eq!(s.exec, vec!["./app", "--flag"]);
         assert_eq!(s.ready, Ready::Immediate);
         assert_eq!(s.heartbeat, None);
@@ -422,7 +459,7 @@ mod tests {
         assert!(parse_signal("NOPE").is_err());
         let bad = |args: &[&str]| {
             let cli = Cli::try_parse_from(args).unwrap();
-            Settings::from_cli(&cli).unwrap_err()
+            cli.settings().unwrap_err().to_string()
         };
         assert!(bad(&["vassal-shim"]).contains("no program"));
         assert!(bad(&["vassal-shim", "--heartbeat", "x", "--", "a"]).contains("heartbeat"));
@@ -430,13 +467,13 @@ mod tests {
         assert!(bad(&["vassal-shim", "--reload", "x", "--", "a"]).contains("reload"));
         assert!(bad(&["vassal-shim", "--exile-codes", "a", "--", "a"]).contains("exile"));
         assert!(bad(&["vassal-shim", "--fork-base", "maybe", "--", "a"]).contains("fork-base"));
-        let ok = |args: &[&str]| Settings::from_cli(&Cli::try_parse_from(args).unwrap()).unwrap();
+        let ok = |args: &[&str]| Cli::try_parse_from(args).unwrap().settings().unwrap();
         assert!(!ok(&["vassal-shim", "--", "a"]).fork_base);
         assert!(ok(&["vassal-shim", "--fork-base", "yes", "--", "a"]).fork_base);
         let ini = Ini::parse("[vassal-shim]\nexec = a\nfork-base = true\n");
         let mut cli = Cli::try_parse_from(["vassal-shim"]).unwrap();
         cli.merge_section(&ini.section(SECTION).unwrap());
-        assert!(Settings::from_cli(&cli).unwrap().fork_base);
+        assert!(cli.settings().unwrap().fork_base);
         assert!(bad(&["vassal-shim", "--exec", "'a", "--ready", "immediate"]).contains("unclosed"));
     }
 }

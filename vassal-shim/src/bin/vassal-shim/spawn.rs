@@ -115,65 +115,92 @@ fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// Starts the program. Returns once it has exec'd (or failed to).
-pub fn spawn(spec: &SpawnSpec) -> io::Result<Program> {
-    let path_var = spec
-        .env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_os_str());
-    let prog = resolve_program(&spec.argv[0], path_var, spec.chdir.as_deref())?;
-    let prog_c = cstring(prog.as_os_str().as_bytes())?;
-    let argv_c: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| cstring(a.as_bytes()))
-        .collect::<io::Result<_>>()?;
-    let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
+/// argv, environment and working directory as the C strings `execve` takes, made before the
+/// fork (the child must not allocate).
+struct Exec {
+    prog: PathBuf,
+    prog_c: CString,
+    /// Owns the strings `argv_p` points into.
+    _argv_c: Vec<CString>,
+    argv_p: Vec<*const libc::c_char>,
+    /// Owns the `KEY=VALUE\0` buffers `env_p` points into.
+    _env_bufs: Vec<Vec<u8>>,
+    env_p: Vec<*const libc::c_char>,
+    /// Where the child writes its pid into the `LISTEN_PID=` entry (null without a listener).
+    listen_pid_ptr: *mut u8,
+    chdir_c: Option<CString>,
+}
 
-    // The environment as raw NUL-terminated buffers; LISTEN_PID gets room for the pid, which
-    // the child writes in after fork (it is only known there).
-    let mut env_bufs: Vec<Vec<u8>> = Vec::with_capacity(spec.env.len() + 1);
-    for (k, v) in &spec.env {
-        let mut b = Vec::with_capacity(k.len() + v.len() + 2);
-        b.extend_from_slice(k.as_bytes());
-        b.push(b'=');
-        b.extend_from_slice(v.as_bytes());
-        if b.contains(&0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "NUL byte in environment",
-            ));
+impl Exec {
+    fn new(spec: &SpawnSpec) -> io::Result<Exec> {
+        let path_var = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        let prog = resolve_program(&spec.argv[0], path_var, spec.chdir.as_deref())?;
+        let prog_c = cstring(prog.as_os_str().as_bytes())?;
+        let argv_c: Vec<CString> = spec
+            .argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+        argv_p.push(std::ptr::null());
+
+        // The environment as raw NUL-terminated buffers; LISTEN_PID gets room for the pid,
+        // which the child writes in after fork (it is only known there).
+        let mut env_bufs: Vec<Vec<u8>> = Vec::with_capacity(spec.env.len() + 1);
+        for (k, v) in &spec.env {
+            let mut b = Vec::with_capacity(k.len() + v.len() + 2);
+            b.extend_from_slice(k.as_bytes());
+            b.push(b'=');
+            b.extend_from_slice(v.as_bytes());
+            if b.contains(&0) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "NUL byte in environment",
+                ));
+            }
+            b.push(0);
+            env_bufs.push(b);
         }
-        b.push(0);
-        env_bufs.push(b);
+        let listen_pid_idx = if spec.listener.is_some() {
+            let mut b = b"LISTEN_PID=".to_vec();
+            b.extend_from_slice(&[0u8; 24]);
+            env_bufs.push(b);
+            Some(env_bufs.len() - 1)
+        } else {
+            None
+        };
+        let mut env_p: Vec<*const libc::c_char> =
+            env_bufs.iter().map(|b| b.as_ptr().cast()).collect();
+        env_p.push(std::ptr::null());
+        let listen_pid_ptr: *mut u8 = match listen_pid_idx {
+            Some(i) => env_bufs[i][11..].as_mut_ptr(),
+            None => std::ptr::null_mut(),
+        };
+        let chdir_c = spec
+            .chdir
+            .as_ref()
+            .map(|d| cstring(d.as_os_str().as_bytes()))
+            .transpose()?;
+        Ok(Exec {
+            prog,
+            prog_c,
+            _argv_c: argv_c,
+            argv_p,
+            _env_bufs: env_bufs,
+            env_p,
+            listen_pid_ptr,
+            chdir_c,
+        })
     }
-    let listen_pid_idx = if spec.listener.is_some() {
-        let mut b = b"LISTEN_PID=".to_vec();
-        b.extend_from_slice(&[0u8; 24]);
-        env_bufs.push(b);
-        Some(env_bufs.len() - 1)
-    } else {
-        None
-    };
-    let mut env_p: Vec<*const libc::c_char> = env_bufs.iter().map(|b| b.as_ptr().cast()).collect();
-    env_p.push(std::ptr::null());
-    let listen_pid_ptr: *mut u8 = match listen_pid_idx {
-        Some(i) => env_bufs[i][11..].as_mut_ptr(),
-        None => std::ptr::null_mut(),
-    };
+}
 
-    let chdir_c = spec
-        .chdir
-        .as_ref()
-        .map(|d| cstring(d.as_os_str().as_bytes()))
-        .transpose()?;
-
-    // Descriptors the child uses must not be 0 or 3, which it overwrites.
-    let devnull = std::fs::File::open("/dev/null")?;
-    let devnull = dup_at_least(devnull.as_raw_fd(), 4)?;
+/// A close-on-exec pipe whose write end is numbered at least 4 (the child overwrites 0 and 3).
+fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut pipe_fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -187,41 +214,11 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Program> {
         )
     };
     let wr = dup_at_least(wr0.as_raw_fd(), 4)?;
-    drop(wr0);
+    Ok((rd, wr))
+}
 
-    let parent = std::process::id() as libc::pid_t;
-    let listener = spec.listener;
-    let devnull_fd = devnull.as_raw_fd();
-    let wr_fd = wr.as_raw_fd();
-    let chdir_p = chdir_c.as_ref().map(|c| c.as_ptr());
-
-    // SAFETY: fork(2). The child only calls async-signal-safe functions (setpgid, prctl,
-    // getppid, sigprocmask, signal, dup2, fcntl, chdir, getpid, execve, write, _exit) on
-    // memory prepared before the fork, and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: we are the child of a fork; see above.
-        unsafe {
-            child(
-                parent,
-                listener,
-                devnull_fd,
-                wr_fd,
-                chdir_p,
-                listen_pid_ptr,
-                prog_c.as_ptr(),
-                argv_p.as_ptr(),
-                env_p.as_ptr(),
-            )
-        }
-    }
-    // Parent: also put the child in its own group (whichever runs first wins; both agree).
-    // SAFETY: setpgid on our own child.
-    unsafe { libc::setpgid(pid, pid) };
-    drop(wr);
+/// Reads the child's failure report (stage, errno) until EOF; `None` when it exec'd.
+fn read_report(rd: &OwnedFd) -> io::Result<Option<(i32, i32)>> {
     let mut report = [0u8; 8];
     let mut got = 0;
     while got < report.len() {
@@ -245,20 +242,65 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Program> {
         }
         got += n as usize;
     }
-    drop(devnull);
     if got == 0 {
-        return Ok(Program { pid });
+        return Ok(None);
     }
-    // The child failed and exits 127; it is reaped through SIGCHLD like any other.
     let stage = i32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
     let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    Ok(Some((stage, errno)))
+}
+
+/// Starts the program. Returns once it has exec'd (or failed to).
+pub fn spawn(spec: &SpawnSpec) -> io::Result<Program> {
+    let exec = Exec::new(spec)?;
+    // Descriptors the child uses must not be 0 or 3, which it overwrites.
+    let devnull = std::fs::File::open("/dev/null")?;
+    let devnull = dup_at_least(devnull.as_raw_fd(), 4)?;
+    let (rd, wr) = report_pipe()?;
+
+    let parent = std::process::id() as libc::pid_t;
+    let chdir_p = exec.chdir_c.as_ref().map(|c| c.as_ptr());
+
+    // SAFETY: fork(2). The child only calls async-signal-safe functions (setpgid, prctl,
+    // getppid, sigprocmask, signal, dup2, fcntl, chdir, getpid, execve, write, _exit) on
+    // memory prepared before the fork, and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of a fork; see above.
+        unsafe {
+            child(
+                parent,
+                spec.listener,
+                devnull.as_raw_fd(),
+                wr.as_raw_fd(),
+                chdir_p,
+                exec.listen_pid_ptr,
+                exec.prog_c.as_ptr(),
+                exec.argv_p.as_ptr(),
+                exec.env_p.as_ptr(),
+            )
+        }
+    }
+    // Parent: also put the child in its own group (whichever runs first wins; both agree).
+    // SAFETY: setpgid on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    drop(wr);
+    let report = read_report(&rd)?;
+    drop(devnull);
+    let Some((stage, errno)) = report else {
+        return Ok(Program { pid });
+    };
+    // The child failed and exits 127; it is reaped through SIGCHLD like any other.
     let what = match stage {
         STAGE_CHDIR => format!(
             "cannot chdir to {}",
             spec.chdir.as_deref().unwrap_or(Path::new("?")).display()
         ),
         STAGE_FDS => "cannot set up the inherited socket".to_string(),
-        _ => format!("cannot execute {}", prog.display()),
+        _ => format!("cannot execute {}", exec.prog.display()),
     };
     Err(io::Error::new(
         io::Error::from_raw_os_error(errno).kind(),

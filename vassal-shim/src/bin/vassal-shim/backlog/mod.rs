@@ -19,6 +19,9 @@
 //! * Only when the kernel has no TCP `sock_diag` does the TCP case fall back to
 //!   `/proc/net/tcp{,6}`, read into one reused buffer, at most [`PROC_CAP`] bytes per file.
 //!   (`/proc` has no unix accept-queue length, so unix listeners need `sock_diag`.)
+//!
+//! The netlink requests and answers are encoded and decoded by [`vassal_shim::wire`] (which
+//! says why that codec is hand-written).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -29,22 +32,15 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info};
 
 use vassal_shim::wire::{
-    inet_diag_rqueue, messages, parse_proc_tcp, u32_at, unix_diag_fields, unix_diag_vfs, Message,
-    NLMSG_HDRLEN, TCP_LISTEN,
+    inet_diag_rqueue, inet_request, messages, parse_proc_tcp, u32_at, unix_diag_fields,
+    unix_diag_vfs, unix_request, Message, REQ_MAX, SOCK_DIAG_BY_FAMILY, TCP_LISTEN,
+    UDIAG_SHOW_RQLEN, UDIAG_SHOW_VFS,
 };
 
 use crate::options::Ready;
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const UDIAG_SHOW_VFS: u32 = 0x02;
-const UDIAG_SHOW_RQLEN: u32 = 0x10;
-const INET_DIAG_REQ_BYTECODE: u16 = 1;
-const INET_DIAG_BC_S_GE: u8 = 2;
-const INET_DIAG_BC_S_LE: u8 = 3;
 /// Large enough for any one datagram of a dump (the kernel sizes dump parts to at most 32 KiB).
 const RECV_BUF: usize = 32 * 1024;
-/// The largest request: nlmsghdr (16) + inet_diag_req_v2 (56) + bytecode attribute (20).
-const REQ_MAX: usize = 92;
 /// At most this much of a `/proc/net/tcp{,6}` file is read by the fallback.
 pub const PROC_CAP: u64 = 1 << 20;
 
@@ -493,58 +489,6 @@ fn open_sock_diag() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Writes a nlmsghdr for a `len`-byte SOCK_DIAG_BY_FAMILY request into `req[..16]`.
-fn nl_header(req: &mut [u8], len: usize, dump: bool, seq: u32) {
-    let flags = libc::NLM_F_REQUEST | if dump { libc::NLM_F_DUMP } else { 0 };
-    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    req[12..16].copy_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-}
-
-/// A unix_diag request: a dump of listening sockets, or the socket with inode `ino`.
-fn unix_request(req: &mut [u8; REQ_MAX], seq: u32, dump: bool, ino: u32, show: u32) -> usize {
-    const LEN: usize = NLMSG_HDRLEN + 24;
-    nl_header(req, LEN, dump, seq);
-    let b = &mut req[NLMSG_HDRLEN..LEN];
-    b[0] = libc::AF_UNIX as u8; // sdiag_family
-    b[1] = 0; // sdiag_protocol
-    b[2..4].copy_from_slice(&0u16.to_ne_bytes()); // pad
-    b[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // udiag_states
-    b[8..12].copy_from_slice(&ino.to_ne_bytes()); // udiag_ino
-    b[12..16].copy_from_slice(&show.to_ne_bytes()); // udiag_show
-    b[16..24].copy_from_slice(&[0xff; 8]); // udiag_cookie: none
-    LEN
-}
-
-/// An inet_diag dump of listening TCP sockets of `family`, filtered in the kernel to local
-/// port `port` (bytecode: sport >= port && sport <= port).
-fn inet_request(req: &mut [u8; REQ_MAX], seq: u32, family: u8, port: u16) -> usize {
-    nl_header(req, REQ_MAX, true, seq);
-    let b = &mut req[NLMSG_HDRLEN..];
-    b.fill(0);
-    b[0] = family; // sdiag_family
-    b[1] = libc::IPPROTO_TCP as u8; // sdiag_protocol
-    b[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // idiag_states
-                                                                  // id (48 bytes) stays zero except the cookie: none.
-    b[48..56].copy_from_slice(&[0xff; 8]);
-    // Attribute INET_DIAG_REQ_BYTECODE: 4-byte header, two port comparisons of 8 bytes.
-    let a = &mut b[56..76];
-    a[0..2].copy_from_slice(&20u16.to_ne_bytes());
-    a[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    // op {code, yes, no}: "yes" steps to the next op, "no" jumps past the end (reject).
-    a[4] = INET_DIAG_BC_S_GE;
-    a[5] = 8;
-    a[6..8].copy_from_slice(&20u16.to_ne_bytes());
-    a[10..12].copy_from_slice(&port.to_ne_bytes());
-    a[12] = INET_DIAG_BC_S_LE;
-    a[13] = 8;
-    a[14..16].copy_from_slice(&12u16.to_ne_bytes());
-    a[18..20].copy_from_slice(&port.to_ne_bytes());
-    REQ_MAX
-}
-
 /// The (kernel-encoded device, inode) of the file at `path`, as unix_diag reports a bound
 /// socket's file (the inode truncated to 32 bits, like the kernel's field).
 fn file_id(path: &Path) -> Option<(u32, u32)> {
@@ -586,200 +530,4 @@ pub fn socket_inode(fd: RawFd) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::time::{Duration, Instant};
-
-    /// Runs one measurement to its end, waiting for the netlink answer with poll(2) and a
-    /// deadline (the meter itself never waits).
-    fn measure(m: &mut Meter) -> Option<u32> {
-        match m.start() {
-            Progress::Done(r) => return r,
-            Progress::Pending => {}
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(r) = m.on_readable() {
-                return r;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no netlink answer within 10 s");
-            let mut pfd = libc::pollfd {
-                fd: m.raw_fd().unwrap(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll(2) on one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
-        }
-    }
-
-    #[test]
-    fn netlink_socket_is_opened_when_needed_nonblocking_and_cloexec() {
-        let mut m = Meter::new();
-        assert_eq!(m.set_watch(None), None);
-        let t = TcpListener::bind("127.0.0.1:0").unwrap();
-        assert_eq!(
-            m.set_watch(Watch::held(t.as_raw_fd())),
-            None,
-            "TCP_INFO needs none"
-        );
-        assert_eq!(m.raw_fd(), None);
-        let dir = tempfile::tempdir().unwrap();
-        let l = UnixListener::bind(dir.path().join("x")).unwrap();
-        let fd = m
-            .set_watch(Watch::held(l.as_raw_fd()))
-            .expect("NETLINK_SOCK_DIAG is available here");
-        assert_eq!(m.raw_fd(), Some(fd));
-        assert_eq!(m.set_watch(Watch::held(l.as_raw_fd())), None, "opened once");
-        // SAFETY: F_GETFL / F_GETFD read flags of our own descriptor.
-        let (fl, fdfl) = unsafe {
-            (
-                libc::fcntl(fd, libc::F_GETFL),
-                libc::fcntl(fd, libc::F_GETFD),
-            )
-        };
-        assert_ne!(fl & libc::O_NONBLOCK, 0);
-        assert_ne!(fdfl & libc::FD_CLOEXEC, 0);
-        // Nothing asked, nothing queued: returns at once without a result.
-        assert_eq!(m.on_readable(), None);
-        // A request returns before its answer is read.
-        assert_eq!(m.start(), Progress::Pending);
-        assert_eq!(measure(&mut m), Some(0));
-    }
-
-    #[test]
-    fn held_tcp_listener() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let mut m = Meter::new();
-        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
-        assert_eq!(m.watch(), Some(&Watch::HeldTcp(l.as_raw_fd())));
-        assert_eq!(measure(&mut m), Some(0));
-        let _c: Vec<TcpStream> = (0..3)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        assert_eq!(measure(&mut m), Some(3));
-    }
-
-    #[test]
-    fn tcp_port_through_netlink_and_proc() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        // Another listener: the kernel filter must leave it out.
-        let other = TcpListener::bind("127.0.0.1:0").unwrap();
-        let other_port = other.local_addr().unwrap().port();
-        let _o: Vec<TcpStream> = (0..5)
-            .map(|_| TcpStream::connect(("127.0.0.1", other_port)).unwrap())
-            .collect();
-        let mut m = Meter::new();
-        let _ = m.set_watch(Some(Watch::TcpPort(port)));
-        assert_eq!(measure(&mut m), Some(0));
-        let _c: Vec<TcpStream> = (0..3)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        assert_eq!(measure(&mut m), Some(3));
-        assert!(m.inet_diag, "answered by netlink, not /proc");
-        // The fallback gives the same answer.
-        m.inet_diag = false;
-        assert_eq!(measure(&mut m), Some(3));
-        assert!(m.proc_text.len() as u64 <= PROC_CAP);
-        // No listener on the port: nothing measured.
-        drop(l);
-        m.inet_diag = true;
-        assert_eq!(measure(&mut m), None);
-    }
-
-    #[test]
-    fn tcp_port_sees_ipv6_listeners() {
-        let Ok(l) = TcpListener::bind("[::1]:0") else {
-            return; // no IPv6 loopback on this machine
-        };
-        let port = l.local_addr().unwrap().port();
-        let mut m = Meter::new();
-        let _ = m.set_watch(Some(Watch::TcpPort(port)));
-        let _c: Vec<TcpStream> = (0..2)
-            .map(|_| TcpStream::connect(("::1", port)).unwrap())
-            .collect();
-        assert_eq!(measure(&mut m), Some(2));
-    }
-
-    #[test]
-    fn held_unix_listener() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.sock");
-        let l = UnixListener::bind(&path).unwrap();
-        let mut m = Meter::new();
-        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
-        assert_eq!(
-            m.watch(),
-            Some(&Watch::UnixInode(socket_inode(l.as_raw_fd()).unwrap()))
-        );
-        assert_eq!(measure(&mut m), Some(0));
-        let _c: Vec<UnixStream> = (0..2)
-            .map(|_| UnixStream::connect(&path).unwrap())
-            .collect();
-        assert_eq!(measure(&mut m), Some(2));
-        assert_eq!(tcp_listener(l.as_raw_fd()), None);
-    }
-
-    #[test]
-    fn unix_path_is_found_once_then_cached_and_found_again_after_a_rebind() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("app.sock");
-        // Another listener whose queue must not be mistaken for the watched one.
-        let other_path = dir.path().join("other.sock");
-        let _other = UnixListener::bind(&other_path).unwrap();
-        let _o: Vec<UnixStream> = (0..4)
-            .map(|_| UnixStream::connect(&other_path).unwrap())
-            .collect();
-        let mut m = Meter::new();
-        let _ = m.set_watch(Some(Watch::UnixPath(path.clone())));
-        assert_eq!(measure(&mut m), None, "nothing bound yet");
-        assert_eq!(m.found_inode(), None);
-
-        let l = UnixListener::bind(&path).unwrap();
-        let ino = socket_inode(l.as_raw_fd()).unwrap();
-        let c1: Vec<UnixStream> = (0..3)
-            .map(|_| UnixStream::connect(&path).unwrap())
-            .collect();
-        assert_eq!(measure(&mut m), Some(3));
-        assert_eq!(m.found_inode(), Some(ino));
-        // Cached: the next measurement is the exact lookup of that inode.
-        assert!(matches!(m.start(), Progress::Pending));
-        assert!(matches!(m.query, Some(Query::UnixInode { .. })));
-        assert_eq!(measure(&mut m), Some(3));
-
-        // The program re-binds the path (same process, no restart seen by the meter).
-        drop(c1);
-        drop(l);
-        std::fs::remove_file(&path).unwrap();
-        let l2 = UnixListener::bind(&path).unwrap();
-        let _c2: Vec<UnixStream> = (0..2)
-            .map(|_| UnixStream::connect(&path).unwrap())
-            .collect();
-        // The old inode is gone: one miss, then the new socket is found.
-        assert_eq!(measure(&mut m), None);
-        assert_eq!(m.found_inode(), None);
-        assert_eq!(measure(&mut m), Some(2));
-        assert_eq!(m.found_inode(), socket_inode(l2.as_raw_fd()));
-        // A program start forgets the cache.
-        let _ = m.set_watch(Some(Watch::UnixPath(path.clone())));
-        assert_eq!(m.found_inode(), None);
-    }
-
-    #[test]
-    fn an_unanswered_request_is_dropped_and_its_late_answer_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.sock");
-        let l = UnixListener::bind(&path).unwrap();
-        let mut m = Meter::new();
-        let _ = m.set_watch(Watch::held(l.as_raw_fd()));
-        assert_eq!(m.start(), Progress::Pending);
-        // Its answer stays queued while the next measurement starts (the backlog changes).
-        let _c = UnixStream::connect(&path).unwrap();
-        assert_eq!(measure(&mut m), Some(1), "the stale answer said 0");
-    }
-}
+mod tests;
