@@ -52,42 +52,6 @@ pub struct Started {
     pub config: Option<UnixStream>,
 }
 
-/// The launcher of the runtime's direct spawn path: [`Spawner`] implements it. The fork-server
-/// client and the start-hook wrapper do not go through it; [`launcher::Launcher`] is the one
-/// trait all three implement.
-pub trait Launcher: std::fmt::Debug {
-    /// Starts `plan`.
-    fn launch(&mut self, plan: &Plan) -> Result<Started, SpawnError>;
-
-    /// Starts `plan` with per-vassal isolation (namespaces, capabilities, tyrant credentials);
-    /// a launcher that cannot apply a non-empty `setup` refuses instead of ignoring it.
-    fn launch_isolated(
-        &mut self,
-        plan: &Plan,
-        setup: &isolation::ChildSetup,
-    ) -> Result<Started, SpawnError> {
-        if setup.is_empty() {
-            self.launch(plan)
-        } else {
-            Err(SpawnError::Unsupported)
-        }
-    }
-}
-
-impl Launcher for Spawner {
-    fn launch(&mut self, plan: &Plan) -> Result<Started, SpawnError> {
-        self.spawn(plan)
-    }
-
-    fn launch_isolated(
-        &mut self,
-        plan: &Plan,
-        setup: &isolation::ChildSetup,
-    ) -> Result<Started, SpawnError> {
-        self.spawn_with(plan, setup)
-    }
-}
-
 /// The direct launcher: the process runs once `launch` returns.
 impl launcher::Launcher for Spawner {
     fn launch(
