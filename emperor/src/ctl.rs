@@ -254,7 +254,7 @@ fn command(
         let doc = parse_stats(stats, &fetch_stats(stats)?)?;
         check_vassal(&doc, name, stats)?;
     }
-    let packet = crate::command::encode(cmd, name, msg).map_err(|e| CtlError::Encode {
+    let packet = crate::io::command::encode(cmd, name, msg).map_err(|e| CtlError::Encode {
         message: e.to_string(),
     })?;
     send(addr, &packet)?;
@@ -266,7 +266,7 @@ fn command(
 }
 
 fn is_inet(addr: &str) -> bool {
-    crate::ondemand::is_tcp(addr)
+    crate::io::ondemand::is_tcp(addr)
 }
 
 fn inet_addr(addr: &str) -> String {

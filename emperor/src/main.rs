@@ -2,9 +2,9 @@
 
 use std::io::IsTerminal;
 
-use emperor::options::{Options, OptionsError};
+use emperor::config::options::{Options, OptionsError};
+use emperor::io::Runtime;
 use emperor::process::{self, Identity};
-use emperor::runtime::Runtime;
 use emperor::sanitize::esc;
 
 fn main() {
@@ -41,7 +41,7 @@ fn parse_options() -> Options {
     };
     if opts.all_monitors().is_empty() {
         // A usage error like any other: clap's format and exit status (2).
-        emperor::options::command()
+        emperor::config::options::command()
             .error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "no monitor given: pass a vassal directory or glob (e.g. `emperor /etc/uwsgi/vassals`), \

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use crate::options::Options;
+use crate::config::options::Options;
 
 mod error;
 

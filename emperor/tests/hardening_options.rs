@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::ArgAction;
 use common::*;
-use emperor::options::{command, IniNoteKind, Options, IGNORED_KEYS};
+use emperor::config::options::{command, IniNoteKind, Options, IGNORED_KEYS};
 
 /// A valid value for every option that takes one (by its long name).
 const SAMPLES: &[(&str, &str)] = &[

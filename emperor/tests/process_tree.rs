@@ -78,14 +78,14 @@ fn write_forking_vassal(dir: &Path, work: &Path, tag: &str, plain: u32, escaped:
 /// `0::PATH` of `/proc/PID/cgroup`.
 fn cgroup_of(pid: i32) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    emperor::cgroup::v2_path(&s).map(str::to_string)
+    emperor::spawn::cgroup::v2_path(&s).map(str::to_string)
 }
 
 /// The cgroup v2 mount point, when this test may create cgroups (root); `None` (with a note)
 /// otherwise.
 fn cgroup_mount() -> Option<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let m = emperor::cgroup::cgroup2_mount(&mi);
+    let m = emperor::spawn::cgroup::cgroup2_mount(&mi);
     if m.is_none() || !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root and a cgroup v2 file system (found {m:?})");
         return None;

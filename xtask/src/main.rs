@@ -17,7 +17,7 @@ mod shim_options;
 
 /// `emperor(1)`.
 fn emperor() -> Command {
-    emperor::options::Options::command()
+    emperor::config::options::Options::command()
 }
 
 /// `emperor-ctl(1)`: `emperor ctl`, titled as its own page.

@@ -2,7 +2,7 @@
 //! A command-socket datagram: never panics; a request that parses is encoded back by
 //! `emperor ctl`'s encoder into a datagram that parses to the same request.
 
-use emperor::command::{encode, parse};
+use emperor::io::command::{encode, parse};
 use emperor::core::VassalCommand;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use emperor::options::{expand_magic, read_ini_files, MAX_VALUE_LEN};
+use emperor::config::options::{expand_magic, read_ini_files, MAX_VALUE_LEN};
 use libfuzzer_sys::fuzz_target;
 
 /// One file per process, rewritten for every input (an `ini = ...` include may name it).

@@ -31,16 +31,16 @@ pub enum RunError {
     Stats(#[from] super::stats::BindError),
     /// The command socket cannot be bound (the message names it).
     #[error(transparent)]
-    Command(#[from] crate::command::CommandSocketError),
+    Command(#[from] crate::io::command::CommandSocketError),
     /// `--emperor-use-clone` or `--emperor-cap` is not understood (the message says which).
     #[error(transparent)]
     Isolation(#[from] crate::spawn::isolation::IsolationError),
     /// `--emperor-process-tree` is not understood.
     #[error(transparent)]
-    ProcessTree(#[from] crate::cgroup::ParseModeError),
+    ProcessTree(#[from] crate::spawn::cgroup::ParseModeError),
     /// The process tree (cgroups) cannot be set up (the message says what to do).
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
+    Cgroup(#[from] crate::spawn::cgroup::CgroupError),
     /// The pidfile cannot be written.
     #[error("cannot write pidfile {}: {err}", path.display())]
     Pidfile {
@@ -51,7 +51,7 @@ pub enum RunError {
     },
     /// The fork-server options cannot be applied (the message says what to do).
     #[error(transparent)]
-    ForkServer(#[from] crate::forkserver::ForkError),
+    ForkServer(#[from] crate::io::forkserver::ForkError),
 }
 
 impl RunError {

@@ -5,11 +5,11 @@
 //! is reported as [`Output::Started`]; a spawn that cannot run as `Event::SpawnFailed`.
 
 use super::source::{Cx, Output, Started};
-use crate::cgroup::Tree;
 use crate::core::{Event, SpawnRequest};
-use crate::forkserver::ForkClient;
-use crate::hooks::Hooks;
-use crate::ondemand::OnDemand;
+use crate::io::forkserver::ForkClient;
+use crate::io::hooks::Hooks;
+use crate::io::ondemand::OnDemand;
+use crate::spawn::cgroup::Tree;
 use crate::spawn::launcher::{Job, Launched, Launcher, Via};
 use crate::spawn::plan::{self, Settings};
 use crate::spawn::Spawner;
@@ -143,9 +143,9 @@ mod tests {
             },
             initgroups: false,
             // Process groups: no cgroup is made for a test.
-            tree: Tree::setup(crate::cgroup::Mode::Pgroup).unwrap(),
+            tree: Tree::setup(crate::spawn::cgroup::Mode::Pgroup).unwrap(),
             fork: None,
-            hooks: Hooks::new(crate::hooks::HookConfig::default()),
+            hooks: Hooks::new(crate::io::hooks::HookConfig::default()),
         }
     }
 

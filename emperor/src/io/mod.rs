@@ -38,8 +38,8 @@ use registry::Tokens;
 use source::{Cx, Output};
 use sources::Sources;
 
+use crate::config::options::Options;
 use crate::core::Core;
-use crate::options::Options;
 
 /// Starts performed per turn of the event loop. Each start waits for its child's `execve` (a
 /// few ms when hundreds of vassals start at once on a busy machine), so a directory of hundreds
@@ -107,7 +107,7 @@ impl Runtime {
     }
 
     /// About to run as `uid`:`gid`: hands it what the emperor keeps using as that user, the
-    /// vassal cgroups (see [`crate::cgroup::Tree::hand_over`]) and the command socket file.
+    /// vassal cgroups (see [`crate::spawn::cgroup::Tree::hand_over`]) and the command socket file.
     pub fn hand_over_to(&self, uid: u32, gid: u32) {
         self.src.exec.tree.hand_over(uid, gid);
         if let Some(c) = &self.src.command {

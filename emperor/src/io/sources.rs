@@ -16,9 +16,9 @@ use super::parent::Parent;
 use super::signals::Signals;
 use super::source::Cx;
 use super::stats::StatsServer;
+use crate::config::options::Options;
 use crate::core::CoreConfig;
 use crate::monitor::{parse_monitor, Scanner};
-use crate::options::Options;
 use crate::spawn::plan::Settings;
 use crate::spawn::{vassal_env, ArgvConfig, Spawner};
 use crate::stats::ProcessInfo;
@@ -43,9 +43,9 @@ pub struct Sources {
     /// systemd's notification socket.
     pub notify: Option<Notifier>,
     /// The command socket.
-    pub command: Option<crate::command::CommandSocket>,
+    pub command: Option<crate::io::command::CommandSocket>,
     /// On-demand listeners.
-    pub ondemand: crate::ondemand::OnDemand,
+    pub ondemand: crate::io::ondemand::OnDemand,
     /// The spawn executor and its launchers.
     pub exec: Executor,
     /// A child may have exited: reap at the end of the turn.
@@ -67,7 +67,7 @@ pub fn core_config(opts: &Options) -> CoreConfig {
         reload_mercy: Duration::from_secs(opts.reload_mercy),
         seed: seed(),
         tyrant: opts.tyrant,
-        activation: crate::ondemand::activation_config(opts),
+        activation: crate::io::ondemand::activation_config(opts),
         start_hook: opts.vassals_start_hook.is_some(),
     }
 }
@@ -100,7 +100,7 @@ impl Sources {
             None => None,
         };
         let command = match &opts.command_socket {
-            Some(addr) => Some(crate::command::CommandSocket::bind(
+            Some(addr) => Some(crate::io::command::CommandSocket::bind(
                 addr,
                 &cwd,
                 opts.command_allow_udp,
@@ -138,7 +138,7 @@ impl Sources {
             parent: None,
             notify: Notifier::from_env(),
             command,
-            ondemand: crate::ondemand::OnDemand::new(opts),
+            ondemand: crate::io::ondemand::OnDemand::new(opts),
             exec,
             reap_needed: false,
             pidfile: opts.pidfile.clone(),
@@ -184,14 +184,14 @@ fn executor(opts: &Options, cwd: &std::path::Path) -> Result<Executor, RunError>
         inherit: opts.vassals_inherit.clone(),
         include: opts.vassals_include.clone(),
     };
-    let isolation = crate::isolation::Isolation::new(
+    let isolation = crate::spawn::isolation::Isolation::new(
         opts.emperor_use_clone.as_deref(),
         opts.emperor_cap.as_deref(),
     )?;
-    let mode: crate::cgroup::Mode = opts.process_tree.parse()?;
-    let tree = crate::cgroup::Tree::setup(mode)?;
-    let fork = crate::forkserver::ForkClient::setup(opts, cwd)?;
-    let hooks = crate::hooks::Hooks::new(crate::hooks::HookConfig {
+    let mode: crate::spawn::cgroup::Mode = opts.process_tree.parse()?;
+    let tree = crate::spawn::cgroup::Tree::setup(mode)?;
+    let fork = crate::io::forkserver::ForkClient::setup(opts, cwd)?;
+    let hooks = crate::io::hooks::Hooks::new(crate::io::hooks::HookConfig {
         start: opts.vassals_start_hook.clone(),
         stop: opts.vassals_stop_hook.clone(),
         exec_as_vassal: opts.exec_as_vassal.clone(),

@@ -117,7 +117,7 @@ pub fn plan(
         None => uwsgi_command(&s.argv, &req, path, &cwd).map_err(PlanError::NotFound)?,
     };
     let (programs, argv) =
-        crate::hooks::wrap_exec_as_vassal(&s.exec_as_vassal, &req.name, programs, argv);
+        crate::io::hooks::wrap_exec_as_vassal(&s.exec_as_vassal, &req.name, programs, argv);
     let mut env = s.env.clone();
     // Broodlord: a zerg learns its number (uWSGI's UWSGI_BROODLORD_NUM).
     if let Some(n) = req.zerg {

@@ -37,7 +37,7 @@
 //! ```no_run
 //! use std::time::Instant;
 //! use emperor::core::{Inc, SpawnRequest, VassalId};
-//! use emperor::forkserver::ForkClient;
+//! use emperor::io::forkserver::ForkClient;
 //! use emperor::io::registry::{Owner, Tokens};
 //! use emperor::io::source::{Cx, Output};
 //! use emperor::spawn::Plan;
@@ -109,8 +109,8 @@ pub use self::error::ForkError;
 pub use self::topology::{adoption_argv, classify, owner_of, Topology};
 use super::registry::Owner;
 use super::source::{Cx, Output, Started};
+use crate::config::options::Options;
 use crate::core::{Event, ExitKind, Inc, SpawnRequest};
-use crate::options::Options;
 use crate::spawn::launcher::{Job, Launched, Launcher};
 use crate::spawn::{Plan, SpawnError};
 

@@ -124,7 +124,7 @@ fn options_from_the_command_line_and_ini() {
          exec-as-vassal = true\nexec-as-vassal = echo 2\nemperor-use-clone = net,pid\n",
     )
     .unwrap();
-    let o = crate::options::Options::parse_from_args([
+    let o = crate::config::options::Options::parse_from_args([
         "emperor".as_ref(),
         "--ini".as_ref(),
         ini.as_os_str(),
@@ -141,7 +141,7 @@ fn options_from_the_command_line_and_ini() {
     assert_eq!(o.vassals_start_hook.as_deref(), Some("/bin/s"));
     assert_eq!(o.exec_as_emperor, ["echo"]);
     use clap::CommandFactory;
-    let help = crate::options::Options::command()
+    let help = crate::config::options::Options::command()
         .render_long_help()
         .to_string();
     for opt in [

@@ -35,8 +35,8 @@ use super::addr::{self, AddrError, BindAddr};
 pub use super::addr::{is_inet as is_tcp, MAX_UNIX_PATH};
 use super::registry::Owner;
 use super::source::Cx;
+use crate::config::options::Options;
 use crate::core::{ActivationConfig, Event, OnDemandAction, OnDemandEvent, VassalId};
-use crate::options::Options;
 
 /// How long an `--emperor-on-demand-exec` command may take to print the socket name.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
