@@ -106,8 +106,10 @@ fn command_events_act_and_failures_change_nothing() {
     let a = h.ev(cmd(VassalCommand::Spawn, "app.ini"));
     assert!(spawn_of(&a).is_some(), "{a:?}");
     assert_eq!(
-        h.core.command(h.now, VassalCommand::Reset, "x.ini"),
-        Err("no vassal named x.ini".to_string())
+        h.cmd(VassalCommand::Reset, "x.ini").0,
+        Err(CommandError::NoSuchVassal {
+            name: "x.ini".into()
+        })
     );
 }
 

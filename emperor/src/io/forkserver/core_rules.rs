@@ -1,6 +1,8 @@
 //! The core rules an asynchronous start (fork-server adoption) relies on.
 
-use crate::core::{Action, Control, Core, CoreConfig, Entry, Event, ExitKind, FileStamp, Inc};
+use crate::core::{
+    Action, Control, Core, CoreConfig, Entry, Event, ExitKind, FileStamp, Inc, SpawnFailure,
+};
 use std::time::{Duration, Instant};
 use uwsgi_proto::EmperorMsg;
 
@@ -100,7 +102,7 @@ fn shutdown_waits_for_a_start_in_flight() {
         now,
         Event::SpawnFailed {
             inc,
-            reason: "no fork server".into(),
+            reason: SpawnFailure::executor(std::io::Error::other("no fork server")),
         },
     );
     assert!(drain(&mut core).contains(&Action::Exit));

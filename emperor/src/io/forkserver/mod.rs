@@ -94,7 +94,6 @@ mod tests;
 mod topology;
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -110,7 +109,7 @@ pub use self::topology::{adoption_argv, classify, owner_of, Topology};
 use super::registry::Owner;
 use super::source::{Cx, Output, Started};
 use crate::config::options::Options;
-use crate::core::{Event, ExitKind, Inc, SpawnRequest};
+use crate::core::{Event, ExitKind, Inc, SpawnFailure, SpawnRequest};
 use crate::spawn::launcher::{Job, Launched, Launcher};
 use crate::spawn::{Plan, SpawnError};
 
@@ -411,7 +410,7 @@ impl ForkClient {
                     p.abandon(cx);
                     cx.core(Event::SpawnFailed {
                         inc,
-                        reason: e.to_string(),
+                        reason: SpawnFailure::executor(e),
                     });
                 }
             }
@@ -549,9 +548,7 @@ impl Launcher for ForkClient {
         };
         match started {
             Ok(()) => Ok(Launched::Pending),
-            // `SpawnError` has no variant of its own for a launcher's failure: the typed
-            // error travels inside the `io::Error` (its message is the `ForkError`'s).
-            Err(e) => Err(SpawnError::Io(io::Error::other(e))),
+            Err(e) => Err(SpawnError::Launcher(Box::new(e))),
         }
     }
 }

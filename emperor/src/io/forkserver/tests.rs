@@ -128,7 +128,10 @@ fn drive_until_done(lp: &mut TestLoop, c: &mut ForkClient) -> Vec<Done> {
                     cwd: s.cwd,
                 }
             }
-            Output::Core(Event::SpawnFailed { inc, reason }) => Done::Failed { inc, reason },
+            Output::Core(Event::SpawnFailed { inc, reason }) => Done::Failed {
+                inc,
+                reason: reason.to_string(),
+            },
             other => panic!("{other:?}"),
         })
         .collect()
