@@ -149,11 +149,10 @@ impl Executor {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
-    use std::time::Instant;
 
     use super::*;
     use crate::core::{Inc, VassalId};
-    use crate::io::registry::Tokens;
+    use crate::io::test_loop::TestLoop;
 
     fn executor(path: &Path) -> Executor {
         Executor {
@@ -182,23 +181,15 @@ mod tests {
     }
 
     fn run(e: &mut Executor, r: SpawnRequest, dir: &Path) -> Vec<Output> {
-        let poll = mio::Poll::new().unwrap();
-        let mut tokens = Tokens::new();
-        let mut out = Vec::new();
-        let mut cx = Cx {
-            now: Instant::now(),
-            registry: poll.registry(),
-            tokens: &mut tokens,
-            out: &mut out,
-        };
+        let mut lp = TestLoop::new();
         let mut ondemand = OnDemand::default();
         let x = Ctx {
             ondemand: &mut ondemand,
             me: (1000, 1000),
             cwd: dir.to_path_buf(),
         };
-        e.spawn(r, x, &mut cx);
-        out
+        e.spawn(r, x, &mut lp.cx());
+        lp.take()
     }
 
     #[test]

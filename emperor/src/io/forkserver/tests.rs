@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use forkserver_proto::{parent_of, Pid};
 
 use super::*;
-use crate::io::hooks::test_loop::TestLoop;
 use crate::io::registry::Owner;
 use crate::io::source::Output;
+use crate::io::test_loop::TestLoop;
 use crate::spawn::isolation::ChildSetup;
 
 #[test]
