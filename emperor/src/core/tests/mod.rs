@@ -3,6 +3,7 @@
 use super::*;
 
 mod activation;
+mod adoption;
 mod events;
 mod lifecycle;
 mod tyrant;

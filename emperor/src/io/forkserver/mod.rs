@@ -86,8 +86,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#[cfg(test)]
-mod core_rules;
 mod error;
 #[cfg(test)]
 mod tests;
@@ -247,11 +245,7 @@ impl ForkClient {
     /// True when the vassal `name` (config `key`) starts through the fork server, false for a
     /// fork base (matched by instance name, file name or full path).
     pub fn handles(&self, name: &str, key: &str) -> bool {
-        let file = Path::new(key).file_name().and_then(|f| f.to_str());
-        !self
-            .bases
-            .iter()
-            .any(|b| b == name || b == key || Some(b.as_str()) == file)
+        crate::spawn::plan::forked(&self.bases, name, key)
     }
 
     /// Starts the request for `req` (argv from `plan`, with an absolute config path; a config
