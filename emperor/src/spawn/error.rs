@@ -105,5 +105,8 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.os_error().unwrap().raw_os_error(), Some(libc::EPERM));
+        let e = SpawnError::Launcher(Box::new(io::Error::other("the fork server is busy")));
+        assert_eq!(e.to_string(), "the fork server is busy");
+        assert!(e.os_error().is_none());
     }
 }
