@@ -101,13 +101,6 @@ impl Vassal {
 }
 
 impl Core {
-    /// Enables on-demand, wait-for-command and broodlord (before the first scan);
-    /// [`CoreConfig::activation`](super::CoreConfig::activation) does the same.
-    #[doc(hidden)]
-    pub fn set_activation(&mut self, cfg: ActivationConfig) {
-        self.cfg.activation = cfg;
-    }
-
     /// The activation settings.
     pub fn activation(&self) -> &ActivationConfig {
         &self.cfg.activation

@@ -103,19 +103,9 @@ impl Core {
         }
     }
 
-    /// Applies a per-vassal command to the vassal named (or keyed) `name`; returns what
-    /// happened (logged), or why nothing did (not logged: the caller does).
-    #[doc(hidden)]
-    pub fn command(
-        &mut self,
-        now: Instant,
-        cmd: VassalCommand,
-        name: &str,
-    ) -> Result<String, String> {
-        self.run_command(now, cmd, name).map_err(|e| e.to_string())
-    }
-
-    /// [`Core::command`] with a typed error.
+    /// Applies a per-vassal command ([`Event::Command`]) to the vassal named (or keyed)
+    /// `name`; returns what happened (logged), or why nothing did (not logged: the caller
+    /// does).
     pub(super) fn run_command(
         &mut self,
         now: Instant,

@@ -7,8 +7,8 @@ use tracing::{info, warn};
 use uwsgi_proto::EmperorMsg;
 
 use super::garbage::{WARN_BURST, WARN_INTERVAL};
-use super::tyrant::{is_root_owned, refusal};
-use super::{spawn_request, Action, Control, Core, Inc, State, VassalCommand};
+use super::tyrant::is_root_owned;
+use super::{spawn_request, Action, Control, Core, Inc, SpawnFailure, State, VassalCommand};
 
 impl Core {
     /// What a signal asks of the core: INT/TERM/QUIT shut down, HUP reloads every vassal,
@@ -97,12 +97,17 @@ impl Core {
         s.hook_pending = false;
         let gone = s.gone;
         let reason = if shutting {
-            "not started after its start hook: the emperor is shutting down".to_string()
+            SpawnFailure::ShuttingDown
         } else if gone {
-            "not started after its start hook: its config is gone".to_string()
+            SpawnFailure::ConfigGone
         } else if tyrant && is_root_owned(v.uid, v.gid) {
             // Chowned to root while its hook ran.
-            refusal(&v.name, &v.key, v.uid, v.gid)
+            SpawnFailure::RootOwned {
+                name: v.name.clone(),
+                key: v.key.clone(),
+                uid: v.uid,
+                gid: v.gid,
+            }
         } else {
             let req = spawn_request(tyrant, v, inc, false);
             self.actions.push_back(Action::Spawn(req));

@@ -161,8 +161,8 @@ pub enum Event {
     SpawnFailed {
         /// The incarnation from [`Action::Spawn`].
         inc: Inc,
-        /// Human readable reason, including what to do.
-        reason: String,
+        /// Why, including what to do.
+        reason: SpawnFailure,
     },
     /// A byte from a vassal channel.
     Message {
@@ -487,6 +487,7 @@ pub use backoff::Backoff;
 pub use command::{CommandError, VassalCommand};
 use record::{dec_time, enc_time, set_state, spawn_request, Line, NO_TIME};
 pub use record::{state, ChannelState, State, Vassal};
+pub use spawn::SpawnFailure;
 pub use tyrant::{is_root_owned, refusal};
 
 #[cfg(test)]

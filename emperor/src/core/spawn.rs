@@ -2,6 +2,65 @@
 
 use super::*;
 
+/// Why a start did not happen ([`Event::SpawnFailed`]): decided by the core after a start
+/// hook, or the executor's error. Displayed as the reason in the "cannot start vassal" line.
+#[derive(Clone, Debug)]
+pub enum SpawnFailure {
+    /// The emperor began shutting down while the start hook ran.
+    ShuttingDown,
+    /// The vassal's config went away while the start hook ran.
+    ConfigGone,
+    /// Tyrant mode: the config became owned by root while the start hook ran.
+    RootOwned {
+        /// The instance name.
+        name: String,
+        /// The config's key (path).
+        key: String,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+    },
+    /// The executor could not start the process (plan, launcher or fork server error).
+    Executor(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl SpawnFailure {
+    /// The executor's error `e`.
+    pub fn executor(e: impl std::error::Error + Send + Sync + 'static) -> SpawnFailure {
+        SpawnFailure::Executor(Arc::new(e))
+    }
+}
+
+impl fmt::Display for SpawnFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnFailure::ShuttingDown => {
+                f.write_str("not started after its start hook: the emperor is shutting down")
+            }
+            SpawnFailure::ConfigGone => {
+                f.write_str("not started after its start hook: its config is gone")
+            }
+            SpawnFailure::RootOwned {
+                name,
+                key,
+                uid,
+                gid,
+            } => f.write_str(&refusal(name, key, *uid, *gid)),
+            SpawnFailure::Executor(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SpawnFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpawnFailure::Executor(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
 impl Core {
     pub(super) fn start(&mut self, now: Instant, id: VassalId) {
         if self.shutdown.is_some() {
@@ -72,10 +131,8 @@ impl Core {
         }
     }
 
-    /// Marks the process of `inc` as adopted from a fork server (stats `adopted`);
-    /// [`Event::Adopted`] does this and [`Event::Spawned`] in one.
-    #[doc(hidden)]
-    pub fn mark_adopted(&mut self, inc: Inc) {
+    /// Marks the process of `inc` as adopted from a fork server (stats `adopted`).
+    pub(super) fn mark_adopted(&mut self, inc: Inc) {
         if let Some(id) = self.id_by_inc(inc) {
             if let Some(State::Starting(s)) = self.vassals.get_mut(&id).map(|v| &mut v.state) {
                 s.adopted = true;
@@ -83,7 +140,7 @@ impl Core {
         }
     }
 
-    pub(super) fn on_spawn_failed(&mut self, now: Instant, inc: Inc, reason: &str) {
+    pub(super) fn on_spawn_failed(&mut self, now: Instant, inc: Inc, reason: &SpawnFailure) {
         let Some(slot) = self.end_inc(inc) else {
             return;
         };

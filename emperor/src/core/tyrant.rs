@@ -31,12 +31,6 @@ pub(super) struct TyrantState {
 }
 
 impl Core {
-    /// Turns tyrant mode on (`--emperor-tyrant`); [`CoreConfig::tyrant`] does the same.
-    #[doc(hidden)]
-    pub fn set_tyrant(&mut self, on: bool) {
-        self.cfg.tyrant = on;
-    }
-
     /// True in tyrant mode.
     pub fn tyrant(&self) -> bool {
         self.cfg.tyrant

@@ -5,15 +5,29 @@
 //! is reported as [`Output::Started`]; a spawn that cannot run as `Event::SpawnFailed`.
 
 use super::source::{Cx, Output, Started};
-use crate::core::{Event, SpawnRequest};
+use crate::core::{Event, SpawnFailure, SpawnRequest};
 use crate::io::forkserver::ForkClient;
 use crate::io::hooks::Hooks;
 use crate::io::ondemand::OnDemand;
 use crate::spawn::cgroup::Tree;
 use crate::spawn::launcher::{Job, Launched, Launcher, Via};
-use crate::spawn::plan::{self, Settings};
-use crate::spawn::Spawner;
+use crate::spawn::plan::{self, PlanError, Settings};
+use crate::spawn::{SpawnError, Spawner};
 use std::path::PathBuf;
+
+/// Why the executor could not start a vassal (the reason of its `Event::SpawnFailed`).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No complete plan could be made (shim, credentials, program, isolation).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The launcher failed.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The direct launcher answered "pending", which it never does.
+    #[error("the direct launcher did not start the process")]
+    NotStarted,
+}
 
 /// The launchers and what they need.
 #[derive(Debug)]
@@ -57,14 +71,22 @@ impl Executor {
 
     fn spawn_now(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) {
         let inc = req.inc;
-        if let Err(reason) = self.try_spawn(req, x, cx) {
-            cx.core(Event::SpawnFailed { inc, reason });
+        if let Err(e) = self.try_spawn(req, x, cx) {
+            cx.core(Event::SpawnFailed {
+                inc,
+                reason: SpawnFailure::executor(e),
+            });
         }
     }
 
     /// Plans `req` and starts it (locally, or asynchronously through the fork server); `Err`
     /// is the reason it cannot start, for the core's `SpawnFailed`.
-    fn try_spawn(&mut self, req: SpawnRequest, x: Ctx<'_>, cx: &mut Cx<'_>) -> Result<(), String> {
+    fn try_spawn(
+        &mut self,
+        req: SpawnRequest,
+        x: Ctx<'_>,
+        cx: &mut Cx<'_>,
+    ) -> Result<(), ExecError> {
         let vassal = plan::Vassal {
             cwd: x.cwd,
             creds: req
@@ -75,25 +97,24 @@ impl Executor {
         let (ondemand, id) = (x.ondemand, req.vassal);
         let plan::Planned { job, via } = plan::plan(req, &self.settings, vassal, || {
             ondemand.take_for_spawn(id, cx)
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         match (via, self.fork.as_mut()) {
             // Asynchronous: answered through the loop (`Output::Started` or `SpawnFailed`).
-            (Via::ForkServer, Some(f)) => f.launch(&job, cx).map(|_| ()).map_err(|e| e.to_string()),
+            (Via::ForkServer, Some(f)) => Ok(f.launch(&job, cx).map(|_| ())?),
             _ => self.direct(job, x.me, cx),
         }
     }
 
     /// Clones and execs `job` in its process tree.
-    fn direct(&mut self, mut job: Job, me: (u32, u32), cx: &mut Cx<'_>) -> Result<(), String> {
+    fn direct(&mut self, mut job: Job, me: (u32, u32), cx: &mut Cx<'_>) -> Result<(), ExecError> {
         let inc = job.req.inc;
         let placement = self.tree.place(inc, &job.req.name);
         job.setup.cgroup_procs = placement.as_ref().map(|p| p.procs_fd());
         let process = match Launcher::launch(&mut self.spawner, &job, cx) {
             Ok(Launched::Running(s)) => Ok(s),
             // The direct launcher answers at once, never later.
-            Ok(Launched::Pending) => Err("the direct launcher did not start the process".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(Launched::Pending) => Err(ExecError::NotStarted),
+            Err(e) => Err(ExecError::Spawn(e)),
         };
         let process = match process {
             Ok(s) => s,
@@ -128,11 +149,10 @@ impl Executor {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
-    use std::time::Instant;
 
     use super::*;
     use crate::core::{Inc, VassalId};
-    use crate::io::registry::Tokens;
+    use crate::io::test_loop::TestLoop;
 
     fn executor(path: &Path) -> Executor {
         Executor {
@@ -161,23 +181,15 @@ mod tests {
     }
 
     fn run(e: &mut Executor, r: SpawnRequest, dir: &Path) -> Vec<Output> {
-        let poll = mio::Poll::new().unwrap();
-        let mut tokens = Tokens::new();
-        let mut out = Vec::new();
-        let mut cx = Cx {
-            now: Instant::now(),
-            registry: poll.registry(),
-            tokens: &mut tokens,
-            out: &mut out,
-        };
+        let mut lp = TestLoop::new();
         let mut ondemand = OnDemand::default();
         let x = Ctx {
             ondemand: &mut ondemand,
             me: (1000, 1000),
             cwd: dir.to_path_buf(),
         };
-        e.spawn(r, x, &mut cx);
-        out
+        e.spawn(r, x, &mut lp.cx());
+        lp.take()
     }
 
     #[test]
@@ -204,6 +216,7 @@ mod tests {
                 inc: Inc(5),
                 reason,
             })] => {
+                let reason = reason.to_string();
                 assert!(reason.contains("`uwsgi` was not found"), "{reason}")
             }
             other => panic!("{other:?}"),

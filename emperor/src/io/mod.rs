@@ -26,6 +26,8 @@ pub mod sources;
 pub mod stats;
 
 mod act;
+#[cfg(test)]
+pub(crate) mod test_loop;
 mod turn;
 
 use std::time::Instant;

@@ -156,23 +156,16 @@ impl Monitors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::registry::Tokens;
     use crate::io::source::Output;
+    use crate::io::test_loop::TestLoop;
     use crate::monitor::parse_monitor;
     use crate::monitor::settle::SETTLE;
 
     #[test]
     fn a_new_file_is_seen_at_once_and_a_deletion_after_the_settle() {
         let d = tempfile::tempdir().unwrap();
-        let poll = mio::Poll::new().unwrap();
-        let mut tokens = Tokens::new();
-        let mut out = Vec::new();
-        let mut cx = Cx {
-            now: Instant::now(),
-            registry: poll.registry(),
-            tokens: &mut tokens,
-            out: &mut out,
-        };
+        let mut lp = TestLoop::new();
+        let mut cx = lp.cx();
         let spec = parse_monitor(d.path().to_str().unwrap(), Path::new("/")).unwrap();
         let mut m = Monitors::new(
             vec![Scanner::new(spec, vec![], false)],
@@ -188,7 +181,8 @@ mod tests {
         let t = m.settle_deadline().expect("the deletion waits");
         m.tick(t - SETTLE / 2, &mut cx);
         m.tick(t, &mut cx);
-        let evs: Vec<String> = out
+        let evs: Vec<String> = lp
+            .take()
             .iter()
             .map(|o| match o {
                 Output::Core(Event::Scanned { entries, .. }) => {

@@ -1,31 +1,13 @@
 //! Tyrant mode (`--emperor-tyrant`): every vassal runs as the owner (uid and gid) of its config
 //! file. A file owned by root (uid 0 or gid 0) is refused: a vassal never runs as root this
-//! way. The lifecycle rules (refusal, an owner change stops the vassal) live in the core; this
-//! module has the messages and the credential lookup, which happens in the emperor before the
-//! spawn (the child only calls `setresgid`/`setgroups`/`setresuid`, see
+//! way. The lifecycle rules (refusal and its message, an owner change stops the vassal) live in
+//! [`crate::core`]; this module has the credential lookup, which happens in the emperor before
+//! the spawn (the child only calls `setresgid`/`setgroups`/`setresuid`, see
 //! [`crate::spawn::isolation::apply_in_child`]).
 
 use std::ffi::CString;
 
 use crate::spawn::isolation::Creds;
-
-/// True when tyrant mode must refuse a file with this owner.
-pub fn is_root_owned(uid: u32, gid: u32) -> bool {
-    uid == 0 || gid == 0
-}
-
-/// Why a root-owned file is refused, and what to do.
-pub fn refusal(name: &str, key: &str, uid: u32, gid: u32) -> String {
-    let whose = match (uid, gid) {
-        (0, 0) => "user root and group root".to_string(),
-        (0, g) => format!("user root (uid 0, gid {g})"),
-        (u, _) => format!("group root (uid {u}, gid 0)"),
-    };
-    format!(
-        "tyrant mode refuses vassal {name}: {key} is owned by {whose}, and a vassal must never run as root; \
-         chown it to the app's user and group (e.g. `chown app:app {key}`) and it starts by itself"
-    )
-}
 
 /// Why the supplementary groups of a tyrant vassal could not be found
 /// (`--emperor-tyrant-initgroups`).
@@ -81,44 +63,9 @@ pub fn creds(uid: u32, gid: u32, initgroups: bool) -> Result<Creds, CredsError> 
     Ok(Creds { uid, gid, groups })
 }
 
-/// The credentials of the vassal of incarnation `inc` when the core is in tyrant mode
-/// (`Ok(None)` otherwise).
-pub fn creds_for(
-    core: &crate::core::Core,
-    inc: crate::core::Inc,
-    initgroups: bool,
-) -> Result<Option<Creds>, String> {
-    if !core.tyrant() {
-        return Ok(None);
-    }
-    let v = core
-        .vassal_by_inc(inc)
-        .ok_or_else(|| "the vassal record is gone".to_string())?;
-    if is_root_owned(v.uid, v.gid) {
-        return Err(refusal(&v.name, &v.key, v.uid, v.gid));
-    }
-    creds(v.uid, v.gid, initgroups)
-        .map(Some)
-        .map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn root_owned_means_uid_or_gid_zero() {
-        assert!(is_root_owned(0, 1000));
-        assert!(is_root_owned(1000, 0));
-        assert!(!is_root_owned(1000, 1000));
-    }
-
-    #[test]
-    fn refusal_names_the_file_and_the_fix() {
-        let m = refusal("app.ini", "/v/app.ini", 1000, 0);
-        assert!(m.contains("group root"), "{m}");
-        assert!(m.contains("chown app:app /v/app.ini"), "{m}");
-    }
 
     #[test]
     fn creds_without_initgroups_have_no_groups() {

@@ -57,9 +57,9 @@ pub enum SpawnError {
     /// `clone(2)` with namespace flags, or a step of the child's isolation, failed.
     #[error(transparent)]
     Setup(#[from] SetupError),
-    /// The launcher cannot apply the per-vassal isolation it was given.
-    #[error("this launcher cannot apply --emperor-tyrant, --emperor-cap or --emperor-use-clone; start the emperor without the fork server to use them")]
-    Unsupported,
+    /// A launcher's own failure (the fork server's, for one), with its message.
+    #[error(transparent)]
+    Launcher(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl SpawnError {
@@ -73,7 +73,7 @@ impl SpawnError {
             | SpawnError::CgroupNs { err, .. }
             | SpawnError::Files(err) => Some(err),
             SpawnError::Setup(e) => Some(e.os_error()),
-            SpawnError::NotFound { .. } | SpawnError::Nul | SpawnError::Unsupported => None,
+            SpawnError::NotFound { .. } | SpawnError::Nul | SpawnError::Launcher(_) => None,
         }
     }
 }
@@ -105,6 +105,8 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.os_error().unwrap().raw_os_error(), Some(libc::EPERM));
-        assert!(SpawnError::Unsupported.to_string().contains("fork server"));
+        let e = SpawnError::Launcher(Box::new(io::Error::other("the fork server is busy")));
+        assert_eq!(e.to_string(), "the fork server is busy");
+        assert!(e.os_error().is_none());
     }
 }

@@ -44,33 +44,24 @@ pub struct Vassal {
 }
 
 /// Why a spawn cannot be planned.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// A shim vassal whose config or shim binary is unusable (the message says which).
+    #[error(transparent)]
     Shim(ShimError),
     /// The groups of a tyrant vassal's user cannot be found (the message says what to do).
+    #[error(transparent)]
     Creds(CredsError),
     /// None of the programs could be found.
+    #[error(transparent)]
     NotFound(SpawnError),
     /// The fork server cannot apply per-vassal isolation.
+    #[error(
+        "the fork server cannot apply --emperor-tyrant, --emperor-cap or \
+         --emperor-use-clone: list this vassal in --vassal-fork-base or drop them"
+    )]
     ForkIsolation,
 }
-
-impl std::fmt::Display for PlanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PlanError::Shim(e) => write!(f, "{e}"),
-            PlanError::Creds(e) => write!(f, "{e}"),
-            PlanError::NotFound(e) => write!(f, "{e}"),
-            PlanError::ForkIsolation => f.write_str(
-                "the fork server cannot apply --emperor-tyrant, --emperor-cap or \
-                 --emperor-use-clone: list this vassal in --vassal-fork-base or drop them",
-            ),
-        }
-    }
-}
-
-impl std::error::Error for PlanError {}
 
 /// True when vassal `name` (config `key`) starts through a fork server with these bases,
 /// false for a fork base (matched by instance name, file name or full path).

@@ -106,8 +106,10 @@ fn command_events_act_and_failures_change_nothing() {
     let a = h.ev(cmd(VassalCommand::Spawn, "app.ini"));
     assert!(spawn_of(&a).is_some(), "{a:?}");
     assert_eq!(
-        h.core.command(h.now, VassalCommand::Reset, "x.ini"),
-        Err("no vassal named x.ini".to_string())
+        h.cmd(VassalCommand::Reset, "x.ini").0,
+        Err(CommandError::NoSuchVassal {
+            name: "x.ini".into()
+        })
     );
 }
 
@@ -295,4 +297,25 @@ fn our_emperors_bytes_and_its_loss_are_logged_as_before() {
     ] {
         assert!(logs.contains(line), "{line}: {logs}");
     }
+}
+
+#[test]
+fn spawn_failures_display_the_reason_logged() {
+    assert_eq!(
+        SpawnFailure::ShuttingDown.to_string(),
+        "not started after its start hook: the emperor is shutting down"
+    );
+    assert_eq!(
+        SpawnFailure::ConfigGone.to_string(),
+        "not started after its start hook: its config is gone"
+    );
+    let root = SpawnFailure::RootOwned {
+        name: "app.ini".into(),
+        key: "/v/app.ini".into(),
+        uid: 1000,
+        gid: 0,
+    };
+    assert_eq!(root.to_string(), refusal("app.ini", "/v/app.ini", 1000, 0));
+    let e = SpawnFailure::executor(std::io::Error::other("`uwsgi` was not found"));
+    assert_eq!(e.to_string(), "`uwsgi` was not found");
 }

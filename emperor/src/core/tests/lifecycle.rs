@@ -187,7 +187,7 @@ fn spawn_failure_is_retried_with_backoff() {
     let Action::Spawn(r) = &a[0] else { panic!() };
     let a = h.ev(Event::SpawnFailed {
         inc: r.inc,
-        reason: "uwsgi not found".into(),
+        reason: SpawnFailure::executor(std::io::Error::other("uwsgi not found")),
     });
     assert_eq!(a, vec![Action::Release { inc: r.inc }]);
     assert_eq!(h.core.vassal("/v/app.ini").unwrap().backoff.attempt, 1);
@@ -736,9 +736,10 @@ fn ready_accepting_and_loyal_are_cleared_when_the_process_is_gone() {
         h.ev(Event::Message { inc, byte: b });
     }
     assert_eq!(serving(&h), (true, true, true));
-    h.core
-        .command(h.now, VassalCommand::Stop, "app.ini")
-        .unwrap();
+    h.ev(Event::Command {
+        cmd: VassalCommand::Stop,
+        name: "app.ini".into(),
+    });
     // Still the running process until it is reaped.
     assert_eq!(serving(&h), (true, true, true));
     h.actions();

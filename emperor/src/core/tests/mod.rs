@@ -3,6 +3,7 @@
 use super::*;
 
 mod activation;
+mod adoption;
 mod events;
 mod lifecycle;
 mod tyrant;
@@ -80,13 +81,13 @@ impl Harness {
         self.ev(Event::OnDemand(e))
     }
 
-    /// Applies a command through [`Core::command`] (which returns the outcome).
+    /// Applies a command as [`Event::Command`] does, returning its outcome too.
     pub(super) fn cmd(
         &mut self,
         c: VassalCommand,
         name: &str,
-    ) -> (Result<String, String>, Vec<Action>) {
-        let r = self.core.command(self.now, c, name);
+    ) -> (Result<String, CommandError>, Vec<Action>) {
+        let r = self.core.run_command(self.now, c, name);
         (r, self.actions())
     }
 

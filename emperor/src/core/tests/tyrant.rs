@@ -94,3 +94,17 @@ fn without_tyrant_an_owner_change_is_only_recorded() {
     spawned(&mut h, &a, 10);
     assert!(h.scan(vec![owned("app.ini", 1, 1001, 1001)]).is_empty());
 }
+
+#[test]
+fn root_owned_means_uid_or_gid_zero() {
+    assert!(is_root_owned(0, 1000));
+    assert!(is_root_owned(1000, 0));
+    assert!(!is_root_owned(1000, 1000));
+}
+
+#[test]
+fn refusal_names_the_file_and_the_fix() {
+    let m = refusal("app.ini", "/v/app.ini", 1000, 0);
+    assert!(m.contains("group root"), "{m}");
+    assert!(m.contains("chown app:app /v/app.ini"), "{m}");
+}

@@ -1,40 +1,17 @@
 use std::io::{Read, Write};
-use std::time::Instant;
 
 use super::*;
-use crate::io::registry::Tokens;
+use crate::io::test_loop::TestLoop;
 
-struct Loop {
-    poll: mio::Poll,
-    tokens: Tokens,
-    out: Vec<Output>,
-}
-
-impl Loop {
-    fn new() -> Loop {
-        Loop {
-            poll: mio::Poll::new().unwrap(),
-            tokens: Tokens::new(),
-            out: Vec::new(),
-        }
-    }
-    fn cx(&mut self) -> Cx<'_> {
-        Cx {
-            now: Instant::now(),
-            registry: self.poll.registry(),
-            tokens: &mut self.tokens,
-            out: &mut self.out,
-        }
-    }
-    fn bytes(&self) -> Vec<u8> {
-        self.out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Core(Event::Message { byte, .. }) => Some(*byte),
-                _ => None,
-            })
-            .collect()
-    }
+/// The message bytes the channels reported, in order.
+fn bytes(l: &TestLoop) -> Vec<u8> {
+    l.out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Core(Event::Message { byte, .. }) => Some(*byte),
+            _ => None,
+        })
+        .collect()
 }
 
 fn started(config: bool) -> (crate::spawn::Started, StdStream, Option<StdStream>) {
@@ -60,14 +37,14 @@ use std::os::unix::net::UnixStream as StdStream;
 
 #[test]
 fn bytes_are_messages_and_eof_closes_and_reaps() {
-    let mut l = Loop::new();
+    let mut l = TestLoop::new();
     let mut ch = Channels::new();
     let (p, mut vassal, _) = started(false);
     ch.attach(Inc(4), "app.ini", p, &mut l.cx());
     assert_eq!(l.tokens.owner(Token(0)), Some(Owner::Channel(Inc(4))));
     vassal.write_all(&[17, 5]).unwrap();
     ch.on_readable(Inc(4), &mut l.cx());
-    assert_eq!(l.bytes(), vec![17, 5]);
+    assert_eq!(bytes(&l), vec![17, 5]);
     ch.send(Inc(4), 1);
     let mut b = [0u8; 1];
     vassal.read_exact(&mut b).unwrap();
@@ -86,7 +63,7 @@ fn bytes_are_messages_and_eof_closes_and_reaps() {
 
 #[test]
 fn a_flooding_channel_is_read_one_budget_per_turn() {
-    let mut l = Loop::new();
+    let mut l = TestLoop::new();
     let mut ch = Channels::new();
     let (p, mut vassal, _) = started(false);
     ch.attach(Inc(1), "flood.ini", p, &mut l.cx());
@@ -104,17 +81,17 @@ fn a_flooding_channel_is_read_one_budget_per_turn() {
         "the socket buffer holds more than a budget"
     );
     ch.on_readable(Inc(1), &mut l.cx());
-    assert_eq!(l.bytes().len(), CHANNEL_BUDGET);
+    assert_eq!(bytes(&l).len(), CHANNEL_BUDGET);
     assert!(ch.busy());
     assert_eq!(ch.take_busy(), vec![Inc(1)]);
     assert!(!ch.busy());
     ch.on_readable(Inc(1), &mut l.cx());
-    assert_eq!(l.bytes().len(), (2 * CHANNEL_BUDGET).min(sent));
+    assert_eq!(bytes(&l).len(), (2 * CHANNEL_BUDGET).min(sent));
 }
 
 #[test]
 fn a_pushed_config_is_written_as_one_frame() {
-    let mut l = Loop::new();
+    let mut l = TestLoop::new();
     let mut ch = Channels::new();
     let (p, _vassal, cfg) = started(true);
     let mut cfg = cfg.unwrap();

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::core::VassalCommand;
-use crate::io::hooks::test_loop::TestLoop;
 use crate::io::source::Output;
+use crate::io::test_loop::TestLoop;
 
 fn commands(out: Vec<Output>) -> Vec<(VassalCommand, String)> {
     out.into_iter()

@@ -86,15 +86,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#[cfg(test)]
-mod core_rules;
 mod error;
 #[cfg(test)]
 mod tests;
 mod topology;
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -110,7 +107,7 @@ pub use self::topology::{adoption_argv, classify, owner_of, Topology};
 use super::registry::Owner;
 use super::source::{Cx, Output, Started};
 use crate::config::options::Options;
-use crate::core::{Event, ExitKind, Inc, SpawnRequest};
+use crate::core::{Event, ExitKind, Inc, SpawnFailure, SpawnRequest};
 use crate::spawn::launcher::{Job, Launched, Launcher};
 use crate::spawn::{Plan, SpawnError};
 
@@ -248,11 +245,7 @@ impl ForkClient {
     /// True when the vassal `name` (config `key`) starts through the fork server, false for a
     /// fork base (matched by instance name, file name or full path).
     pub fn handles(&self, name: &str, key: &str) -> bool {
-        let file = Path::new(key).file_name().and_then(|f| f.to_str());
-        !self
-            .bases
-            .iter()
-            .any(|b| b == name || b == key || Some(b.as_str()) == file)
+        crate::spawn::plan::forked(&self.bases, name, key)
     }
 
     /// Starts the request for `req` (argv from `plan`, with an absolute config path; a config
@@ -411,7 +404,7 @@ impl ForkClient {
                     p.abandon(cx);
                     cx.core(Event::SpawnFailed {
                         inc,
-                        reason: e.to_string(),
+                        reason: SpawnFailure::executor(e),
                     });
                 }
             }
@@ -549,9 +542,7 @@ impl Launcher for ForkClient {
         };
         match started {
             Ok(()) => Ok(Launched::Pending),
-            // `SpawnError` has no variant of its own for a launcher's failure: the typed
-            // error travels inside the `io::Error` (its message is the `ForkError`'s).
-            Err(e) => Err(SpawnError::Io(io::Error::other(e))),
+            Err(e) => Err(SpawnError::Launcher(Box::new(e))),
         }
     }
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use forkserver_proto::{parent_of, Pid};
 
 use super::*;
-use crate::io::hooks::test_loop::TestLoop;
 use crate::io::registry::Owner;
 use crate::io::source::Output;
+use crate::io::test_loop::TestLoop;
 use crate::spawn::isolation::ChildSetup;
 
 #[test]
@@ -128,7 +128,10 @@ fn drive_until_done(lp: &mut TestLoop, c: &mut ForkClient) -> Vec<Done> {
                     cwd: s.cwd,
                 }
             }
-            Output::Core(Event::SpawnFailed { inc, reason }) => Done::Failed { inc, reason },
+            Output::Core(Event::SpawnFailed { inc, reason }) => Done::Failed {
+                inc,
+                reason: reason.to_string(),
+            },
             other => panic!("{other:?}"),
         })
         .collect()

@@ -21,8 +21,6 @@
 mod exec_as_vassal;
 mod ledger;
 #[cfg(test)]
-pub(crate) mod test_loop;
-#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::io::hooks::test_loop::TestLoop;
 use crate::io::source::Output;
+use crate::io::test_loop::TestLoop;
 
 #[test]
 fn one_stop_hook_per_started_process() {

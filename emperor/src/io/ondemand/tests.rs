@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
-use crate::io::hooks::test_loop::TestLoop;
 use crate::io::source::Output;
+use crate::io::test_loop::TestLoop;
 
 #[test]
 fn first_line_cuts_at_control_bytes() {

@@ -1,42 +1,16 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream as StdStream;
-use std::time::Instant;
 
 use super::*;
-use crate::io::registry::Tokens;
-use crate::io::source::Output;
-
-struct Loop {
-    poll: mio::Poll,
-    tokens: Tokens,
-    out: Vec<Output>,
-}
-
-impl Loop {
-    fn new() -> Loop {
-        Loop {
-            poll: mio::Poll::new().unwrap(),
-            tokens: Tokens::new(),
-            out: Vec::new(),
-        }
-    }
-    fn cx(&mut self) -> Cx<'_> {
-        Cx {
-            now: Instant::now(),
-            registry: self.poll.registry(),
-            tokens: &mut self.tokens,
-            out: &mut self.out,
-        }
-    }
-}
+use crate::io::test_loop::TestLoop;
 
 fn doc() -> String {
     "{\"vassals\":[]}".to_string()
 }
 
-fn server(http: bool) -> (Loop, StatsServer, tempfile::TempDir) {
+fn server(http: bool) -> (TestLoop, StatsServer, tempfile::TempDir) {
     let d = tempfile::tempdir().unwrap();
-    let mut l = Loop::new();
+    let mut l = TestLoop::new();
     let s = StatsServer::bind("stats.sock", d.path(), http, &mut l.cx()).unwrap();
     (l, s, d)
 }
@@ -95,7 +69,7 @@ fn the_oldest_client_is_evicted_and_slow_ones_expire() {
 
 #[test]
 fn bad_addresses_say_which() {
-    let mut l = Loop::new();
+    let mut l = TestLoop::new();
     let e =
         StatsServer::bind("localhost:notaport", Path::new("/"), false, &mut l.cx()).unwrap_err();
     assert!(e.to_string().contains("localhost:notaport"), "{e}");
