@@ -320,6 +320,8 @@ fn reload_by_signal_reaches_only_the_main_process() {
     // The worker answers SIGUSR2 with a line. Pending standard signals are delivered lowest
     // number first, so a SIGHUP that reached the worker kills it before the SIGUSR2 the test
     // sends after the reload can be answered: either the answer or the death is the event.
+    // The worker announces its pid only once its handlers are in place, so the test's SIGUSR2
+    // never meets the default action.
     let py = "import os,signal,socket,time\n\
               p=os.environ['NOTIFY_SOCKET']\n\
               s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
@@ -328,8 +330,8 @@ fn reload_by_signal_reaches_only_the_main_process() {
               w=os.fork()\n\
               if w==0:\n    signal.signal(signal.SIGHUP,signal.SIG_DFL)\n\
               \x20   signal.signal(signal.SIGUSR2,lambda n,f: print('worker', 'pong', flush=True))\n\
+              \x20   print('wor'+'ker=%d' % os.getpid(), flush=True)\n\
               \x20   while True: time.sleep(1000)\n\
-              print('wor'+'ker=%d' % w, flush=True)\n\
               s.sendto(b'READY=1',p)\n\
               while True: time.sleep(1)\n";
     let prog = vec![
