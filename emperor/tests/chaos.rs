@@ -563,9 +563,7 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
     };
     println!("chaos: seed {seed} (rerun with CHAOS_SEED={seed}), {kills} kills, {n_uwsgi} uWSGI + {n_shims} shim vassals");
 
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sweeper = Sweeper {
         marker: marker(work.path()),
         dir: work.path().to_owned(),

@@ -26,9 +26,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn command_socket_and_ctl_drive_real_uwsgi_vassals() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let wsock = work.path().join("w.sock");
     let fsock = work.path().join("free.sock");
     write_vassal(&dir, "w.ini", &wsock, "");
@@ -207,9 +205,7 @@ fn command_socket_and_ctl_drive_real_uwsgi_vassals() {
 
 #[test]
 fn udp_command_socket_with_ctl() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     // A fake vassal: ready, accepting, loyal, then waits for the stop byte.
     let fake = work.path().join("fake.sh");
     std::fs::write(

@@ -39,24 +39,6 @@ fn chatty_vassal(dir: &Path) -> std::path::PathBuf {
     p
 }
 
-/// Waits until `path` contains `needle` at least `count` times; returns the content.
-fn wait_file(path: &Path, needle: &str, count: usize) -> String {
-    let deadline = Instant::now() + T;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.matches(needle).count() >= count {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} does not contain {needle:?} {count} time(s) within {T:?}; it has:\n{text}",
-            path.display()
-        );
-        // Poll interval of a deadline-bounded wait on a file another process writes.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The `Uid:` or `Gid:` line of /proc/PID/status, as its four numbers.
 fn proc_ids(pid: i32, field: &str) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -178,9 +160,7 @@ fn uid_without_root_is_a_clear_error() {
 
 #[test]
 fn logto_appends_the_emperor_and_vassal_output_to_a_file() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("chatty.ini"), "[uwsgi]\n").unwrap();
     let script = chatty_vassal(work.path());
     let log = work.path().join("emperor.log");
@@ -236,9 +216,7 @@ fn logto_appends_the_emperor_and_vassal_output_to_a_file() {
 
 #[test]
 fn placeholders_expand_and_an_undefined_one_names_the_file() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("ph.ini"), "[uwsgi]\n").unwrap();
     let script = chatty_vassal(work.path());
     let ini = work.path().join("emperor.ini");
@@ -311,9 +289,7 @@ impl Drop for Daemon {
 
 #[test]
 fn daemonize_detaches_logs_to_the_file_and_writes_the_pidfile() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("bg.ini"), "[uwsgi]\n").unwrap();
     let script = chatty_vassal(work.path());
     let log = work.path().join("daemon.log");

@@ -71,9 +71,7 @@ fn program_pid(words: &[&str], not: Option<i32>) -> i32 {
 fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
     require_uwsgi();
     let shim = ensure_shim();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("hello.sock");
     write_vassal(&dir, "hello.ini", &sock, "");
     let port = free_port();
@@ -149,9 +147,7 @@ fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
 
 #[test]
 fn a_missing_shim_binary_is_reported_with_what_to_do() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("p.ini"), "[vassal-shim]\nexec = sleep 60\n").unwrap();
     // A copy of the emperor alone in a directory, with a PATH without the shim.
     let bin = work.path().join("bin");
@@ -172,9 +168,7 @@ fn a_missing_shim_binary_is_reported_with_what_to_do() {
 #[test]
 fn shim_vassals_start_without_uwsgi_on_path() {
     ensure_shim();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(
         dir.join("p.ini"),
         "[vassal-shim]\nexec = /bin/sleep 60\nready = immediate\n",
@@ -204,9 +198,7 @@ fn shim_vassals_start_without_uwsgi_on_path() {
 fn the_loop_serves_the_stats_socket_between_batches_of_starts() {
     ensure_shim();
     const N: usize = 200;
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     for i in 0..N {
         std::fs::write(
             dir.join(format!("v{i:03}.ini")),
