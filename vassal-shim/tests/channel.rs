@@ -29,6 +29,25 @@ fn py_exec(args: &str) -> Vec<String> {
     .collect()
 }
 
+/// `python3 -c CODE`.
+fn py_code(code: &str) -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        "-c".to_string(),
+        code.to_string(),
+    ]
+}
+
+/// A program that does nothing for 1,000 s.
+fn sleeper() -> Vec<String> {
+    vec!["sleep".to_string(), "1000".to_string()]
+}
+
+/// The shim with `opts` over `program`, no config channel, nothing changed in its command.
+fn start_plain(opts: &[&str], program: &[String]) -> FakeEmperor {
+    FakeEmperor::start(&shim_args(opts, program), false, |_| {})
+}
+
 fn shim_args<'a>(opts: &'a [&'a str], program: &'a [String]) -> Vec<&'a str> {
     let mut v: Vec<&str> = opts.to_vec();
     v.push("--");
@@ -42,7 +61,7 @@ fn bytes_on_start_reload_and_stop() {
     let prog = py_exec(&format!("--port {port} --children"));
     let ready = format!("http://127.0.0.1:{port}/");
     let opts = ["--ready", &ready, "--loyal-after", "0.3"];
-    let mut e = FakeEmperor::start(&shim_args(&opts, &prog), false, |_| {});
+    let mut e = start_plain(&opts, &prog);
     assert_eq!(e.read_byte(SOON), Some(READY));
     assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
     assert_eq!(e.read_byte(SOON), Some(LOYAL));
@@ -74,12 +93,8 @@ fn bytes_on_start_reload_and_stop() {
 
 #[test]
 fn heartbeats_only_while_the_program_runs() {
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--heartbeat", "0.2", "--loyal-after", "0"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = sleeper();
+    let mut e = start_plain(&["--heartbeat", "0.2", "--loyal-after", "0"], &prog);
     assert_eq!(e.read_byte(SOON), Some(READY));
     assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
     assert_eq!(e.read_byte(SOON), Some(HEARTBEAT));
@@ -173,7 +188,7 @@ fn config_pushed_only_on_request_like_uwsgi_2_1() {
 fn eof_stops_the_program() {
     let port = free_port();
     let prog = py_exec(&format!("--port {port}"));
-    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |_| {});
+    let mut e = start_plain(&[], &prog);
     e.expect(READY);
     let pid = pid_in(&e.proc.wait_for_line("listening", SOON), "pid=");
     let FakeEmperor { mut proc, chan, .. } = e;
@@ -193,7 +208,7 @@ fn stop_timeout_then_sigkill() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut e = FakeEmperor::start(&shim_args(&["--stop-timeout", "0.5"], &prog), false, |_| {});
+    let mut e = start_plain(&["--stop-timeout", "0.5"], &prog);
     e.expect(READY);
     e.proc.wait_for_line("TERM ignored", SOON);
     e.send(0);
@@ -209,7 +224,7 @@ fn exit_codes_pass_through_and_exile_codes_become_26() {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let mut e = FakeEmperor::start(&shim_args(&["--exile-codes", "7,9"], &prog), false, |_| {});
+        let mut e = start_plain(&["--exile-codes", "7,9"], &prog);
         assert_eq!(
             e.proc.wait_exit(SOON).code(),
             Some(want),
@@ -237,8 +252,8 @@ fn notify_extensions_become_idle_and_sos_bytes() {
          s.sendto(b'X_VASSAL_IDLE=1',p)\n\
          time.sleep(1000)\n",
     );
-    let prog = vec![python().display().to_string(), "-c".to_string(), py];
-    let mut e = FakeEmperor::start(&shim_args(&["--ready", "notify"], &prog), false, |_| {});
+    let prog = py_code(&py);
+    let mut e = start_plain(&["--ready", "notify"], &prog);
     assert_eq!(e.read_byte(SOON), Some(READY));
     assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
     assert_eq!(e.read_byte(SOON), Some(LOYAL));
@@ -285,16 +300,8 @@ fn reload_by_signal_keeps_the_program() {
               signal.signal(signal.SIGHUP,hup)\n\
               s.sendto(b'READY=1',p)\n\
               while True: time.sleep(1)\n";
-    let prog = vec![
-        python().display().to_string(),
-        "-c".to_string(),
-        py.to_string(),
-    ];
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--ready", "notify", "--reload", "signal:HUP"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = py_code(py);
+    let mut e = start_plain(&["--ready", "notify", "--reload", "signal:HUP"], &prog);
     e.expect(READY);
     e.expect(ACCEPTING);
     let started = e.proc.wait_for_line("started program", SOON);
@@ -332,16 +339,8 @@ fn reload_by_signal_reaches_only_the_main_process() {
               print('wor'+'ker=%d' % w, flush=True)\n\
               s.sendto(b'READY=1',p)\n\
               while True: time.sleep(1)\n";
-    let prog = vec![
-        python().display().to_string(),
-        "-c".to_string(),
-        py.to_string(),
-    ];
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--ready", "notify", "--reload", "signal:HUP"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = py_code(py);
+    let mut e = start_plain(&["--ready", "notify", "--reload", "signal:HUP"], &prog);
     e.expect(READY);
     e.expect(ACCEPTING);
     let worker = pid_in(&e.proc.wait_for_line("worker=", SOON), "worker=");
@@ -423,7 +422,7 @@ fn backlog_probe_sends_sos() {
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let lfd = listener.as_raw_fd();
     // A program that never accepts: connections pile up in the backlog.
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let prog = sleeper();
     let mut e = FakeEmperor::start(
         &shim_args(&["--sos-backlog", "2", "--loyal-after", "0"], &prog),
         false,
@@ -484,7 +483,7 @@ fn backlog_of_the_programs_listener(ready: &str, addr: &str, connect: impl Fn())
         "--heartbeat",
         "3600",
     ];
-    let mut e = FakeEmperor::start(&shim_args(&opts, &prog), false, |_| {});
+    let mut e = start_plain(&opts, &prog);
     e.expect(READY);
     e.expect(ACCEPTING);
     e.expect(LOYAL);
@@ -522,14 +521,10 @@ fn backlog_probe_of_a_tcp_ready_port_sends_sos() {
 
 #[test]
 fn an_emperor_that_stops_reading_does_not_stall_the_shim() {
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let prog = sleeper();
     // Heartbeats every 10 ms into a channel nobody reads: a few hundred one-byte messages fill
     // a unix socket's send buffer.
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--heartbeat", "0.01", "--loyal-after", "0"], &prog),
-        false,
-        |_| {},
-    );
+    let mut e = start_plain(&["--heartbeat", "0.01", "--loyal-after", "0"], &prog);
     e.proc
         .wait_for_line("the emperor is not reading its channel", SOON);
     // The loop still runs: it reads the stop byte (the shim cannot write, but reads) and
@@ -641,7 +636,7 @@ fn reload_rereads_the_ini_file() {
 fn sigkilled_shim_leaves_no_program_process() {
     let port = free_port();
     let prog = py_exec(&format!("--port {port} --children"));
-    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |_| {});
+    let mut e = start_plain(&[], &prog);
     e.expect(READY);
     let child = pid_in(&e.proc.wait_for_line("child=", SOON), "child=");
     let escaped = pid_in(&e.proc.wait_for_line("escaped=", SOON), "escaped=");
@@ -733,12 +728,8 @@ fn sentinel_holds_only_its_pipe_and_cleans_up_after_a_sigkill() {
 
 #[test]
 fn never_ready_program_is_given_up_after_ready_timeout() {
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--ready", "notify", "--ready-timeout", "0.3"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = sleeper();
+    let mut e = start_plain(&["--ready", "notify", "--ready-timeout", "0.3"], &prog);
     let pid = pid_in(&e.proc.wait_for_line("started program", SOON), "program ");
     assert_eq!(e.read_byte(SOON), None, "nothing sent, then EOF");
     assert_eq!(e.proc.wait_exit(SOON).code(), Some(1));
@@ -757,7 +748,7 @@ fn dead_shims_private_dirs_are_swept_by_the_first_start_of_a_minute() {
         std::fs::create_dir(&d).unwrap();
         d
     };
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let prog = sleeper();
     let start = || {
         FakeEmperor::start(&shim_args(&["--ready", "immediate"], &prog), false, |c| {
             c.env("XDG_RUNTIME_DIR", base.path());

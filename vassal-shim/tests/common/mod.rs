@@ -112,6 +112,13 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Waits (up to [`SOON`] each) for `lines` to be logged by `p`, in order.
+pub fn wait_lines(p: &mut Proc, lines: &[&str]) {
+    for line in lines {
+        p.wait_for_line(line, SOON);
+    }
+}
+
 /// Waits until `needle` has appeared at least `n` times in the process output.
 pub fn wait_count(p: &mut Proc, needle: &str, n: usize) {
     let deadline = Instant::now() + SOON;
