@@ -104,17 +104,48 @@ pub fn validate(body: &[u8]) -> Result<usize, ArrayError> {
     iter(body).try_fold(0usize, |n, item| item.map(|_| n + 1))
 }
 
+/// What every packet builder over a [`PacketBuf`] field `buf` has in common: `Default` (the
+/// builder's `new`) and the accessors of the body and the packet.
+macro_rules! packet_builder {
+    ($name:ident) => {
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $name {
+            /// Current body length.
+            pub fn body_len(&self) -> usize {
+                self.buf.body_len()
+            }
+
+            /// The body built so far.
+            pub fn body(&self) -> &[u8] {
+                self.buf.body()
+            }
+
+            /// The body alone.
+            pub fn into_body(self) -> Vec<u8> {
+                self.buf.into_body()
+            }
+
+            /// The whole packet (header plus body) with the given modifiers.
+            pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
+                self.buf.into_packet(modifier1, modifier2)
+            }
+        }
+    };
+}
+pub(crate) use packet_builder;
+
 /// Builds an array body, leaving room for the header.
 #[derive(Debug, Clone)]
 pub struct ArrayBuilder {
     buf: PacketBuf,
 }
 
-impl Default for ArrayBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+packet_builder!(ArrayBuilder);
 
 impl ArrayBuilder {
     /// An empty array.
@@ -134,26 +165,6 @@ impl ArrayBuilder {
     pub fn push(&mut self, item: impl AsRef<[u8]>) -> Result<&mut Self, EncodeError> {
         self.buf.push_fields(&[item.as_ref()])?;
         Ok(self)
-    }
-
-    /// Current body length.
-    pub fn body_len(&self) -> usize {
-        self.buf.body_len()
-    }
-
-    /// The body built so far.
-    pub fn body(&self) -> &[u8] {
-        self.buf.body()
-    }
-
-    /// The body alone.
-    pub fn into_body(self) -> Vec<u8> {
-        self.buf.into_body()
-    }
-
-    /// The whole packet (header plus body) with the given modifiers.
-    pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
-        self.buf.into_packet(modifier1, modifier2)
     }
 }
 

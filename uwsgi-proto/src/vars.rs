@@ -144,11 +144,7 @@ pub struct VarsBuilder {
     buf: PacketBuf,
 }
 
-impl Default for VarsBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::array::packet_builder!(VarsBuilder);
 
 impl VarsBuilder {
     /// An empty body.
@@ -190,26 +186,6 @@ impl VarsBuilder {
         let _ = write!(cursor, "{value}");
         let used = 20 - cursor.len();
         self.push(key, &digits[..used])
-    }
-
-    /// Current body length.
-    pub fn body_len(&self) -> usize {
-        self.buf.body_len()
-    }
-
-    /// The body built so far.
-    pub fn body(&self) -> &[u8] {
-        self.buf.body()
-    }
-
-    /// The body alone.
-    pub fn into_body(self) -> Vec<u8> {
-        self.buf.into_body()
-    }
-
-    /// The whole packet (header plus body) with the given modifiers.
-    pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
-        self.buf.into_packet(modifier1, modifier2)
     }
 }
 
