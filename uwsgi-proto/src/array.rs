@@ -62,21 +62,24 @@ impl<'a> ArrayIter<'a> {
     }
 
     fn item(&mut self) -> Result<&'a [u8], ArrayError> {
-        let offset = self.pos;
-        let len =
-            read_u16(self.body, offset).ok_or(ArrayError::TruncatedLength { offset })? as usize;
-        let start = offset + 2;
-        let data = self
-            .body
-            .get(start..start + len)
-            .ok_or(ArrayError::Overrun {
-                offset,
-                len,
-                available: self.body.len() - start,
-            })?;
-        self.pos = start + len;
+        let (data, next) = field(self.body, self.pos)?;
+        self.pos = next;
         Ok(data)
     }
+}
+
+/// The length-prefixed field (`u16le len, bytes`) of `body` at `offset`: its bytes and the
+/// offset after it. Both the array and the vars body are made of these.
+#[inline]
+pub(crate) fn field(body: &[u8], offset: usize) -> Result<(&[u8], usize), ArrayError> {
+    let len = read_u16(body, offset).ok_or(ArrayError::TruncatedLength { offset })? as usize;
+    let start = offset + 2;
+    let data = body.get(start..start + len).ok_or(ArrayError::Overrun {
+        offset,
+        len,
+        available: body.len() - start,
+    })?;
+    Ok((data, start + len))
 }
 
 impl<'a> Iterator for ArrayIter<'a> {

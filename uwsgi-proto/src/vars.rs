@@ -6,7 +6,8 @@
 use std::fmt;
 use std::io::Write as _;
 
-use crate::header::{read_u16, EncodeError, PacketBuf};
+use crate::array::ArrayError;
+use crate::header::{EncodeError, PacketBuf};
 
 /// Why a vars body is malformed. `offset` is where the offending field starts in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,20 +75,19 @@ impl<'a> VarsIter<'a> {
     }
 
     fn field(&mut self) -> Result<&'a [u8], VarsError> {
-        let offset = self.pos;
-        let len =
-            read_u16(self.body, offset).ok_or(VarsError::TruncatedLength { offset })? as usize;
-        let start = offset + 2;
-        let available = self.body.len() - start;
-        let data = self
-            .body
-            .get(start..start + len)
-            .ok_or(VarsError::Overrun {
+        let (data, next) = crate::array::field(self.body, self.pos).map_err(|e| match e {
+            ArrayError::TruncatedLength { offset } => VarsError::TruncatedLength { offset },
+            ArrayError::Overrun {
                 offset,
                 len,
                 available,
-            })?;
-        self.pos = start + len;
+            } => VarsError::Overrun {
+                offset,
+                len,
+                available,
+            },
+        })?;
+        self.pos = next;
         Ok(data)
     }
 
