@@ -120,8 +120,7 @@ fn heartbeats_only_while_the_program_runs() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     e.expect(HEARTBEAT);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -136,9 +135,7 @@ fn pushed_config_newest_wins_across_double_pushes() {
     };
     let mut e = FakeEmperor::start(&["--ini", "emperor://app.ini"], true, |_| {});
     e.push_config(&ini(1));
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     let body = http_get(port, "/").unwrap();
     assert!(body.contains("version = 1"), "{body}");
 
@@ -180,8 +177,7 @@ fn config_pushed_only_on_request_like_uwsgi_2_1() {
     e.expect(READY);
     let body = http_get(port, "/").unwrap();
     assert!(body.contains("; v2"), "{body}");
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -211,8 +207,7 @@ fn stop_timeout_then_sigkill() {
     let mut e = start_plain(&["--stop-timeout", "0.5"], &prog);
     e.expect(READY);
     e.proc.wait_for_line("TERM ignored", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     e.proc.wait_for_line("did not stop within", SOON);
 }
 
@@ -260,8 +255,7 @@ fn notify_extensions_become_idle_and_sos_bytes() {
     assert_eq!(e.read_byte(SOON), Some(SOS));
     assert_eq!(e.read_byte(SOON), Some(STOP_ME));
     e.proc.wait_for_line("program status: up", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -286,8 +280,7 @@ fn listening_fd0_becomes_socket_activation() {
     let body = http_get_unix(&path, "/").unwrap();
     assert!(body.contains("listen_fds=1"), "{body}");
     e.proc.wait_for_line("LISTEN_FDS=1", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     drop(listener);
 }
 
@@ -315,8 +308,7 @@ fn reload_by_signal_keeps_the_program() {
         1,
         "no restart: {started}"
     );
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 /// `reload = signal:NAME` goes to the program's main process only (like `kill -HUP $MAINPID`):
@@ -365,8 +357,7 @@ fn reload_by_signal_reaches_only_the_main_process() {
             "reload {round}: the worker {worker} (default SIGHUP action) was killed by the reload signal"
         );
     }
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     wait_all_gone(&[worker], SOON);
 }
 
@@ -438,15 +429,12 @@ fn backlog_probe_sends_sos() {
             }
         },
     );
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     let _waiting: Vec<_> = (0..3)
         .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
         .collect();
     e.expect(SOS);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     drop(listener);
 }
 
@@ -484,16 +472,13 @@ fn backlog_of_the_programs_listener(ready: &str, addr: &str, connect: impl Fn())
         "3600",
     ];
     let mut e = start_plain(&opts, &prog);
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     // The readiness probe's connection waits in the backlog too, but one is not three.
     for _ in 0..3 {
         connect();
     }
     e.expect(SOS);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -618,18 +603,13 @@ fn reload_rereads_the_ini_file() {
     write("first");
     let ini_s = ini.display().to_string();
     let mut e = FakeEmperor::start(&["--ini", &ini_s, "--env", "OTHER=1"], false, |_| {});
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     e.proc.wait_for_line("WHO=first", SOON);
     write("second");
     e.send(1);
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     e.proc.wait_for_new_line("WHO=second", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]

@@ -419,6 +419,20 @@ impl FakeEmperor {
         self.chan.write_all(&[b]).unwrap();
     }
 
+    /// Expects each byte of `want` in order (heartbeats between them skipped, as in
+    /// [`FakeEmperor::expect`]).
+    pub fn expect_all(&mut self, want: &[u8]) {
+        for b in want {
+            self.expect(*b);
+        }
+    }
+
+    /// Sends the stop byte (0) and asserts the shim exits with status 0.
+    pub fn stop_cleanly(&mut self) {
+        self.send(0);
+        assert_eq!(self.proc.wait_exit(SOON).code(), Some(0));
+    }
+
     /// Pushes a config frame.
     pub fn push_config(&mut self, text: &str) {
         let mut frame = Vec::new();
