@@ -70,19 +70,9 @@ impl Setup {
 
     fn emperor(&self, extra: &[&str]) -> (Proc, PathBuf) {
         let wrapper = self.work().join("wrap.sh");
-        let mut args = vec![
-            "--emperor-wrapper",
-            wrapper.to_str().unwrap(),
-            // Relative: resolved against the emperor's cwd (the work dir).
-            "--emperor-use-fork-server",
-            "fs.sock",
-            "--vassal-fork-base",
-            "base.ini",
-            "--emperor-throttle",
-            "200",
-            "--emperor-curse-tolerance",
-            "5",
-        ];
+        let mut args = vec!["--emperor-wrapper", wrapper.to_str().unwrap()];
+        args.extend_from_slice(FORK_SERVER_ARGS);
+        args.extend_from_slice(&["--emperor-curse-tolerance", "5"]);
         args.extend_from_slice(extra);
         start_emperor(self.work(), &self.dir, &args)
     }

@@ -50,18 +50,7 @@ fn a_shim_run_fork_base_serves_our_emperor() {
     )
     .unwrap();
     let (_a1, a1_sock) = write_echo_app(work.path(), &dir, "a1");
-    let (mut emp, st) = start_emperor(
-        work.path(),
-        &dir,
-        &[
-            "--emperor-use-fork-server",
-            "fs.sock",
-            "--vassal-fork-base",
-            "base.ini",
-            "--emperor-throttle",
-            "200",
-        ],
-    );
+    let (mut emp, st) = start_emperor(work.path(), &dir, FORK_SERVER_ARGS);
     let emperor_pid = emp.pid() as i32;
 
     let b = wait_loyal(&mut emp, &st, "base.ini", -1);

@@ -35,15 +35,6 @@ fn pids_with(words: &[&str]) -> Vec<i32> {
     out
 }
 
-fn cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
 fn http_get(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -99,7 +90,7 @@ fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
         f["pid"].as_i64().unwrap() as i32,
     );
     assert_eq!(
-        cmdline(shim_pid),
+        proc_argv(shim_pid),
         [
             shim.display().to_string(),
             "--ini".into(),
@@ -107,9 +98,9 @@ fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
         ]
     );
     assert!(
-        cmdline(hello_pid)[0].contains("uwsgi"),
+        proc_argv(hello_pid)[0].contains("uwsgi"),
         "{:?}",
-        cmdline(hello_pid)
+        proc_argv(hello_pid)
     );
     assert_eq!(hello(&sock).0, 200);
     assert!(http_get(port).contains("page.txt"));

@@ -9,6 +9,17 @@ use std::sync::OnceLock;
 
 use super::{wait_vassal, Proc, T};
 
+/// The emperor's options of a fork-server set-up in its work dir: fork server `fs.sock`
+/// (relative: resolved against the emperor's cwd), base vassal `base.ini`, a 200 ms throttle.
+pub const FORK_SERVER_ARGS: &[&str] = &[
+    "--emperor-use-fork-server",
+    "fs.sock",
+    "--vassal-fork-base",
+    "base.ini",
+    "--emperor-throttle",
+    "200",
+];
+
 /// Builds `args` (a `cargo build` tail) into this test's target dir and profile; returns
 /// `<target>/<profile>/<rel>`.
 pub fn built(args: &[&str], rel: &str) -> PathBuf {

@@ -299,3 +299,13 @@ pub fn start_real_emperor_over_ours(uwsgi: &Path, monitor: &Path, work: &Path) -
         .current_dir(work);
     Proc::spawn(cmd)
 }
+
+/// The argv of `pid`, from `/proc/PID/cmdline` (empty once it is gone).
+pub fn proc_argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
