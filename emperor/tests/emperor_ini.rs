@@ -65,10 +65,7 @@ fn nobody() -> (u32, u32) {
 #[test]
 fn debians_stock_emperor_ini_runs_a_real_vassal_as_the_configured_user() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = shared_work_dir();
     // Like /run/uwsgi on Debian: the app's user owns the directory of its socket.
     let run = work.path().join("run");
     std::fs::create_dir(&run).unwrap();
@@ -79,13 +76,11 @@ fn debians_stock_emperor_ini_runs_a_real_vassal_as_the_configured_user() {
     // the vassal directory (and a stats socket for the test) in the temporary directory.
     std::fs::write(
         &ini,
-        format!(
-            "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
-             log-date = true\nuid = nobody\ngid = nogroup\nemperor = {}\n\
-             emperor-stats = {}\n",
+        debian_emperor_ini(&format!(
+            "uid = nobody\ngid = nogroup\nemperor = {}\nemperor-stats = {}\n",
             dir.display(),
             work.path().join("stats.sock").display()
-        ),
+        )),
     )
     .unwrap();
     let mut emp = emperor_ini(work.path(), &ini);

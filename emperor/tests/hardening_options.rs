@@ -262,11 +262,7 @@ fn debians_init_script_command_line_runs_a_real_vassal() {
     // temporary vassal directory.
     std::fs::write(
         &ini,
-        format!(
-            "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
-             log-date = true\nemperor = {}\n",
-            dir.display()
-        ),
+        debian_emperor_ini(&format!("emperor = {}\n", dir.display())),
     )
     .unwrap();
     let pidfile = work.path().join("emperor.pid");

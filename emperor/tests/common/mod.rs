@@ -309,3 +309,12 @@ pub fn proc_argv(pid: i32) -> Vec<String> {
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect()
 }
+
+/// `/etc/uwsgi-emperor/emperor.ini` as Debian ships it, followed by `keys` (its `uid`/`gid`
+/// and `emperor` lines, as the test needs them).
+pub fn debian_emperor_ini(keys: &str) -> String {
+    format!(
+        "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
+         log-date = true\n{keys}"
+    )
+}
