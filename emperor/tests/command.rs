@@ -5,18 +5,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_emperor"))
-        .arg("ctl")
-        .args(args)
-        .env_remove("EMPEROR_STATS")
-        .env_remove("EMPEROR_COMMAND_SOCKET")
-        .output()
-        .unwrap()
+    ctl_command(args).output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {

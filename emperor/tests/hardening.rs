@@ -10,10 +10,7 @@ use std::process::{Command, Output};
 use common::*;
 
 fn ctl_status(stats: &Path) -> String {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_emperor"))
-        .args(["ctl", "--stats", stats.to_str().unwrap(), "status"])
-        .env_remove("EMPEROR_STATS")
-        .env_remove("EMPEROR_COMMAND_SOCKET")
+    let out: Output = ctl_command(&["--stats", stats.to_str().unwrap(), "status"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -195,11 +192,7 @@ const NOBODY: u32 = 65534;
 /// `emperor ctl ARGS` run as `nobody` (the tests run as root).
 fn ctl_as_nobody(args: &[&str]) -> Output {
     use std::os::unix::process::CommandExt;
-    let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
-    c.arg("ctl")
-        .args(args)
-        .env_remove("EMPEROR_STATS")
-        .env_remove("EMPEROR_COMMAND_SOCKET");
+    let mut c = ctl_command(args);
     // SAFETY: only async-signal-safe syscalls (setgroups, setgid, setuid) run in the child.
     unsafe {
         c.pre_exec(|| {

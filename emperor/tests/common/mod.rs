@@ -318,3 +318,14 @@ pub fn debian_emperor_ini(keys: &str) -> String {
          log-date = true\n{keys}"
     )
 }
+
+/// `emperor ctl ARGS`, with no socket taken from the environment (`EMPEROR_STATS`,
+/// `EMPEROR_COMMAND_SOCKET`): each test names its own.
+pub fn ctl_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    c.arg("ctl")
+        .args(args)
+        .env_remove("EMPEROR_STATS")
+        .env_remove("EMPEROR_COMMAND_SOCKET");
+    c
+}
