@@ -31,9 +31,7 @@ fn cmdline(pid: i64) -> String {
 #[test]
 fn byte_30_from_real_uwsgi_starts_numbered_zergs_up_to_the_limit() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     write_hello_app(&dir);
     let w = work.path().display();
     let cfg = dir.join("app.ini");

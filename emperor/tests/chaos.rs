@@ -97,15 +97,6 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-fn argv(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
 /// Children of every thread of `pid`.
 fn kids(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -155,7 +146,7 @@ fn run_pids(marker: &[u8], dir: &Path) -> Vec<i32> {
             let cwd_hit = std::fs::read_link(format!("/proc/{pid}/cwd"))
                 .map(|c| c.starts_with(dir))
                 .unwrap_or(false);
-            env_hit || cwd_hit || argv(pid).iter().any(|a| a.contains(&dir_s))
+            env_hit || cwd_hit || proc_argv(pid).iter().any(|a| a.contains(&dir_s))
         })
         .collect()
 }
@@ -193,7 +184,7 @@ struct Vassal {
 
 /// The config name a child of the emperor runs (`uwsgi --ini NAME`, `vassal-shim --ini NAME`).
 fn config_of(pid: i32) -> Option<String> {
-    let a = argv(pid);
+    let a = proc_argv(pid);
     let i = a.iter().position(|x| x == "--ini")?;
     a.get(i + 1).cloned()
 }
@@ -448,7 +439,12 @@ impl Run {
         for &c in &children {
             match config_of(c) {
                 Some(n) => per_config.entry(n).or_default().push(c),
-                None => return Err(format!("emperor child {c} {:?} runs no config", argv(c))),
+                None => {
+                    return Err(format!(
+                        "emperor child {c} {:?} runs no config",
+                        proc_argv(c)
+                    ))
+                }
             }
         }
         for v in &present {
@@ -563,9 +559,7 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
     };
     println!("chaos: seed {seed} (rerun with CHAOS_SEED={seed}), {kills} kills, {n_uwsgi} uWSGI + {n_shims} shim vassals");
 
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sweeper = Sweeper {
         marker: marker(work.path()),
         dir: work.path().to_owned(),
@@ -705,7 +699,7 @@ fn random_kills_touches_and_removals_converge_to_one_process_per_config_and_leav
     }
     let left_desc: Vec<String> = left
         .iter()
-        .map(|&p| format!("{p} {} {:?} ppid {:?}", comm(p), argv(p), stat(p)))
+        .map(|&p| format!("{p} {} {:?} ppid {:?}", comm(p), proc_argv(p), stat(p)))
         .collect();
 
     if let Ok(path) = std::env::var("CHAOS_LOG") {

@@ -5,18 +5,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_emperor"))
-        .arg("ctl")
-        .args(args)
-        .env_remove("EMPEROR_STATS")
-        .env_remove("EMPEROR_COMMAND_SOCKET")
-        .output()
-        .unwrap()
+    ctl_command(args).output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -26,9 +20,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn command_socket_and_ctl_drive_real_uwsgi_vassals() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let wsock = work.path().join("w.sock");
     let fsock = work.path().join("free.sock");
     write_vassal(&dir, "w.ini", &wsock, "");
@@ -207,9 +199,7 @@ fn command_socket_and_ctl_drive_real_uwsgi_vassals() {
 
 #[test]
 fn udp_command_socket_with_ctl() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     // A fake vassal: ready, accepting, loyal, then waits for the stop byte.
     let fake = work.path().join("fake.sh");
     std::fs::write(

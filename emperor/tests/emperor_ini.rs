@@ -39,24 +39,6 @@ fn chatty_vassal(dir: &Path) -> std::path::PathBuf {
     p
 }
 
-/// Waits until `path` contains `needle` at least `count` times; returns the content.
-fn wait_file(path: &Path, needle: &str, count: usize) -> String {
-    let deadline = Instant::now() + T;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.matches(needle).count() >= count {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} does not contain {needle:?} {count} time(s) within {T:?}; it has:\n{text}",
-            path.display()
-        );
-        // Poll interval of a deadline-bounded wait on a file another process writes.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The `Uid:` or `Gid:` line of /proc/PID/status, as its four numbers.
 fn proc_ids(pid: i32, field: &str) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -83,10 +65,7 @@ fn nobody() -> (u32, u32) {
 #[test]
 fn debians_stock_emperor_ini_runs_a_real_vassal_as_the_configured_user() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = shared_work_dir();
     // Like /run/uwsgi on Debian: the app's user owns the directory of its socket.
     let run = work.path().join("run");
     std::fs::create_dir(&run).unwrap();
@@ -97,13 +76,11 @@ fn debians_stock_emperor_ini_runs_a_real_vassal_as_the_configured_user() {
     // the vassal directory (and a stats socket for the test) in the temporary directory.
     std::fs::write(
         &ini,
-        format!(
-            "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
-             log-date = true\nuid = nobody\ngid = nogroup\nemperor = {}\n\
-             emperor-stats = {}\n",
+        debian_emperor_ini(&format!(
+            "uid = nobody\ngid = nogroup\nemperor = {}\nemperor-stats = {}\n",
             dir.display(),
             work.path().join("stats.sock").display()
-        ),
+        )),
     )
     .unwrap();
     let mut emp = emperor_ini(work.path(), &ini);
@@ -178,9 +155,7 @@ fn uid_without_root_is_a_clear_error() {
 
 #[test]
 fn logto_appends_the_emperor_and_vassal_output_to_a_file() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("chatty.ini"), "[uwsgi]\n").unwrap();
     let script = chatty_vassal(work.path());
     let log = work.path().join("emperor.log");
@@ -236,9 +211,7 @@ fn logto_appends_the_emperor_and_vassal_output_to_a_file() {
 
 #[test]
 fn placeholders_expand_and_an_undefined_one_names_the_file() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("ph.ini"), "[uwsgi]\n").unwrap();
     let script = chatty_vassal(work.path());
     let ini = work.path().join("emperor.ini");
@@ -311,9 +284,7 @@ impl Drop for Daemon {
 
 #[test]
 fn daemonize_detaches_logs_to_the_file_and_writes_the_pidfile() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("bg.ini"), "[uwsgi]\n").unwrap();
     let script = chatty_vassal(work.path());
     let log = work.path().join("daemon.log");

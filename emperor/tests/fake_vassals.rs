@@ -7,38 +7,26 @@ use std::path::Path;
 
 use common::*;
 
+/// Ignores INT/TERM/HUP and never reads its channel.
+const DEAF: &str = "trap '' INT TERM HUP\nexec sleep 600";
+
 fn script(dir: &Path, name: &str, body: &str) {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_sh(&dir.join(name), body);
 }
 
 #[test]
 fn a_vassal_ignoring_stop_is_killed_after_the_curse_tolerance() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     // Never reads its channel, ignores INT/TERM.
-    script(
-        work.path(),
-        "deaf.sh",
-        "trap '' INT TERM HUP\nexec sleep 600",
-    );
+    script(work.path(), "deaf.sh", DEAF);
     std::fs::write(dir.join("deaf.ini"), "[uwsgi]\n").unwrap();
-    let wrapper = work.path().join("deaf.sh");
-    let (mut emp, st) = start_emperor(
+    let (mut emp, st) = start_wrapped(
         work.path(),
         &dir,
-        &[
-            "--emperor-wrapper",
-            wrapper.to_str().unwrap(),
-            "--emperor-curse-tolerance",
-            "1",
-        ],
+        &work.path().join("deaf.sh"),
+        &["--emperor-curse-tolerance", "1"],
     );
-    let v = wait_vassal(&mut emp, &st, "deaf.ini", T, "running", |v| {
-        v["pid"].as_i64().unwrap_or(-1) > 0
-    });
+    let v = wait_running(&mut emp, &st, "deaf.ini");
     let pid = v["pid"].as_i64().unwrap() as i32;
     std::fs::remove_file(dir.join("deaf.ini")).unwrap();
     emp.wait_for_line("stopping vassal deaf.ini", T);
@@ -53,22 +41,15 @@ fn a_vassal_ignoring_stop_is_killed_after_the_curse_tolerance() {
 
 #[test]
 fn exit_26_exiles_until_the_file_changes() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     script(work.path(), "exile.sh", "exit 26");
     let cfg = dir.join("ex.ini");
     std::fs::write(&cfg, "[uwsgi]\n").unwrap();
-    let wrapper = work.path().join("exile.sh");
-    let (mut emp, st) = start_emperor(
+    let (mut emp, st) = start_wrapped(
         work.path(),
         &dir,
-        &[
-            "--emperor-wrapper",
-            wrapper.to_str().unwrap(),
-            "--emperor-freq",
-            "1",
-        ],
+        &work.path().join("exile.sh"),
+        &["--emperor-freq", "1"],
     );
     emp.wait_for_line("vassal ex.ini (pid: ", T);
     emp.wait_for_line("exited with status 26 (exile)", T);
@@ -92,9 +73,7 @@ fn exit_26_exiles_until_the_file_changes() {
 
 #[test]
 fn channel_eof_is_only_a_hint_death_comes_from_the_reaped_status() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     // Closes its emperor channel but keeps running.
     script(
         work.path(),
@@ -103,13 +82,11 @@ fn channel_eof_is_only_a_hint_death_comes_from_the_reaped_status() {
         "exec perl -MPOSIX -e 'POSIX::close($ENV{UWSGI_EMPEROR_FD}); sleep 600'",
     );
     std::fs::write(dir.join("c.ini"), "[uwsgi]\n").unwrap();
-    let wrapper = work.path().join("closer.sh");
-    let (mut emp, st) = start_emperor(
+    let (mut emp, st) = start_wrapped(
         work.path(),
         &dir,
+        &work.path().join("closer.sh"),
         &[
-            "--emperor-wrapper",
-            wrapper.to_str().unwrap(),
             "--emperor-curse-tolerance",
             "1",
             "--emperor-throttle",
@@ -127,27 +104,16 @@ fn channel_eof_is_only_a_hint_death_comes_from_the_reaped_status() {
 
 #[test]
 fn shutdown_kills_what_ignores_stop_after_reload_mercy_and_reaps_everything() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    script(
-        work.path(),
-        "deaf.sh",
-        "trap '' INT TERM HUP\nexec sleep 600",
-    );
+    let (work, dir) = work_dir();
+    script(work.path(), "deaf.sh", DEAF);
     for i in 0..50 {
         std::fs::write(dir.join(format!("v{i:02}.ini")), "[uwsgi]\n").unwrap();
     }
-    let wrapper = work.path().join("deaf.sh");
-    let (mut emp, st) = start_emperor(
+    let (mut emp, st) = start_wrapped(
         work.path(),
         &dir,
-        &[
-            "--emperor-wrapper",
-            wrapper.to_str().unwrap(),
-            "--reload-mercy",
-            "1",
-        ],
+        &work.path().join("deaf.sh"),
+        &["--reload-mercy", "1"],
     );
     let deadline = std::time::Instant::now() + T;
     let pids: Vec<i32> = loop {
@@ -181,11 +147,7 @@ fn our_emperor_as_a_vassal_of_our_emperor() {
     let inner = work.path().join("inner");
     std::fs::create_dir(&outer).unwrap();
     std::fs::create_dir(&inner).unwrap();
-    script(
-        work.path(),
-        "deaf.sh",
-        "trap '' INT TERM HUP\nexec sleep 600",
-    );
+    script(work.path(), "deaf.sh", DEAF);
     std::fs::write(inner.join("leaf.ini"), "[uwsgi]\n").unwrap();
     std::fs::write(
         outer.join("sub.ini"),
@@ -206,9 +168,7 @@ fn our_emperor_as_a_vassal_of_our_emperor() {
     emp.wait_for_line("vassal sub.ini has been spawned", T);
     emp.wait_for_line("vassal sub.ini is now loyal", T);
     let inner_stats = work.path().join("inner-stats.sock");
-    let v = wait_vassal(&mut emp, &inner_stats, "leaf.ini", T, "running", |v| {
-        v["pid"].as_i64().unwrap_or(-1) > 0
-    });
+    let v = wait_running(&mut emp, &inner_stats, "leaf.ini");
     let leaf = v["pid"].as_i64().unwrap() as i32;
     let sub = vassal(&stats(&st), "sub.ini").unwrap();
     assert_eq!(sub["loyal"], 1);

@@ -8,56 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::fork::*;
 use common::*;
-
-/// The `preloaded-base` example, built on first use.
-fn preloaded_base() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // <target>/<profile>/deps/fork_server-<hash>
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary under <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let bin = profile_dir.join("examples/preloaded-base");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "forkserver-proto",
-            "--example",
-            "preloaded-base",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build preloaded-base: {e}"));
-        assert!(
-            out.status.success(),
-            "building the preloaded-base example failed ({cmd:?}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
-}
 
 /// A vassal directory with the base vassal `base.ini`, run through a wrapper that turns
 /// `--ini base.ini` into `preloaded-base --fork-server FS` (any other config would run cold).
@@ -108,63 +65,17 @@ impl Setup {
 
     /// `dir/NAME.ini`, an adopted line-echo vassal on `work/NAME.sock`.
     fn write_app(&self, name: &str) -> (PathBuf, PathBuf) {
-        let sock = self.work().join(format!("{name}.sock"));
-        let ini = self.dir.join(format!("{name}.ini"));
-        // Write then rename: the emperor never sees a half-written config.
-        let tmp = self.work().join(format!("{name}.tmp"));
-        std::fs::write(
-            &tmp,
-            format!("[app]\nsocket = {}\nheartbeat = 1\n", sock.display()),
-        )
-        .unwrap();
-        std::fs::rename(&tmp, &ini).unwrap();
-        (ini, sock)
+        write_echo_app(self.work(), &self.dir, name)
     }
 
     fn emperor(&self, extra: &[&str]) -> (Proc, PathBuf) {
         let wrapper = self.work().join("wrap.sh");
-        let mut args = vec![
-            "--emperor-wrapper",
-            wrapper.to_str().unwrap(),
-            // Relative: resolved against the emperor's cwd (the work dir).
-            "--emperor-use-fork-server",
-            "fs.sock",
-            "--vassal-fork-base",
-            "base.ini",
-            "--emperor-throttle",
-            "200",
-            "--emperor-curse-tolerance",
-            "5",
-        ];
+        let mut args = vec!["--emperor-wrapper", wrapper.to_str().unwrap()];
+        args.extend_from_slice(FORK_SERVER_ARGS);
+        args.extend_from_slice(&["--emperor-curse-tolerance", "5"]);
         args.extend_from_slice(extra);
         start_emperor(self.work(), &self.dir, &args)
     }
-}
-
-fn echo(sock: &Path, line: &str) {
-    let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {sock:?}: {e}"));
-    s.set_read_timeout(Some(T)).unwrap();
-    (&s).write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut got = String::new();
-    BufReader::new(&s).read_line(&mut got).unwrap();
-    assert_eq!(got, format!("{line}\n"), "echo through {sock:?}");
-}
-
-fn pid_of(v: &serde_json::Value) -> i32 {
-    v["pid"].as_i64().unwrap_or(-1) as i32
-}
-
-fn ppid(pid: i32) -> i32 {
-    forkserver_proto::parent_of(forkserver_proto::Pid::from_raw(pid))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"))
-        .as_raw()
-}
-
-/// Waits until vassal `id` is loyal with a pid other than `not`; returns its stats entry.
-fn wait_loyal(emp: &mut Proc, st: &Path, id: &str, not: i32) -> serde_json::Value {
-    wait_vassal(emp, st, id, T, "loyal", |v| {
-        v["loyal"] == 1 && pid_of(v) > 0 && pid_of(v) != not
-    })
 }
 
 #[test]
@@ -406,9 +317,7 @@ fn uwsgi21() -> PathBuf {
 #[ignore = "needs uWSGI 2.1-dev in UWSGI_21 (see forkserver-proto/tests/interop_uwsgi21.rs)"]
 fn real_uwsgi_21_fork_server_as_the_base_vassal() {
     let uwsgi = uwsgi21();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let fs = work.path().join("fs.sock");
     let app_sock = work.path().join("app.sock");
     std::fs::write(

@@ -10,10 +10,7 @@ use std::process::{Command, Output};
 use common::*;
 
 fn ctl_status(stats: &Path) -> String {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_emperor"))
-        .args(["ctl", "--stats", stats.to_str().unwrap(), "status"])
-        .env_remove("EMPEROR_STATS")
-        .env_remove("EMPEROR_COMMAND_SOCKET")
+    let out: Output = ctl_command(&["--stats", stats.to_str().unwrap(), "status"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -31,9 +28,7 @@ fn ready_cell(table: &str, name: &str) -> String {
 #[test]
 fn crashed_and_stopped_vassals_are_not_reported_ready() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let (csock, ssock) = (work.path().join("c.sock"), work.path().join("s.sock"));
     write_vassal(&dir, "crash.ini", &csock, "");
     write_vassal(&dir, "stop.ini", &ssock, "");
@@ -88,8 +83,7 @@ fn crashed_and_stopped_vassals_are_not_reported_ready() {
 }
 
 fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_sh(path, body);
 }
 
 /// Lines of the emperor's output containing `needle`.
@@ -100,9 +94,7 @@ fn count(emp: &mut Proc, needle: &str) -> usize {
 #[test]
 fn a_vassal_flooding_its_channel_cannot_stop_the_loop() {
     let uwsgi = require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("app.sock");
     write_vassal(&dir, "app.ini", &sock, "");
     std::fs::write(dir.join("hb.ini"), "[uwsgi]\n").unwrap();
@@ -200,11 +192,7 @@ const NOBODY: u32 = 65534;
 /// `emperor ctl ARGS` run as `nobody` (the tests run as root).
 fn ctl_as_nobody(args: &[&str]) -> Output {
     use std::os::unix::process::CommandExt;
-    let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
-    c.arg("ctl")
-        .args(args)
-        .env_remove("EMPEROR_STATS")
-        .env_remove("EMPEROR_COMMAND_SOCKET");
+    let mut c = ctl_command(args);
     // SAFETY: only async-signal-safe syscalls (setgroups, setgid, setuid) run in the child.
     unsafe {
         c.pre_exec(|| {
@@ -233,15 +221,8 @@ fn the_command_socket_obeys_only_root_and_the_emperors_user_and_logs_safely() {
         eprintln!("skipped: needs root to send as another user");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
     // `nobody` must reach the socket's directory (the sockets' own modes are what is tested).
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = shared_work_dir();
     let sock = work.path().join("w.sock");
     write_vassal(&dir, "w.ini", &sock, "");
     let cmd = work.path().join("cmd.sock");
@@ -307,9 +288,7 @@ fn the_command_socket_obeys_only_root_and_the_emperors_user_and_logs_safely() {
 
 #[test]
 fn a_udp_command_socket_needs_an_explicit_option_and_binds_loopback() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -385,9 +364,7 @@ fn idle_clients_against(limit: u64) {
     use std::sync::Arc;
     const IDLE: usize = 400;
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("app.sock");
     write_vassal(&dir, "app.ini", &sock, "");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_emperor"));
@@ -499,14 +476,7 @@ fn after_dropping_privileges_the_emperors_new_user_may_command() {
         eprintln!("skipped: needs root to drop privileges");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = shared_work_dir();
     let cmd = work.path().join("cmd.sock");
     let c = cmd.to_str().unwrap();
     let (mut emp, _st) = start_emperor(

@@ -30,6 +30,22 @@ fn vm_hwm(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
+/// Asserts the emperor's peak memory grew by less than 32 MiB since it was `before` KiB.
+fn assert_memory_flat(emp: &Proc, before: u64) {
+    let after = vm_hwm(emp.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "the emperor's peak memory grew from {before} KiB to {after} KiB"
+    );
+}
+
+/// A work dir whose vassal directory holds `good.ini`, a real uWSGI vassal on `work/good.sock`.
+fn with_good_vassal() -> (tempfile::TempDir, PathBuf) {
+    let (work, dir) = work_dir();
+    write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
+    (work, dir)
+}
+
 /// A real uWSGI vassal `good.ini`, ready; returns its pid.
 fn good_vassal_ready(emp: &mut Proc, stats_path: &Path) -> i32 {
     let v = wait_vassal(emp, stats_path, "good.ini", T, "ready", |v| {
@@ -55,10 +71,7 @@ fn mkfifo(p: &Path) {
 #[test]
 fn a_fifo_behind_a_nofollow_config_is_skipped() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
+    let (work, dir) = with_good_vassal();
     let fifo = work.path().join("fifo");
     mkfifo(&fifo);
     std::os::unix::fs::symlink(&fifo, dir.join("x.ini")).unwrap();
@@ -73,11 +86,7 @@ fn a_fifo_behind_a_nofollow_config_is_skipped() {
 #[test]
 fn a_target_swapped_for_a_fifo_does_not_freeze_the_emperor() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    let srv = work.path().join("srv");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::create_dir(&srv).unwrap();
+    let (work, dir, srv) = work_dir_with_srv();
     write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
     let target = write_vassal(&srv, "uwsgi.ini", &work.path().join("x.sock"), "");
     std::os::unix::fs::symlink(&target, dir.join("x.ini")).unwrap();
@@ -102,10 +111,7 @@ fn a_target_swapped_for_a_fifo_does_not_freeze_the_emperor() {
 #[test]
 fn a_huge_config_is_read_only_up_to_64_kib() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
+    let (work, dir) = with_good_vassal();
     let (mut emp, stats_path) = start(work.path(), &dir, &[]);
     good_vassal_ready(&mut emp, &stats_path);
     let before = vm_hwm(emp.pid());
@@ -123,20 +129,13 @@ fn a_huge_config_is_read_only_up_to_64_kib() {
             || v["last_exit"].is_string()
     });
     still_responsive(&mut emp, &stats_path);
-    let after = vm_hwm(emp.pid());
-    assert!(
-        after < before + 32 * 1024,
-        "the emperor's peak memory grew from {before} KiB to {after} KiB"
-    );
+    assert_memory_flat(&emp, before);
 }
 
 #[test]
 fn a_nofollow_link_to_dev_zero_is_skipped() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
+    let (work, dir) = with_good_vassal();
     std::os::unix::fs::symlink("/dev/zero", dir.join("zero.ini")).unwrap();
     let (mut emp, stats_path) = start(work.path(), &dir, &["--emperor-nofollow"]);
     let line = emp.wait_for_line("skipping zero.ini", T);
@@ -147,20 +146,13 @@ fn a_nofollow_link_to_dev_zero_is_skipped() {
     good_vassal_ready(&mut emp, &stats_path);
     let before = vm_hwm(emp.pid());
     still_responsive(&mut emp, &stats_path);
-    let after = vm_hwm(emp.pid());
-    assert!(
-        after < before + 32 * 1024,
-        "the emperor's peak memory grew from {before} KiB to {after} KiB"
-    );
+    assert_memory_flat(&emp, before);
 }
 
 #[test]
 fn control_characters_in_file_names_cannot_forge_log_lines() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    write_vassal(&dir, "good.ini", &work.path().join("good.sock"), "");
+    let (work, dir) = with_good_vassal();
     let (mut emp, stats_path) = start(work.path(), &dir, &[]);
     good_vassal_ready(&mut emp, &stats_path);
     // `touch $'a\nb.ini'`, with a plausible forged line after the newline, and a terminal

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use clap::ArgAction;
 use common::*;
@@ -252,29 +251,10 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_file(path: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + T;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} has no {needle:?} within {T:?}:\n{text}",
-            path.display()
-        );
-        // Poll interval of a deadline-bounded wait on a file the daemon writes.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn debians_init_script_command_line_runs_a_real_vassal() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("app.sock");
     write_vassal(&dir, "app.ini", &sock, "");
     let ini = work.path().join("emperor.ini");
@@ -282,11 +262,7 @@ fn debians_init_script_command_line_runs_a_real_vassal() {
     // temporary vassal directory.
     std::fs::write(
         &ini,
-        format!(
-            "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
-             log-date = true\nemperor = {}\n",
-            dir.display()
-        ),
+        debian_emperor_ini(&format!("emperor = {}\n", dir.display())),
     )
     .unwrap();
     let pidfile = work.path().join("emperor.pid");
@@ -309,10 +285,10 @@ fn debians_init_script_command_line_runs_a_real_vassal() {
         "{}",
         launcher.output()
     );
-    let text = wait_file(&pidfile, "\n");
+    let text = wait_file(&pidfile, "\n", 1);
     let pid: i32 = text.trim().parse().unwrap();
     let _guard = Daemon(Some(pid));
-    let text = wait_file(&log, "vassal app.ini is ready to accept requests");
+    let text = wait_file(&log, "vassal app.ini is ready to accept requests", 1);
     assert!(text.contains("`--die-on-term`"), "{text}");
     assert!(
         text.contains("`workers` has no meaning for the emperor"),

@@ -92,11 +92,7 @@ fn changes_to_a_symlinked_config_reload_and_stop_the_vassal() {
 #[test]
 fn with_nofollow_the_link_itself_counts() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    let srv = work.path().join("srv");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::create_dir(&srv).unwrap();
+    let (work, dir, srv) = work_dir_with_srv();
     let sock = work.path().join("app.sock");
     let target = write_vassal(&srv, "uwsgi.ini", &sock, "");
     let link = dir.join("app.ini");

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
 
 fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/bash\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, PermissionsExt::from_mode(0o755)).unwrap();
+    write_executable(path, &format!("#!/bin/bash\n{body}\n"));
 }
 
 /// A vassal (argv: wrapper --ini NAME) that reports ready + loyal, logs the first byte the
@@ -36,9 +34,7 @@ fn lines(p: &Path) -> Vec<String> {
 
 #[test]
 fn start_and_stop_hooks_run_once_each_never_block_the_loop_and_shutdown_still_stops_everyone() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let wrapper = vassal_script(work.path());
     let gate = work.path().join("gate");
     let start_log = work.path().join("start.log");
@@ -137,9 +133,7 @@ fn start_and_stop_hooks_run_once_each_never_block_the_loop_and_shutdown_still_st
 
 #[test]
 fn exec_as_vassal_gates_the_start_and_exec_as_emperor_sees_the_vassal() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let wrapper = vassal_script(work.path());
     let allow = work.path().join("allow");
     let ppid = work.path().join("ppid");
@@ -191,9 +185,7 @@ fn exec_as_vassal_gates_the_start_and_exec_as_emperor_sees_the_vassal() {
 
 #[test]
 fn a_hung_start_hook_does_not_hold_the_shutdown() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let wrapper = vassal_script(work.path());
     let hook = work.path().join("hang.sh");
     script(&hook, "echo hanging\nexec sleep 600");

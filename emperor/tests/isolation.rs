@@ -4,23 +4,11 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-
-fn write_vassal_script(work: &Path) -> std::path::PathBuf {
-    let p = work.join("vassal.sh");
-    std::fs::write(
-        &p,
-        "#!/bin/bash\nfd=$UWSGI_EMPEROR_FD\nprintf '\\001\\021' >&$fd\ndd bs=1 count=1 <&$fd >/dev/null 2>&1\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, PermissionsExt::from_mode(0o755)).unwrap();
-    p
-}
 
 fn status_field(pid: i32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -81,17 +69,14 @@ fn has_effective_cap(bit: u32) -> bool {
 #[test]
 fn vassal_bounding_set_and_namespaces_differ_from_the_emperor() {
     let allowed = namespaces_allowed();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    let script = write_vassal_script(work.path());
+    let (work, dir) = work_dir();
+    let script = write_loyal_script(work.path());
     std::fs::write(dir.join("iso.ini"), "[uwsgi]\n").unwrap();
-    let (mut emp, st) = start_emperor(
+    let (mut emp, st) = start_wrapped(
         work.path(),
         &dir,
+        &script,
         &[
-            "--emperor-wrapper",
-            script.to_str().unwrap(),
             "--emperor-cap",
             "cap_net_bind_service,chown",
             "--emperor-use-clone",
@@ -139,20 +124,14 @@ fn vassal_bounding_set_and_namespaces_differ_from_the_emperor() {
 
 #[test]
 fn cap_alone_keeps_only_the_listed_capabilities() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    let script = write_vassal_script(work.path());
+    let (work, dir) = work_dir();
+    let script = write_loyal_script(work.path());
     std::fs::write(dir.join("cap.ini"), "[uwsgi]\n").unwrap();
-    let (mut emp, st) = start_emperor(
+    let (mut emp, st) = start_wrapped(
         work.path(),
         &dir,
-        &[
-            "--emperor-wrapper",
-            script.to_str().unwrap(),
-            "--emperor-cap",
-            "setpcap,sys_time",
-        ],
+        &script,
+        &["--emperor-cap", "setpcap,sys_time"],
     );
     // Dropping from the bounding set needs CAP_SETPCAP (bit 8).
     let can_drop = has_effective_cap(8);
@@ -199,10 +178,8 @@ fn unsupported_clone_flags_and_unknown_caps_stop_the_emperor_with_the_reason() {
 
 #[test]
 fn without_cap_sys_admin_namespaces_fail_with_a_clear_error_and_are_retried() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
-    let script = write_vassal_script(work.path());
+    let (work, dir) = work_dir();
+    let script = write_loyal_script(work.path());
     std::fs::write(dir.join("ns.ini"), "[uwsgi]\n").unwrap();
     // The emperor runs without CAP_SYS_ADMIN, like in a restricted sandbox.
     let mut cmd = Command::new("setpriv");

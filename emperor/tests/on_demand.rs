@@ -12,8 +12,7 @@ use std::path::Path;
 use common::*;
 
 fn script(path: &Path, body: &str) {
-    std::fs::write(path, body).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_executable(path, body);
 }
 
 /// A vassal that accepts one connection on fd 0 (the on-demand listener), answers `ok`, sends
@@ -125,9 +124,7 @@ fn real_uwsgi_vassal_is_started_by_its_first_request_and_comes_back_after_idle()
 
 #[test]
 fn a_thousand_activations_leak_no_fd() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let fake = work.path().join("fake.pl");
     script(&fake, FAKE);
     std::fs::write(dir.join("app.ini"), "[uwsgi]\n").unwrap();
@@ -165,9 +162,7 @@ fn a_thousand_activations_leak_no_fd() {
 
 #[test]
 fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let fake = work.path().join("fake.pl");
     script(&fake, FAKE);
     let free = |a: &str| {
@@ -265,9 +260,7 @@ fn exec_lookup_binds_tcp_v4_and_v6_sockets() {
 
 #[test]
 fn a_unix_path_too_long_for_sockaddr_un_is_refused_with_a_message() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let long = work.path().join("x".repeat(120)).join("app.sock");
     std::fs::write(dir.join("app.ini"), "[uwsgi]\n").unwrap();
     std::fs::write(dir.join("app.ini.od"), long.to_str().unwrap()).unwrap();

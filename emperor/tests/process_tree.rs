@@ -187,16 +187,21 @@ fn cgroup_rm_leaves_no_process_and_no_cgroup() {
     );
 }
 
-#[test]
-fn cgroup_shutdown_leaves_no_process_and_no_cgroup() {
-    let Some(mount) = cgroup_mount() else { return };
-    let mut s = start("cgroup", 200, 20);
-    let base = stats(&s.stats)["process_tree"]
+/// The emperor's cgroup (its stats `process_tree` is `cgroup2:PATH`).
+fn cgroup_base(stats_path: &Path) -> String {
+    stats(stats_path)["process_tree"]
         .as_str()
         .unwrap()
         .strip_prefix("cgroup2:")
         .unwrap()
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn cgroup_shutdown_leaves_no_process_and_no_cgroup() {
+    let Some(mount) = cgroup_mount() else { return };
+    let mut s = start("cgroup", 200, 20);
+    let base = cgroup_base(&s.stats);
     s.emperor.signal(libc::SIGTERM);
     assert!(s.emperor.wait_exit(T).success());
     assert_eq!(tree(&s.tag), Vec::<i32>::new(), "left after SIGTERM");
@@ -272,12 +277,7 @@ fn where_cgroups_are_unusable_auto_falls_back_and_cgroup_is_refused() {
 fn cgroups_of_a_sigkilled_emperor_are_cleaned_up_by_the_next_one() {
     let Some(mount) = cgroup_mount() else { return };
     let mut s = start("cgroup", 50, 5);
-    let base = stats(&s.stats)["process_tree"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("cgroup2:")
-        .unwrap()
-        .to_string();
+    let base = cgroup_base(&s.stats);
     let pid = s.emperor.pid() as i32;
     signal(pid, libc::SIGKILL);
     s.emperor.wait_exit(T);
@@ -387,9 +387,7 @@ fn a_cgroup_namespace_of_a_vassal_is_rooted_at_its_own_cgroup() {
             "cgroup",
         ],
     );
-    let v = wait_vassal(&mut emperor, &st, "ns.ini", T, "running", |v| {
-        v["pid"].as_i64().unwrap_or(-1) > 0
-    });
+    let v = wait_running(&mut emperor, &st, "ns.ini");
     let deadline = Instant::now() + T;
     while !out.exists() {
         assert!(Instant::now() < deadline, "{}", emperor.output());
@@ -442,9 +440,7 @@ fn an_emperor_that_drops_privileges_keeps_its_vassal_cgroups() {
     emperor.wait_for_line("started vassal forker.ini", T);
     emperor.wait_for_new_line("started vassal forker.ini", T);
     wait_tree(&mut emperor, &tag, 0, "after the vassal exited");
-    let v = wait_vassal(&mut emperor, &st, "forker.ini", T, "running", |v| {
-        v["pid"].as_i64().unwrap_or(-1) > 0
-    });
+    let v = wait_running(&mut emperor, &st, "forker.ini");
     let cg = v["cgroup"]
         .as_str()
         .unwrap_or_else(|| panic!("{v}\n{}", emperor.output()));

@@ -10,9 +10,7 @@ use common::*;
 #[test]
 fn spawn_accept_loyal_reload_and_remove() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("app.sock");
     let ini = write_vassal(&dir, "app.ini", &sock, "");
     let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-freq", "1"]);
@@ -78,9 +76,7 @@ fn spawn_accept_loyal_reload_and_remove() {
 #[test]
 fn crashing_vassal_backs_off_with_growing_delays() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     // need-app with a missing app: uWSGI exits with 22 right after starting.
     std::fs::write(
         dir.join("crash.ini"),
@@ -136,9 +132,7 @@ fn crashing_vassal_backs_off_with_growing_delays() {
 #[test]
 fn heartbeat_silence_kills_and_respawns() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("hb.sock");
     write_vassal(&dir, "hb.ini", &sock, "heartbeat = 1\n");
     let (mut emp, st) = start_emperor(work.path(), &dir, &["--emperor-required-heartbeat", "4"]);
@@ -175,9 +169,7 @@ fn heartbeat_silence_kills_and_respawns() {
 #[test]
 fn sigint_stops_everything_and_leaves_no_vassal_process() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     write_vassal(&dir, "a.ini", &work.path().join("a.sock"), "");
     write_vassal(&dir, "b.ini", &work.path().join("b.sock"), "");
     let pidfile = work.path().join("emperor.pid");
@@ -222,9 +214,7 @@ fn sigint_stops_everything_and_leaves_no_vassal_process() {
 #[test]
 fn bad_files_are_skipped_once_while_good_vassals_run() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("good.sock");
     write_vassal(&dir, "good.ini", &sock, "");
     std::fs::write(dir.join("notes.txt"), "not a config").unwrap();
@@ -376,9 +366,7 @@ fn watched_directory_disappearing_and_coming_back() {
 fn ini_file_systemd_notify_stats_http_and_vassal_environment() {
     use std::os::unix::net::UnixDatagram;
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     write_vassal(&dir, "env.ini", &work.path().join("env.sock"), "");
     let notify_path = work.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -476,9 +464,7 @@ fn ini_file_systemd_notify_stats_http_and_vassal_environment() {
 #[test]
 fn wrapper_set_and_templates_build_the_uwsgi_argv() {
     let uwsgi = require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("w.sock");
     write_vassal(&dir, "w.ini", &sock, "");
     let tmpl = work.path().join("tmpl.ini");
@@ -543,13 +529,7 @@ fn our_emperor_as_a_vassal_of_the_real_uwsgi_emperor() {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(uwsgi);
-    cmd.arg("--emperor")
-        .arg(&outer)
-        .args(["--emperor-wrapper", env!("CARGO_BIN_EXE_emperor")])
-        .env("EMPEROR_LOG", "info")
-        .current_dir(work.path());
-    let mut real = Proc::spawn(cmd);
+    let mut real = start_real_emperor_over_ours(&uwsgi, &outer, work.path());
     real.wait_for_line("[emperor] vassal sub.ini has been spawned", T);
     real.wait_for_line("[emperor] vassal sub.ini is now loyal", T);
     let v = wait_vassal(&mut real, &inner_stats, "leaf.ini", T, "accepting", |v| {

@@ -39,9 +39,7 @@ fn quiet_pass(emp: &mut Proc) -> String {
 
 #[test]
 fn a_watched_local_directory_is_not_rescanned_while_nothing_changes() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     for i in 0..20 {
         std::fs::write(dir.join(format!("v{i:02}.ini")), "[uwsgi]\n").unwrap();
     }
@@ -67,9 +65,7 @@ fn a_watched_local_directory_is_not_rescanned_while_nothing_changes() {
 
 #[test]
 fn a_file_inotify_does_not_report_is_caught_by_the_directory_stamp() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("a.ini"), "[uwsgi]\n").unwrap();
     std::fs::write(work.path().join("b.ini"), "[uwsgi]\n").unwrap();
     let mut emp = start(work.path(), &dir);
@@ -86,9 +82,7 @@ fn a_file_inotify_does_not_report_is_caught_by_the_directory_stamp() {
 
 #[test]
 fn sigwinch_rescans_what_neither_inotify_nor_the_stamp_shows() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let cfg = dir.join("a.ini");
     std::fs::write(&cfg, "[uwsgi]\n").unwrap();
     let mut emp = start(work.path(), &dir);

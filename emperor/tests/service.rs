@@ -71,9 +71,7 @@ fn version_names_the_crate_version_and_the_git_commit() {
 #[test]
 fn notify_socket_gets_ready_and_stopping_and_vassals_do_not_see_it() {
     require_uwsgi();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let notify = work.path().join("notify.sock");
     let rx = UnixDatagram::bind(&notify).unwrap();
     write_vassal(&dir, "app.ini", &work.path().join("app.sock"), "");

@@ -8,42 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
+use common::fork::*;
 use common::*;
-
-/// Builds `args` (a `cargo build` tail) into this test's target dir and profile; returns
-/// `<target>/<profile>/<rel>`.
-fn built(args: &[&str], rel: &str) -> PathBuf {
-    let emperor = Path::new(env!("CARGO_BIN_EXE_emperor"));
-    let profile_dir = emperor.parent().unwrap();
-    let bin = profile_dir.join(rel);
-    let target_dir = profile_dir.parent().unwrap();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["build", "--quiet"])
-        .args(args)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(workspace);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo ({cmd:?}): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(bin.exists(), "{} missing after the build", bin.display());
-    bin
-}
 
 fn shim_and_base() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -53,50 +22,8 @@ fn shim_and_base() -> &'static (PathBuf, PathBuf) {
                 &["-p", "vassal-shim", "--bin", "vassal-shim"],
                 "vassal-shim",
             ),
-            built(
-                &["-p", "forkserver-proto", "--example", "preloaded-base"],
-                "examples/preloaded-base",
-            ),
+            preloaded_base(),
         )
-    })
-}
-
-fn pid_of(v: &serde_json::Value) -> i32 {
-    v["pid"].as_i64().unwrap_or(-1) as i32
-}
-
-fn ppid(pid: i32) -> i32 {
-    forkserver_proto::parent_of(forkserver_proto::Pid::from_raw(pid))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"))
-        .as_raw()
-}
-
-fn echo(sock: &Path, line: &str) {
-    let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {sock:?}: {e}"));
-    s.set_read_timeout(Some(T)).unwrap();
-    (&s).write_all(format!("{line}\n").as_bytes()).unwrap();
-    let mut got = String::new();
-    BufReader::new(&s).read_line(&mut got).unwrap();
-    assert_eq!(got, format!("{line}\n"), "echo through {sock:?}");
-}
-
-/// `dir/NAME.ini`: an adopted line-echo vassal on `work/NAME.sock` (written, then renamed in).
-fn write_app(work: &Path, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let sock = work.join(format!("{name}.sock"));
-    let ini = dir.join(format!("{name}.ini"));
-    let tmp = work.join(format!("{name}.tmp"));
-    std::fs::write(
-        &tmp,
-        format!("[app]\nsocket = {}\nheartbeat = 1\n", sock.display()),
-    )
-    .unwrap();
-    std::fs::rename(&tmp, &ini).unwrap();
-    (ini, sock)
-}
-
-fn wait_loyal(emp: &mut Proc, st: &Path, id: &str, not: i32) -> serde_json::Value {
-    wait_vassal(emp, st, id, T, "loyal", |v| {
-        v["loyal"] == 1 && pid_of(v) > 0 && pid_of(v) != not
     })
 }
 
@@ -108,9 +35,7 @@ fn a_shim_run_fork_base_serves_our_emperor() {
         shim.parent(),
         Path::new(env!("CARGO_BIN_EXE_emperor")).parent()
     );
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let fs = work.path().join("fs.sock");
     let base = dir.join("base.ini");
     std::fs::write(
@@ -124,19 +49,8 @@ fn a_shim_run_fork_base_serves_our_emperor() {
         ),
     )
     .unwrap();
-    let (_a1, a1_sock) = write_app(work.path(), &dir, "a1");
-    let (mut emp, st) = start_emperor(
-        work.path(),
-        &dir,
-        &[
-            "--emperor-use-fork-server",
-            "fs.sock",
-            "--vassal-fork-base",
-            "base.ini",
-            "--emperor-throttle",
-            "200",
-        ],
-    );
+    let (_a1, a1_sock) = write_echo_app(work.path(), &dir, "a1");
+    let (mut emp, st) = start_emperor(work.path(), &dir, FORK_SERVER_ARGS);
     let emperor_pid = emp.pid() as i32;
 
     let b = wait_loyal(&mut emp, &st, "base.ini", -1);
@@ -158,7 +72,7 @@ fn a_shim_run_fork_base_serves_our_emperor() {
     assert_ne!(pid_in_line(&line), base_prog, "{line}");
     let v = wait_loyal(&mut emp, &st, "base.ini", -1);
     assert_eq!(pid_of(&v), shim_pid, "the shim itself stays");
-    let (_a2, a2_sock) = write_app(work.path(), &dir, "a2");
+    let (_a2, a2_sock) = write_echo_app(work.path(), &dir, "a2");
     let v2 = wait_loyal(&mut emp, &st, "a2.ini", -1);
     assert_eq!(v2["adopted"], 1, "{v2:#}");
     assert_eq!(ppid(pid_of(&v2)), emperor_pid);

@@ -35,15 +35,6 @@ fn pids_with(words: &[&str]) -> Vec<i32> {
     out
 }
 
-fn cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
 fn http_get(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -71,9 +62,7 @@ fn program_pid(words: &[&str], not: Option<i32>) -> i32 {
 fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
     require_uwsgi();
     let shim = ensure_shim();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     let sock = work.path().join("hello.sock");
     write_vassal(&dir, "hello.ini", &sock, "");
     let port = free_port();
@@ -101,7 +90,7 @@ fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
         f["pid"].as_i64().unwrap() as i32,
     );
     assert_eq!(
-        cmdline(shim_pid),
+        proc_argv(shim_pid),
         [
             shim.display().to_string(),
             "--ini".into(),
@@ -109,9 +98,9 @@ fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
         ]
     );
     assert!(
-        cmdline(hello_pid)[0].contains("uwsgi"),
+        proc_argv(hello_pid)[0].contains("uwsgi"),
         "{:?}",
-        cmdline(hello_pid)
+        proc_argv(hello_pid)
     );
     assert_eq!(hello(&sock).0, 200);
     assert!(http_get(port).contains("page.txt"));
@@ -149,9 +138,7 @@ fn a_mixed_directory_runs_uwsgi_and_shim_vassals_side_by_side() {
 
 #[test]
 fn a_missing_shim_binary_is_reported_with_what_to_do() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(dir.join("p.ini"), "[vassal-shim]\nexec = sleep 60\n").unwrap();
     // A copy of the emperor alone in a directory, with a PATH without the shim.
     let bin = work.path().join("bin");
@@ -172,9 +159,7 @@ fn a_missing_shim_binary_is_reported_with_what_to_do() {
 #[test]
 fn shim_vassals_start_without_uwsgi_on_path() {
     ensure_shim();
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     std::fs::write(
         dir.join("p.ini"),
         "[vassal-shim]\nexec = /bin/sleep 60\nready = immediate\n",
@@ -204,9 +189,7 @@ fn shim_vassals_start_without_uwsgi_on_path() {
 fn the_loop_serves_the_stats_socket_between_batches_of_starts() {
     ensure_shim();
     const N: usize = 200;
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = work_dir();
     for i in 0..N {
         std::fs::write(
             dir.join(format!("v{i:03}.ini")),

@@ -7,7 +7,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -98,13 +97,7 @@ fn sub_emperor_obeys_reload_from_the_real_uwsgi_emperor() {
     let uwsgi = require_uwsgi();
     let work = tempfile::tempdir().unwrap();
     let (outer, sub) = layout(work.path());
-    let mut cmd = Command::new(uwsgi);
-    cmd.arg("--emperor")
-        .arg(&outer)
-        .args(["--emperor-wrapper", env!("CARGO_BIN_EXE_emperor")])
-        .env("EMPEROR_LOG", "info")
-        .current_dir(work.path());
-    let mut real = Proc::spawn(cmd);
+    let mut real = start_real_emperor_over_ours(&uwsgi, &outer, work.path());
     real.wait_for_line("[emperor] vassal sub.ini is now loyal", T);
     reload_reaches_the_leaf(&mut real, work.path(), &sub);
     real.wait_for_line("[emperor] reload the uwsgi instance sub.ini", T);

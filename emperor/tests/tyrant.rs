@@ -87,18 +87,6 @@ impl Drop for User {
     }
 }
 
-/// A vassal that reports ready + loyal, then exits at the first byte from the emperor.
-fn write_vassal_script(work: &Path) -> std::path::PathBuf {
-    let p = work.join("vassal.sh");
-    std::fs::write(
-        &p,
-        "#!/bin/bash\nfd=$UWSGI_EMPEROR_FD\nprintf '\\001\\021' >&$fd\ndd bs=1 count=1 <&$fd >/dev/null 2>&1\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, PermissionsExt::from_mode(0o755)).unwrap();
-    p
-}
-
 /// (uid, gid, supplementary groups) of a running process.
 fn creds(pid: i32) -> (u32, u32, Vec<u32>) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -119,12 +107,9 @@ fn chown(p: &Path, uid: u32, gid: u32) {
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(work.path(), PermissionsExt::from_mode(0o755)).unwrap();
-    let dir = work.path().join("vassals");
-    std::fs::create_dir(&dir).unwrap();
+    let (work, dir) = shared_work_dir();
     std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
-    let script = write_vassal_script(work.path());
+    let script = write_loyal_script(work.path());
     (work, dir, script)
 }
 

@@ -5,7 +5,7 @@
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,17 +83,24 @@ fn scripted_server(
     (path, dir, h)
 }
 
-#[test]
-fn client_request_is_byte_exact_and_reads_the_recorded_reply() {
-    let (path, _dir, h) = scripted_server(RECORDED_REQUEST.len(), vec![RECORDED_REPLY.to_vec()]);
+/// Sends the recorded request (`RECORDED_ARGV` over a fresh channel) to the server at `path`;
+/// the client's result and our end of the channel.
+fn request_recorded(path: &Path) -> (Result<Pid, ClientError>, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
-        &path,
+    let r = request_fork(
+        path,
         &RECORDED_ARGV,
         &VassalFds::channel(theirs.as_fd()),
         DEADLINE,
-    )
-    .unwrap();
+    );
+    (r, ours)
+}
+
+#[test]
+fn client_request_is_byte_exact_and_reads_the_recorded_reply() {
+    let (path, _dir, h) = scripted_server(RECORDED_REQUEST.len(), vec![RECORDED_REPLY.to_vec()]);
+    let (pid, ours) = request_recorded(&path);
+    let pid = pid.unwrap();
     assert_eq!(pid, Pid::from_raw(18204));
     let got = h.join().unwrap();
     assert_eq!(got.bytes, RECORDED_REQUEST);
@@ -112,14 +119,8 @@ fn client_request_is_byte_exact_and_reads_the_recorded_reply() {
 fn reply_split_into_pieces_is_reassembled() {
     let chunks = RECORDED_REPLY.iter().map(|b| vec![*b]).collect();
     let (path, _dir, h) = scripted_server(RECORDED_REQUEST.len(), chunks);
-    let (_ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
-        &path,
-        &RECORDED_ARGV,
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .unwrap();
+    let (pid, _ours) = request_recorded(&path);
+    let pid = pid.unwrap();
     assert_eq!(pid.as_raw(), 18204);
     h.join().unwrap();
 }
@@ -158,13 +159,7 @@ fn three_fds_go_in_order_with_mask_7() {
 
 fn run_with_reply(reply: &[u8]) -> Result<Pid, ClientError> {
     let (path, _dir, h) = scripted_server(RECORDED_REQUEST.len(), vec![reply.to_vec()]);
-    let (_ours, theirs) = UnixStream::pair().unwrap();
-    let r = request_fork(
-        &path,
-        &RECORDED_ARGV,
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    );
+    let (r, _ours) = request_recorded(&path);
     h.join().unwrap();
     r
 }

@@ -13,16 +13,20 @@
 //! * uWSGI's emperor (`--emperor-use-fork-server`) → our `preloaded-base` example: the emperor
 //!   reports the adopted vassal loyal, reloads it through the fork server and stops it.
 
+mod common;
+
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use forkserver_proto::{parent_of, request_fork, Pid, VassalFds};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use uwsgi_emperor_suite::Proc;
+
+use common::example_binary;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -37,21 +41,6 @@ fn uwsgi21() -> PathBuf {
         });
     assert!(p.is_file(), "UWSGI_21={} does not exist", p.display());
     p
-}
-
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples/preloaded-base");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p forkserver-proto --examples`",
-        bin.display()
-    );
-    bin
 }
 
 fn read_byte(s: &UnixStream) -> Option<u8> {

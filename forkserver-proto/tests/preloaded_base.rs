@@ -4,12 +4,14 @@
 //!
 //! Needs the example binary, which `cargo test` builds (or `cargo build --examples`).
 
+mod common;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,23 +19,16 @@ use forkserver_proto::{request_fork, Pid, VassalFds};
 use nix::sys::wait::{waitpid, WaitStatus};
 use uwsgi_emperor_suite::Proc;
 
+use common::example_binary;
+
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/preloaded-base
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples/preloaded-base");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p forkserver-proto --examples` \
-         (plain `cargo test -p forkserver-proto` builds it too)",
-        bin.display()
-    );
-    bin
+/// Asks the fork server at `fs` for a vassal running `argv`; its pid and our end of its channel.
+fn adopt(fs: &Path, argv: &[OsString]) -> (Pid, UnixStream) {
+    let (chan, vassal_end) = UnixStream::pair().unwrap();
+    let pid = request_fork(fs, argv, &VassalFds::channel(vassal_end.as_fd()), DEADLINE).unwrap();
+    drop(vassal_end);
+    (pid, chan)
 }
 
 fn read_bytes(s: &UnixStream, n: usize) -> Vec<u8> {
@@ -111,20 +106,12 @@ fn preloaded_base_adopts_supervised_vassals() {
     assert!(fs.exists());
 
     // Adopt a vassal.
-    let (chan, vassal_end) = UnixStream::pair().unwrap();
     let argv = [
         OsString::from("preloaded-base"),
         "--ini".into(),
         ini.clone().into_os_string(),
     ];
-    let pid = request_fork(
-        &fs,
-        &argv,
-        &VassalFds::channel(vassal_end.as_fd()),
-        DEADLINE,
-    )
-    .unwrap();
-    drop(vassal_end);
+    let (pid, chan) = adopt(&fs, &argv);
     assert_eq!(read_bytes(&chan, 3), [1, 5, 17], "ready, accepting, loyal");
     assert_ne!(pid.as_raw() as u32, base.pid());
     // It is our child (we are the subreaper), not the base's.
@@ -161,15 +148,7 @@ fn preloaded_base_adopts_supervised_vassals() {
     base.wait_for_line("reload: exiting", DEADLINE);
 
     // A second adoption, stopped with byte 0; its socket file is removed.
-    let (chan, vassal_end) = UnixStream::pair().unwrap();
-    let pid = request_fork(
-        &fs,
-        &argv,
-        &VassalFds::channel(vassal_end.as_fd()),
-        DEADLINE,
-    )
-    .unwrap();
-    drop(vassal_end);
+    let (pid, chan) = adopt(&fs, &argv);
     assert_eq!(read_bytes(&chan, 3), [1, 5, 17]);
     (&chan).write_all(&[0]).unwrap();
     expect_eof(&chan);

@@ -310,6 +310,23 @@ fn reporting_vassal(before: BTreeSet<i32>) -> impl FnOnce(Adoption) -> i32 {
     }
 }
 
+/// Asks the server at `path` for a vassal running `argv` over a fresh channel; returns the
+/// vassal's pid and our end of its channel once the vassal has sent ready (1) on it.
+fn fork_ready(path: &Path, argv: &[&str], what: &str) -> (Pid, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let pid = request_fork(path, argv, &VassalFds::channel(theirs.as_fd()), DEADLINE)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    drop(theirs);
+    assert_eq!(read_byte_deadline(&ours), 1);
+    (pid, ours)
+}
+
+/// Closes the channel `ours` of vassal `pid` and asserts the vassal then exits with status 0.
+fn exits_once_closed(pid: Pid, ours: UnixStream) {
+    drop(ours);
+    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("fsp-test.")
@@ -329,18 +346,12 @@ fn round_trip_adopts_a_grandchild() {
         reporting_vassal(before),
     );
 
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
+    // The first channel byte is the vassal's ready, written by the adopted process.
+    let (pid, ours) = fork_ready(
         &server.path,
         &["my-vassal", "--ini", "app.ini"],
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .expect("fork request");
-    drop(theirs);
-
-    // The first channel byte is the vassal's ready, written by the adopted process.
-    assert_eq!(read_byte_deadline(&ours), 1);
+        "fork request",
+    );
     let report = read_line_deadline(&ours);
     assert_eq!(
         report,
@@ -358,24 +369,13 @@ fn round_trip_adopts_a_grandchild() {
         WaitStatus::StillAlive
     );
     // EOF on the channel stops it, and we reap it.
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    exits_once_closed(pid, ours);
 
     // The server keeps serving: a second adoption works too.
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid2 = request_fork(
-        &server.path,
-        &["again"],
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .unwrap();
-    drop(theirs);
+    let (pid2, ours) = fork_ready(&server.path, &["again"], "fork request");
     assert_ne!(pid, pid2);
-    assert_eq!(read_byte_deadline(&ours), 1);
     assert!(read_line_deadline(&ours).starts_with(&format!("pid={pid2} argv=again ")));
-    drop(ours);
-    assert_eq!(wait_deadline(pid2, DEADLINE), WaitStatus::Exited(pid2, 0));
+    exits_once_closed(pid2, ours);
 }
 
 fn all_three_fds_arrive_in_order() {
@@ -413,8 +413,7 @@ fn all_three_fds_arrive_in_order() {
     assert_eq!(read_byte_deadline(&ours), 1);
     assert_eq!(read_line_deadline(&ours), od_path.display().to_string());
     assert_eq!(read_byte_deadline(&cfg_ours), b'C');
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    exits_once_closed(pid, ours);
 }
 
 fn server_accepts_the_recorded_request() {
@@ -464,8 +463,7 @@ fn server_accepts_the_recorded_request() {
             "pid={pid} argv=/work/steering/lab/.build/uwsgi-6cbb2177ae48/uwsgi,--ini,app2.ini leaked=[]"
         )
     );
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    exits_once_closed(pid, ours);
 
     // The §11.7 request shape (23-byte argv[0], --ini fsv.ini, 45 bytes) is served as well.
     let argv0 = "/usr/sbin/uwsgi-2.1-dev";
@@ -512,21 +510,15 @@ fn slow_client_does_not_stall_others() {
     let mut partial = UnixStream::connect(&server.path).unwrap();
     partial.write_all(b"\x23\x29").unwrap();
 
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
+    let (pid, ours) = fork_ready(
         &server.path,
         &["fast"],
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .expect("a fast client is served while slow ones are pending");
-    drop(theirs);
-    assert_eq!(read_byte_deadline(&ours), 1);
+        "a fast client is served while slow ones are pending",
+    );
     let report = read_line_deadline(&ours);
     // The slow clients' sockets were closed in the vassal too.
     assert_eq!(report, format!("pid={pid} argv=fast leaked=[]"));
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    exits_once_closed(pid, ours);
     drop((silent, partial));
 }
 
@@ -664,22 +656,16 @@ fn silent_clients_then_a_request(config: ServerConfig) {
         "only {} silent connections got in ({refused} found the backlog full)",
         silent.len()
     );
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
+    let (pid, ours) = fork_ready(
         &server.path,
         &["after-the-silent-ones"],
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .expect("a real request is served while 1,000 silent clients are connected");
-    drop(theirs);
-    assert_eq!(read_byte_deadline(&ours), 1);
+        "a real request is served while 1,000 silent clients are connected",
+    );
     assert_eq!(
         read_line_deadline(&ours),
         format!("pid={pid} argv=after-the-silent-ones leaked=[]")
     );
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    exits_once_closed(pid, ours);
     drop(silent);
 }
 
@@ -727,18 +713,8 @@ fn malformed_requests_are_dropped() {
     assert!(send(&RECORDED_REQUEST[..20], true).is_empty());
     assert!(send(b"\x23\x03\x00\x01\x09\x00x", true).is_empty());
     // And it still serves a good one.
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
-        &server.path,
-        &["ok"],
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .unwrap();
-    drop(theirs);
-    assert_eq!(read_byte_deadline(&ours), 1);
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    let (pid, ours) = fork_ready(&server.path, &["ok"], "fork request");
+    exits_once_closed(pid, ours);
 }
 
 /// Runs `f` in a forked helper that first switches to uid/gid 65534 (nobody); returns its exit
@@ -816,18 +792,8 @@ fn other_uid_is_refused() {
         }
     }
     // Root is still served by the same server.
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let pid = request_fork(
-        &server.path,
-        &["root"],
-        &VassalFds::channel(theirs.as_fd()),
-        DEADLINE,
-    )
-    .unwrap();
-    drop(theirs);
-    assert_eq!(read_byte_deadline(&ours), 1);
-    drop(ours);
-    assert_eq!(wait_deadline(pid, DEADLINE), WaitStatus::Exited(pid, 0));
+    let (pid, ours) = fork_ready(&server.path, &["root"], "fork request");
+    exits_once_closed(pid, ours);
 }
 
 fn allowed_other_uid_is_served() {

@@ -62,21 +62,24 @@ impl<'a> ArrayIter<'a> {
     }
 
     fn item(&mut self) -> Result<&'a [u8], ArrayError> {
-        let offset = self.pos;
-        let len =
-            read_u16(self.body, offset).ok_or(ArrayError::TruncatedLength { offset })? as usize;
-        let start = offset + 2;
-        let data = self
-            .body
-            .get(start..start + len)
-            .ok_or(ArrayError::Overrun {
-                offset,
-                len,
-                available: self.body.len() - start,
-            })?;
-        self.pos = start + len;
+        let (data, next) = field(self.body, self.pos)?;
+        self.pos = next;
         Ok(data)
     }
+}
+
+/// The length-prefixed field (`u16le len, bytes`) of `body` at `offset`: its bytes and the
+/// offset after it. Both the array and the vars body are made of these.
+#[inline]
+pub(crate) fn field(body: &[u8], offset: usize) -> Result<(&[u8], usize), ArrayError> {
+    let len = read_u16(body, offset).ok_or(ArrayError::TruncatedLength { offset })? as usize;
+    let start = offset + 2;
+    let data = body.get(start..start + len).ok_or(ArrayError::Overrun {
+        offset,
+        len,
+        available: body.len() - start,
+    })?;
+    Ok((data, start + len))
 }
 
 impl<'a> Iterator for ArrayIter<'a> {
@@ -104,17 +107,48 @@ pub fn validate(body: &[u8]) -> Result<usize, ArrayError> {
     iter(body).try_fold(0usize, |n, item| item.map(|_| n + 1))
 }
 
+/// What every packet builder over a [`PacketBuf`] field `buf` has in common: `Default` (the
+/// builder's `new`) and the accessors of the body and the packet.
+macro_rules! packet_builder {
+    ($name:ident) => {
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $name {
+            /// Current body length.
+            pub fn body_len(&self) -> usize {
+                self.buf.body_len()
+            }
+
+            /// The body built so far.
+            pub fn body(&self) -> &[u8] {
+                self.buf.body()
+            }
+
+            /// The body alone.
+            pub fn into_body(self) -> Vec<u8> {
+                self.buf.into_body()
+            }
+
+            /// The whole packet (header plus body) with the given modifiers.
+            pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
+                self.buf.into_packet(modifier1, modifier2)
+            }
+        }
+    };
+}
+pub(crate) use packet_builder;
+
 /// Builds an array body, leaving room for the header.
 #[derive(Debug, Clone)]
 pub struct ArrayBuilder {
     buf: PacketBuf,
 }
 
-impl Default for ArrayBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+packet_builder!(ArrayBuilder);
 
 impl ArrayBuilder {
     /// An empty array.
@@ -134,26 +168,6 @@ impl ArrayBuilder {
     pub fn push(&mut self, item: impl AsRef<[u8]>) -> Result<&mut Self, EncodeError> {
         self.buf.push_fields(&[item.as_ref()])?;
         Ok(self)
-    }
-
-    /// Current body length.
-    pub fn body_len(&self) -> usize {
-        self.buf.body_len()
-    }
-
-    /// The body built so far.
-    pub fn body(&self) -> &[u8] {
-        self.buf.body()
-    }
-
-    /// The body alone.
-    pub fn into_body(self) -> Vec<u8> {
-        self.buf.into_body()
-    }
-
-    /// The whole packet (header plus body) with the given modifiers.
-    pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
-        self.buf.into_packet(modifier1, modifier2)
     }
 }
 

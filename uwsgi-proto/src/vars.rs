@@ -6,7 +6,8 @@
 use std::fmt;
 use std::io::Write as _;
 
-use crate::header::{read_u16, EncodeError, PacketBuf};
+use crate::array::ArrayError;
+use crate::header::{EncodeError, PacketBuf};
 
 /// Why a vars body is malformed. `offset` is where the offending field starts in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,20 +75,19 @@ impl<'a> VarsIter<'a> {
     }
 
     fn field(&mut self) -> Result<&'a [u8], VarsError> {
-        let offset = self.pos;
-        let len =
-            read_u16(self.body, offset).ok_or(VarsError::TruncatedLength { offset })? as usize;
-        let start = offset + 2;
-        let available = self.body.len() - start;
-        let data = self
-            .body
-            .get(start..start + len)
-            .ok_or(VarsError::Overrun {
+        let (data, next) = crate::array::field(self.body, self.pos).map_err(|e| match e {
+            ArrayError::TruncatedLength { offset } => VarsError::TruncatedLength { offset },
+            ArrayError::Overrun {
                 offset,
                 len,
                 available,
-            })?;
-        self.pos = start + len;
+            } => VarsError::Overrun {
+                offset,
+                len,
+                available,
+            },
+        })?;
+        self.pos = next;
         Ok(data)
     }
 
@@ -144,11 +144,7 @@ pub struct VarsBuilder {
     buf: PacketBuf,
 }
 
-impl Default for VarsBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::array::packet_builder!(VarsBuilder);
 
 impl VarsBuilder {
     /// An empty body.
@@ -190,26 +186,6 @@ impl VarsBuilder {
         let _ = write!(cursor, "{value}");
         let used = 20 - cursor.len();
         self.push(key, &digits[..used])
-    }
-
-    /// Current body length.
-    pub fn body_len(&self) -> usize {
-        self.buf.body_len()
-    }
-
-    /// The body built so far.
-    pub fn body(&self) -> &[u8] {
-        self.buf.body()
-    }
-
-    /// The body alone.
-    pub fn into_body(self) -> Vec<u8> {
-        self.buf.into_body()
-    }
-
-    /// The whole packet (header plus body) with the given modifiers.
-    pub fn into_packet(self, modifier1: u8, modifier2: u8) -> Vec<u8> {
-        self.buf.into_packet(modifier1, modifier2)
     }
 }
 

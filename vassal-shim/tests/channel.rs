@@ -29,6 +29,25 @@ fn py_exec(args: &str) -> Vec<String> {
     .collect()
 }
 
+/// `python3 -c CODE`.
+fn py_code(code: &str) -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        "-c".to_string(),
+        code.to_string(),
+    ]
+}
+
+/// A program that does nothing for 1,000 s.
+fn sleeper() -> Vec<String> {
+    vec!["sleep".to_string(), "1000".to_string()]
+}
+
+/// The shim with `opts` over `program`, no config channel, nothing changed in its command.
+fn start_plain(opts: &[&str], program: &[String]) -> FakeEmperor {
+    FakeEmperor::start(&shim_args(opts, program), false, |_| {})
+}
+
 fn shim_args<'a>(opts: &'a [&'a str], program: &'a [String]) -> Vec<&'a str> {
     let mut v: Vec<&str> = opts.to_vec();
     v.push("--");
@@ -42,7 +61,7 @@ fn bytes_on_start_reload_and_stop() {
     let prog = py_exec(&format!("--port {port} --children"));
     let ready = format!("http://127.0.0.1:{port}/");
     let opts = ["--ready", &ready, "--loyal-after", "0.3"];
-    let mut e = FakeEmperor::start(&shim_args(&opts, &prog), false, |_| {});
+    let mut e = start_plain(&opts, &prog);
     assert_eq!(e.read_byte(SOON), Some(READY));
     assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
     assert_eq!(e.read_byte(SOON), Some(LOYAL));
@@ -74,12 +93,8 @@ fn bytes_on_start_reload_and_stop() {
 
 #[test]
 fn heartbeats_only_while_the_program_runs() {
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--heartbeat", "0.2", "--loyal-after", "0"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = sleeper();
+    let mut e = start_plain(&["--heartbeat", "0.2", "--loyal-after", "0"], &prog);
     assert_eq!(e.read_byte(SOON), Some(READY));
     assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
     assert_eq!(e.read_byte(SOON), Some(HEARTBEAT));
@@ -105,8 +120,7 @@ fn heartbeats_only_while_the_program_runs() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     e.expect(HEARTBEAT);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -121,9 +135,7 @@ fn pushed_config_newest_wins_across_double_pushes() {
     };
     let mut e = FakeEmperor::start(&["--ini", "emperor://app.ini"], true, |_| {});
     e.push_config(&ini(1));
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     let body = http_get(port, "/").unwrap();
     assert!(body.contains("version = 1"), "{body}");
 
@@ -165,15 +177,14 @@ fn config_pushed_only_on_request_like_uwsgi_2_1() {
     e.expect(READY);
     let body = http_get(port, "/").unwrap();
     assert!(body.contains("; v2"), "{body}");
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
 fn eof_stops_the_program() {
     let port = free_port();
     let prog = py_exec(&format!("--port {port}"));
-    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |_| {});
+    let mut e = start_plain(&[], &prog);
     e.expect(READY);
     let pid = pid_in(&e.proc.wait_for_line("listening", SOON), "pid=");
     let FakeEmperor { mut proc, chan, .. } = e;
@@ -193,11 +204,10 @@ fn stop_timeout_then_sigkill() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut e = FakeEmperor::start(&shim_args(&["--stop-timeout", "0.5"], &prog), false, |_| {});
+    let mut e = start_plain(&["--stop-timeout", "0.5"], &prog);
     e.expect(READY);
     e.proc.wait_for_line("TERM ignored", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     e.proc.wait_for_line("did not stop within", SOON);
 }
 
@@ -209,7 +219,7 @@ fn exit_codes_pass_through_and_exile_codes_become_26() {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let mut e = FakeEmperor::start(&shim_args(&["--exile-codes", "7,9"], &prog), false, |_| {});
+        let mut e = start_plain(&["--exile-codes", "7,9"], &prog);
         assert_eq!(
             e.proc.wait_exit(SOON).code(),
             Some(want),
@@ -237,16 +247,15 @@ fn notify_extensions_become_idle_and_sos_bytes() {
          s.sendto(b'X_VASSAL_IDLE=1',p)\n\
          time.sleep(1000)\n",
     );
-    let prog = vec![python().display().to_string(), "-c".to_string(), py];
-    let mut e = FakeEmperor::start(&shim_args(&["--ready", "notify"], &prog), false, |_| {});
+    let prog = py_code(&py);
+    let mut e = start_plain(&["--ready", "notify"], &prog);
     assert_eq!(e.read_byte(SOON), Some(READY));
     assert_eq!(e.read_byte(SOON), Some(ACCEPTING));
     assert_eq!(e.read_byte(SOON), Some(LOYAL));
     assert_eq!(e.read_byte(SOON), Some(SOS));
     assert_eq!(e.read_byte(SOON), Some(STOP_ME));
     e.proc.wait_for_line("program status: up", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -271,8 +280,7 @@ fn listening_fd0_becomes_socket_activation() {
     let body = http_get_unix(&path, "/").unwrap();
     assert!(body.contains("listen_fds=1"), "{body}");
     e.proc.wait_for_line("LISTEN_FDS=1", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     drop(listener);
 }
 
@@ -285,16 +293,8 @@ fn reload_by_signal_keeps_the_program() {
               signal.signal(signal.SIGHUP,hup)\n\
               s.sendto(b'READY=1',p)\n\
               while True: time.sleep(1)\n";
-    let prog = vec![
-        python().display().to_string(),
-        "-c".to_string(),
-        py.to_string(),
-    ];
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--ready", "notify", "--reload", "signal:HUP"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = py_code(py);
+    let mut e = start_plain(&["--ready", "notify", "--reload", "signal:HUP"], &prog);
     e.expect(READY);
     e.expect(ACCEPTING);
     let started = e.proc.wait_for_line("started program", SOON);
@@ -308,8 +308,7 @@ fn reload_by_signal_keeps_the_program() {
         1,
         "no restart: {started}"
     );
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 /// `reload = signal:NAME` goes to the program's main process only (like `kill -HUP $MAINPID`):
@@ -334,16 +333,8 @@ fn reload_by_signal_reaches_only_the_main_process() {
               \x20   while True: time.sleep(1000)\n\
               s.sendto(b'READY=1',p)\n\
               while True: time.sleep(1)\n";
-    let prog = vec![
-        python().display().to_string(),
-        "-c".to_string(),
-        py.to_string(),
-    ];
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--ready", "notify", "--reload", "signal:HUP"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = py_code(py);
+    let mut e = start_plain(&["--ready", "notify", "--reload", "signal:HUP"], &prog);
     e.expect(READY);
     e.expect(ACCEPTING);
     let worker = pid_in(&e.proc.wait_for_line("worker=", SOON), "worker=");
@@ -368,8 +359,7 @@ fn reload_by_signal_reaches_only_the_main_process() {
             "reload {round}: the worker {worker} (default SIGHUP action) was killed by the reload signal"
         );
     }
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     wait_all_gone(&[worker], SOON);
 }
 
@@ -425,7 +415,7 @@ fn backlog_probe_sends_sos() {
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let lfd = listener.as_raw_fd();
     // A program that never accepts: connections pile up in the backlog.
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let prog = sleeper();
     let mut e = FakeEmperor::start(
         &shim_args(&["--sos-backlog", "2", "--loyal-after", "0"], &prog),
         false,
@@ -441,15 +431,12 @@ fn backlog_probe_sends_sos() {
             }
         },
     );
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     let _waiting: Vec<_> = (0..3)
         .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
         .collect();
     e.expect(SOS);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
     drop(listener);
 }
 
@@ -486,17 +473,14 @@ fn backlog_of_the_programs_listener(ready: &str, addr: &str, connect: impl Fn())
         "--heartbeat",
         "3600",
     ];
-    let mut e = FakeEmperor::start(&shim_args(&opts, &prog), false, |_| {});
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    let mut e = start_plain(&opts, &prog);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     // The readiness probe's connection waits in the backlog too, but one is not three.
     for _ in 0..3 {
         connect();
     }
     e.expect(SOS);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
@@ -524,14 +508,10 @@ fn backlog_probe_of_a_tcp_ready_port_sends_sos() {
 
 #[test]
 fn an_emperor_that_stops_reading_does_not_stall_the_shim() {
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let prog = sleeper();
     // Heartbeats every 10 ms into a channel nobody reads: a few hundred one-byte messages fill
     // a unix socket's send buffer.
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--heartbeat", "0.01", "--loyal-after", "0"], &prog),
-        false,
-        |_| {},
-    );
+    let mut e = start_plain(&["--heartbeat", "0.01", "--loyal-after", "0"], &prog);
     e.proc
         .wait_for_line("the emperor is not reading its channel", SOON);
     // The loop still runs: it reads the stop byte (the shim cannot write, but reads) and
@@ -625,25 +605,20 @@ fn reload_rereads_the_ini_file() {
     write("first");
     let ini_s = ini.display().to_string();
     let mut e = FakeEmperor::start(&["--ini", &ini_s, "--env", "OTHER=1"], false, |_| {});
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     e.proc.wait_for_line("WHO=first", SOON);
     write("second");
     e.send(1);
-    e.expect(READY);
-    e.expect(ACCEPTING);
-    e.expect(LOYAL);
+    e.expect_all(&[READY, ACCEPTING, LOYAL]);
     e.proc.wait_for_new_line("WHO=second", SOON);
-    e.send(0);
-    assert_eq!(e.proc.wait_exit(SOON).code(), Some(0));
+    e.stop_cleanly();
 }
 
 #[test]
 fn sigkilled_shim_leaves_no_program_process() {
     let port = free_port();
     let prog = py_exec(&format!("--port {port} --children"));
-    let mut e = FakeEmperor::start(&shim_args(&[], &prog), false, |_| {});
+    let mut e = start_plain(&[], &prog);
     e.expect(READY);
     let child = pid_in(&e.proc.wait_for_line("child=", SOON), "child=");
     let escaped = pid_in(&e.proc.wait_for_line("escaped=", SOON), "escaped=");
@@ -735,12 +710,8 @@ fn sentinel_holds_only_its_pipe_and_cleans_up_after_a_sigkill() {
 
 #[test]
 fn never_ready_program_is_given_up_after_ready_timeout() {
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
-    let mut e = FakeEmperor::start(
-        &shim_args(&["--ready", "notify", "--ready-timeout", "0.3"], &prog),
-        false,
-        |_| {},
-    );
+    let prog = sleeper();
+    let mut e = start_plain(&["--ready", "notify", "--ready-timeout", "0.3"], &prog);
     let pid = pid_in(&e.proc.wait_for_line("started program", SOON), "program ");
     assert_eq!(e.read_byte(SOON), None, "nothing sent, then EOF");
     assert_eq!(e.proc.wait_exit(SOON).code(), Some(1));
@@ -759,7 +730,7 @@ fn dead_shims_private_dirs_are_swept_by_the_first_start_of_a_minute() {
         std::fs::create_dir(&d).unwrap();
         d
     };
-    let prog: Vec<String> = ["sleep", "1000"].iter().map(|s| s.to_string()).collect();
+    let prog = sleeper();
     let start = || {
         FakeEmperor::start(&shim_args(&["--ready", "immediate"], &prog), false, |c| {
             c.env("XDG_RUNTIME_DIR", base.path());

@@ -20,11 +20,7 @@ fn ours(extra: &dyn Fn(&Path) -> Vec<String>) -> Emperor {
 #[test]
 fn http_app_becomes_ready_accepting_loyal_and_heartbeats() {
     let mut e = scenarios::ready_accepting_loyal_heartbeat(ours);
-    e.proc
-        .wait_for_line("vassal app.ini has been spawned", SOON);
-    e.proc
-        .wait_for_line("vassal app.ini is ready to accept requests", SOON);
-    e.proc.wait_for_line("vassal app.ini is now loyal", SOON);
+    wait_lines(&mut e.proc, scenarios::APP_LOYAL_LINES);
 }
 
 #[test]
@@ -73,9 +69,7 @@ fn hung_program_is_killed_after_required_heartbeat() {
 #[test]
 fn sd_notify_app_works_unchanged() {
     let mut e = scenarios::sd_notify_app(ours);
-    e.proc.wait_for_line("vassal notify.ini is now loyal", SOON);
-    e.proc
-        .wait_for_line("removed uwsgi instance notify.ini", SOON);
+    wait_lines(&mut e.proc, scenarios::NOTIFY_LINES);
 }
 
 #[test]

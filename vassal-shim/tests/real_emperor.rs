@@ -11,11 +11,7 @@ use common::*;
 #[test]
 fn http_app_becomes_ready_accepting_loyal_and_heartbeats() {
     let mut e = scenarios::ready_accepting_loyal_heartbeat(uwsgi);
-    e.proc
-        .wait_for_line("vassal app.ini has been spawned", SOON);
-    e.proc
-        .wait_for_line("vassal app.ini is ready to accept requests", SOON);
-    e.proc.wait_for_line("vassal app.ini is now loyal", SOON);
+    wait_lines(&mut e.proc, scenarios::APP_LOYAL_LINES);
 }
 
 #[test]
@@ -49,9 +45,7 @@ fn hung_program_is_killed_after_required_heartbeat() {
 #[test]
 fn sd_notify_app_works_unchanged() {
     let mut e = scenarios::sd_notify_app(uwsgi);
-    e.proc.wait_for_line("vassal notify.ini is now loyal", SOON);
-    e.proc
-        .wait_for_line("removed uwsgi instance notify.ini", SOON);
+    wait_lines(&mut e.proc, scenarios::NOTIFY_LINES);
 }
 
 #[test]

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub use uwsgi_emperor_suite::{require_uwsgi, roundtrip, write_hello_app, Proc};
 use uwsgi_proto::request::{Request, Response};
 
+pub mod fork;
+
 /// Deadline for anything a uWSGI vassal does (start, reload, stop) on a busy 2-core machine.
 pub const T: Duration = Duration::from_secs(30);
 
@@ -195,4 +197,135 @@ pub fn send(sock: &Path, packet: &[u8]) {
         .unwrap()
         .send_to(packet, sock)
         .unwrap_or_else(|e| panic!("command socket {sock:?}: {e}"));
+}
+
+/// A fresh work directory and its `vassals` subdirectory (the monitored one).
+pub fn work_dir() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    (work, dir)
+}
+
+/// Writes `text` to `path`, executable (mode 0755).
+pub fn write_executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Writes `path`: a `/bin/sh` script running `body`, executable.
+pub fn write_sh(path: &Path, body: &str) {
+    write_executable(path, &format!("#!/bin/sh\n{body}\n"));
+}
+
+/// `work/vassal.sh`: a vassal that reports ready + loyal, then exits at the first byte from the
+/// emperor.
+pub fn write_loyal_script(work: &Path) -> PathBuf {
+    let p = work.join("vassal.sh");
+    write_executable(
+        &p,
+        "#!/bin/bash\nfd=$UWSGI_EMPEROR_FD\nprintf '\\001\\021' >&$fd\ndd bs=1 count=1 <&$fd >/dev/null 2>&1\nexit 0\n",
+    );
+    p
+}
+
+/// Waits (up to [`T`]) until vassal `id` has a pid; returns its stats entry.
+pub fn wait_running(emperor: &mut Proc, stats_path: &Path, id: &str) -> serde_json::Value {
+    wait_vassal(emperor, stats_path, id, T, "running", |v| {
+        v["pid"].as_i64().unwrap_or(-1) > 0
+    })
+}
+
+/// [`work_dir`] plus `work/srv`, a directory outside the monitored one (for symlink targets).
+pub fn work_dir_with_srv() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (work, dir) = work_dir();
+    let srv = work.path().join("srv");
+    std::fs::create_dir(&srv).unwrap();
+    (work, dir, srv)
+}
+
+/// Our emperor over `monitor` with `wrapper` as `--emperor-wrapper` (the program every vassal
+/// runs), plus `args`.
+pub fn start_wrapped(
+    work: &Path,
+    monitor: &Path,
+    wrapper: &Path,
+    args: &[&str],
+) -> (Proc, PathBuf) {
+    let mut all = vec!["--emperor-wrapper", wrapper.to_str().unwrap()];
+    all.extend_from_slice(args);
+    start_emperor(work, monitor, &all)
+}
+
+/// Waits (up to [`T`]) until the file at `path` contains `needle` at least `count` times;
+/// returns its text.
+pub fn wait_file(path: &Path, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not contain {needle:?} {count} time(s) within {T:?}; it has:\n{text}",
+            path.display()
+        );
+        // Poll interval of a deadline-bounded wait on a file another process writes.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`work_dir`] with the work directory traversable by every user (mode 0755), for vassals
+/// and clients running as another user.
+pub fn shared_work_dir() -> (tempfile::TempDir, PathBuf) {
+    let (work, dir) = work_dir();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    (work, dir)
+}
+
+/// The real uWSGI emperor (`uwsgi --emperor monitor`, run in `work`) with our emperor as the
+/// program of every vassal (`--emperor-wrapper`): our emperor as a sub-emperor.
+pub fn start_real_emperor_over_ours(uwsgi: &Path, monitor: &Path, work: &Path) -> Proc {
+    let mut cmd = Command::new(uwsgi);
+    cmd.arg("--emperor")
+        .arg(monitor)
+        .args(["--emperor-wrapper", env!("CARGO_BIN_EXE_emperor")])
+        .env("EMPEROR_LOG", "info")
+        .current_dir(work);
+    Proc::spawn(cmd)
+}
+
+/// The argv of `pid`, from `/proc/PID/cmdline` (empty once it is gone).
+pub fn proc_argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// `/etc/uwsgi-emperor/emperor.ini` as Debian ships it, followed by `keys` (its `uid`/`gid`
+/// and `emperor` lines, as the test needs them).
+pub fn debian_emperor_ini(keys: &str) -> String {
+    format!(
+        "[uwsgi]\nautoload = true\nmaster = true\nworkers = 2\nno-orphans = true\n\
+         log-date = true\n{keys}"
+    )
+}
+
+/// `emperor ctl ARGS`, with no socket taken from the environment (`EMPEROR_STATS`,
+/// `EMPEROR_COMMAND_SOCKET`): each test names its own.
+pub fn ctl_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_emperor"));
+    c.arg("ctl")
+        .args(args)
+        .env_remove("EMPEROR_STATS")
+        .env_remove("EMPEROR_COMMAND_SOCKET");
+    c
 }

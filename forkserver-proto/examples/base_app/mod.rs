@@ -299,22 +299,8 @@ pub fn run_app(
             return 1;
         }
     };
-    let (listener, _cleanup) = match (on_demand, &cfg.socket) {
-        (Some(fd), _) => (UnixListener::from(fd), RemoveOnDrop(None)),
-        (None, Some(path)) => {
-            let _ = std::fs::remove_file(path);
-            match UnixListener::bind(path) {
-                Ok(l) => (l, RemoveOnDrop(Some(path.clone()))),
-                Err(e) => {
-                    tracing::error!("vassal: bind {}: {e}", path.display());
-                    return 1;
-                }
-            }
-        }
-        (None, None) => {
-            tracing::error!("vassal: no [app] socket = PATH and no on-demand listener");
-            return 1;
-        }
+    let Some((listener, _cleanup)) = open_listener(on_demand, &cfg) else {
+        return 1;
     };
     let _ = listener.set_nonblocking(true);
     // The config channel is held (the emperor may push a config blob on it) but not used.
@@ -342,62 +328,15 @@ pub fn run_app(
                 next_heartbeat = Some(now + every);
             }
         }
-        let timeout = next_heartbeat
-            .map(|at| {
-                let ms = at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            })
-            .unwrap_or(PollTimeout::NONE);
-        let mut pfds = Vec::with_capacity(2 + clients.len());
-        if let Some(chan) = &channel {
-            pfds.push(PollFd::new(chan.as_fd(), PollFlags::POLLIN));
-        }
-        let listen_at = pfds.len();
-        pfds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-        let clients_at = pfds.len();
-        pfds.extend(
-            clients
-                .iter()
-                .map(|(c, _)| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
-        );
-        match nix::poll::poll(&mut pfds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::error!("vassal: poll: {e}");
-                return 1;
-            }
-        }
-        let ready: Vec<bool> = pfds
-            .iter()
-            .map(|p| !p.revents().unwrap_or(PollFlags::empty()).is_empty())
-            .collect();
-        drop(pfds);
+        let Some(ready) = poll_ready(channel.as_ref(), &listener, &clients, next_heartbeat, now)
+        else {
+            return 1;
+        };
+        // Slots in `ready`: the channel (when there is one), the listener, then each client.
+        let listen_at = usize::from(channel.is_some());
         if let Some(chan) = channel.as_ref().filter(|_| ready[0]) {
-            let mut b = [0u8; 1];
-            match (&*chan).read(&mut b) {
-                Ok(0) => {
-                    tracing::info!("vassal {}: lost the emperor (EOF)", std::process::id());
-                    return 1;
-                }
-                Ok(_) => match b[0] {
-                    0 | 2 => {
-                        tracing::info!("vassal {}: stop (byte {})", std::process::id(), b[0]);
-                        return 0;
-                    }
-                    1 => {
-                        tracing::info!(
-                            "vassal {}: reload: exiting so the emperor starts a fresh adoption",
-                            std::process::id()
-                        );
-                        return 0;
-                    }
-                    other => tracing::info!("vassal: ignoring emperor byte {other}"),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::info!("vassal: emperor channel error: {e}");
-                    return 1;
-                }
+            if let Some(status) = on_emperor_byte(chan) {
+                return status;
             }
         }
         if ready[listen_at] {
@@ -406,32 +345,137 @@ pub fn run_app(
                 clients.push((c, Vec::new()));
             }
         }
-        let mut gone = Vec::new();
-        for (i, (client, buf)) in clients.iter_mut().enumerate() {
-            if !ready.get(clients_at + i).copied().unwrap_or(false) {
-                continue;
-            }
-            let mut chunk = [0u8; 4096];
-            match (&*client).read(&mut chunk) {
-                Ok(0) | Err(_) => gone.push(i),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=end).collect();
-                        if (&*client).write_all(&line).is_err() {
-                            gone.push(i);
-                            break;
-                        }
-                    }
-                    if buf.len() > 64 * 1024 {
-                        gone.push(i); // no line in 64 KiB: not a line client
-                    }
+        echo_lines(&mut clients, &ready[listen_at + 1..]);
+    }
+}
+
+/// The listener the application serves: the on-demand one handed over, or a fresh bind of
+/// `[app] socket` (removed again when the guard drops). `None` (logged) when there is neither
+/// or the bind fails.
+fn open_listener(
+    on_demand: Option<OwnedFd>,
+    cfg: &AppConfig,
+) -> Option<(UnixListener, RemoveOnDrop)> {
+    match (on_demand, &cfg.socket) {
+        (Some(fd), _) => Some((UnixListener::from(fd), RemoveOnDrop(None))),
+        (None, Some(path)) => {
+            let _ = std::fs::remove_file(path);
+            match UnixListener::bind(path) {
+                Ok(l) => Some((l, RemoveOnDrop(Some(path.clone())))),
+                Err(e) => {
+                    tracing::error!("vassal: bind {}: {e}", path.display());
+                    None
                 }
             }
         }
-        gone.dedup();
-        for i in gone.into_iter().rev() {
-            clients.swap_remove(i);
+        (None, None) => {
+            tracing::error!("vassal: no [app] socket = PATH and no on-demand listener");
+            None
         }
+    }
+}
+
+/// Polls the channel, the listener and the clients until one is readable or the next heartbeat
+/// is due; which of them are readable, in that order. `None` (logged) when `poll` fails.
+fn poll_ready(
+    channel: Option<&UnixStream>,
+    listener: &UnixListener,
+    clients: &[(UnixStream, Vec<u8>)],
+    next_heartbeat: Option<Instant>,
+    now: Instant,
+) -> Option<Vec<bool>> {
+    let timeout = next_heartbeat
+        .map(|at| {
+            let ms = at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        })
+        .unwrap_or(PollTimeout::NONE);
+    let mut pfds = Vec::with_capacity(2 + clients.len());
+    if let Some(chan) = channel {
+        pfds.push(PollFd::new(chan.as_fd(), PollFlags::POLLIN));
+    }
+    pfds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+    pfds.extend(
+        clients
+            .iter()
+            .map(|(c, _)| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
+    );
+    match nix::poll::poll(&mut pfds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => {
+            tracing::error!("vassal: poll: {e}");
+            return None;
+        }
+    }
+    Some(
+        pfds.iter()
+            .map(|p| !p.revents().unwrap_or(PollFlags::empty()).is_empty())
+            .collect(),
+    )
+}
+
+/// Reads one byte from the emperor: `Some(exit status)` when the application must end (stop,
+/// reload, EOF, a channel error), `None` to go on.
+fn on_emperor_byte(chan: &UnixStream) -> Option<i32> {
+    let mut b = [0u8; 1];
+    match (&*chan).read(&mut b) {
+        Ok(0) => {
+            tracing::info!("vassal {}: lost the emperor (EOF)", std::process::id());
+            Some(1)
+        }
+        Ok(_) => match b[0] {
+            0 | 2 => {
+                tracing::info!("vassal {}: stop (byte {})", std::process::id(), b[0]);
+                Some(0)
+            }
+            1 => {
+                tracing::info!(
+                    "vassal {}: reload: exiting so the emperor starts a fresh adoption",
+                    std::process::id()
+                );
+                Some(0)
+            }
+            other => {
+                tracing::info!("vassal: ignoring emperor byte {other}");
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        Err(e) => {
+            tracing::info!("vassal: emperor channel error: {e}");
+            Some(1)
+        }
+    }
+}
+
+/// Echoes every complete line of the readable clients (`ready[i]` for `clients[i]`) and drops
+/// the clients that closed, failed, or sent 64 KiB without a newline.
+fn echo_lines(clients: &mut Vec<(UnixStream, Vec<u8>)>, ready: &[bool]) {
+    let mut gone = Vec::new();
+    for (i, (client, buf)) in clients.iter_mut().enumerate() {
+        if !ready.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        match (&*client).read(&mut chunk) {
+            Ok(0) | Err(_) => gone.push(i),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    if (&*client).write_all(&line).is_err() {
+                        gone.push(i);
+                        break;
+                    }
+                }
+                if buf.len() > 64 * 1024 {
+                    gone.push(i); // no line in 64 KiB: not a line client
+                }
+            }
+        }
+    }
+    gone.dedup();
+    for i in gone.into_iter().rev() {
+        clients.swap_remove(i);
     }
 }

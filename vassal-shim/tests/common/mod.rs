@@ -112,6 +112,13 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Waits (up to [`SOON`] each) for `lines` to be logged by `p`, in order.
+pub fn wait_lines(p: &mut Proc, lines: &[&str]) {
+    for line in lines {
+        p.wait_for_line(line, SOON);
+    }
+}
+
 /// Waits until `needle` has appeared at least `n` times in the process output.
 pub fn wait_count(p: &mut Proc, needle: &str, n: usize) {
     let deadline = Instant::now() + SOON;
@@ -410,6 +417,20 @@ impl FakeEmperor {
     /// Sends one byte to the shim.
     pub fn send(&mut self, b: u8) {
         self.chan.write_all(&[b]).unwrap();
+    }
+
+    /// Expects each byte of `want` in order (heartbeats between them skipped, as in
+    /// [`FakeEmperor::expect`]).
+    pub fn expect_all(&mut self, want: &[u8]) {
+        for b in want {
+            self.expect(*b);
+        }
+    }
+
+    /// Sends the stop byte (0) and asserts the shim exits with status 0.
+    pub fn stop_cleanly(&mut self) {
+        self.send(0);
+        assert_eq!(self.proc.wait_exit(SOON).code(), Some(0));
     }
 
     /// Pushes a config frame.

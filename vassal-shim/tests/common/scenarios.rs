@@ -11,6 +11,20 @@ use super::*;
 /// extra options.
 pub type Starter = fn(&dyn Fn(&Path) -> Vec<String>) -> Emperor;
 
+/// The log lines, in order, that both emperors (uWSGI's and ours, which keeps uWSGI's text)
+/// write for [`ready_accepting_loyal_heartbeat`].
+pub const APP_LOYAL_LINES: &[&str] = &[
+    "vassal app.ini has been spawned",
+    "vassal app.ini is ready to accept requests",
+    "vassal app.ini is now loyal",
+];
+
+/// The log lines, in order, that both emperors write for [`sd_notify_app`].
+pub const NOTIFY_LINES: &[&str] = &[
+    "vassal notify.ini is now loyal",
+    "removed uwsgi instance notify.ini",
+];
+
 /// A real uWSGI emperor.
 pub fn uwsgi(extra: &dyn Fn(&Path) -> Vec<String>) -> Emperor {
     Emperor::start(&require_uwsgi(), extra)
