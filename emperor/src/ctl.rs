@@ -132,10 +132,9 @@ pub enum CtlError {
         known: Vec<String>,
     },
     /// The command datagram cannot be built (a field too long).
-    Encode {
-        /// What the encoder said.
-        message: String,
-    },
+    Encode(uwsgi_proto::header::EncodeError),
+    /// The socket address cannot be resolved.
+    Addr(crate::io::addr::AddrError),
     /// The command socket cannot be sent to.
     Send {
         /// Its address.
@@ -176,7 +175,8 @@ impl std::fmt::Display for CtlError {
                     known.join(", ")
                 }
             ),
-            CtlError::Encode { message } => write!(f, "{message}"),
+            CtlError::Encode(e) => write!(f, "{e}"),
+            CtlError::Addr(e) => write!(f, "{e}"),
             CtlError::Send { addr, source } => write!(
                 f,
                 "cannot send to the command socket {addr}: {source}; check that the emperor is \
@@ -192,6 +192,8 @@ impl std::error::Error for CtlError {
             CtlError::Output(e) => Some(e),
             CtlError::StatsRead { source, .. } | CtlError::Send { source, .. } => Some(source),
             CtlError::NotStats { source, .. } => Some(source),
+            CtlError::Encode(e) => Some(e),
+            CtlError::Addr(e) => Some(e),
             _ => None,
         }
     }
@@ -254,9 +256,7 @@ fn command(
         let doc = parse_stats(stats, &fetch_stats(stats)?)?;
         check_vassal(&doc, name, stats)?;
     }
-    let packet = crate::io::command::encode(cmd, name, msg).map_err(|e| CtlError::Encode {
-        message: e.to_string(),
-    })?;
+    let packet = crate::io::command::encode(cmd, name, msg).map_err(CtlError::Encode)?;
     send(addr, &packet)?;
     match name {
         Some(n) => writeln!(out, "sent `{cmd}` for vassal {n} to {addr}"),
@@ -265,15 +265,11 @@ fn command(
     .map_err(CtlError::Output)
 }
 
-fn is_inet(addr: &str) -> bool {
-    crate::io::ondemand::is_tcp(addr)
-}
+use crate::io::addr::{is_inet, LOCALHOST};
 
-fn inet_addr(addr: &str) -> String {
-    match addr.strip_prefix(':') {
-        Some(port) => format!("127.0.0.1:{port}"),
-        None => addr.to_string(),
-    }
+/// `HOST:PORT`, or a bare `:PORT` on this host.
+fn inet_addr(addr: &str) -> Result<std::net::SocketAddr, CtlError> {
+    crate::io::addr::inet(addr, LOCALHOST).map_err(CtlError::Addr)
 }
 
 /// Reads one stats document from `addr` (unix path or host:port; an HTTP answer from
@@ -284,7 +280,7 @@ pub fn fetch_stats(addr: &str) -> Result<String, CtlError> {
         source,
     };
     let raw = if is_inet(addr) {
-        let s = std::net::TcpStream::connect(inet_addr(addr)).map_err(hint)?;
+        let s = std::net::TcpStream::connect(inet_addr(addr)?).map_err(hint)?;
         read_doc(s, |s, t| s.set_read_timeout(t)).map_err(hint)?
     } else {
         let s = UnixStream::connect(addr).map_err(hint)?;
@@ -362,7 +358,7 @@ fn send(addr: &str, packet: &[u8]) -> Result<(), CtlError> {
     };
     if is_inet(addr) {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(hint)?;
-        s.send_to(packet, inet_addr(addr)).map_err(hint)?;
+        s.send_to(packet, inet_addr(addr)?).map_err(hint)?;
     } else {
         let s = UnixDatagram::unbound().map_err(hint)?;
         s.send_to(packet, addr).map_err(hint)?;

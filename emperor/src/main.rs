@@ -9,6 +9,10 @@ use emperor::sanitize::esc;
 
 fn main() {
     ensure_std_fds();
+    // `emperor ctl ...` is its own clap command (`emperor::ctl`, with subcommands). It is picked
+    // out here rather than declared as a subcommand of the emperor's parser because the
+    // emperor's command line is uWSGI's: positional monitors and `--ini` files, where a
+    // subcommand would change how `emperor DIR` and `emperor --help` parse.
     if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
         std::process::exit(emperor::ctl::main(std::env::args_os().skip(1)));
     }
