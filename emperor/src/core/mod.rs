@@ -462,7 +462,7 @@ impl Core {
                 Timer::Start(id) => self.timer_start(now, id),
                 Timer::Curse(id) => self.timer_curse(now, id),
                 Timer::Heartbeat(id) => self.timer_heartbeat(now, id),
-                Timer::Mercy => self.timer_mercy(),
+                Timer::Mercy => self.timer_mercy(now),
             }
         }
         self.check_done();

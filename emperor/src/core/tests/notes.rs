@@ -128,3 +128,18 @@ fn a_note_renders_as_one_json_object() {
     assert_eq!(v["event"], "detected");
     assert_eq!(v["details"]["key"], "/v/app.ini");
 }
+
+#[test]
+fn a_vassal_that_does_not_stop_in_time_notes_a_kill() {
+    let mut h = Harness::new(CoreConfig {
+        curse_tolerance: Duration::from_secs(1),
+        ..CoreConfig::default()
+    });
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 17 });
+    notes(&mut h);
+    h.scan(vec![]);
+    let a = h.advance(Duration::from_secs(2));
+    assert!(a.contains(&Action::Kill { pid }), "{a:?}");
+    assert_eq!(names(&notes(&mut h)), ["stop", "kill"]);
+}
