@@ -4,6 +4,7 @@
 //! emperor ctl --stats /run/emperor.stats status          # aligned table
 //! emperor ctl --stats /run/emperor.stats status --json   # the raw stats document
 //! emperor ctl --stats S --command-socket C reload app.ini   # also stop, spawn, reset
+//! emperor ctl --stats S events                      # one JSON line per lifecycle event
 //! ```
 
 use std::io::{BufRead, Read, Write};

@@ -239,3 +239,48 @@ fn ctl_events_on_a_plain_stats_socket_says_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--stats-http"), "{err}");
 }
+
+#[test]
+fn ctl_events_works_over_a_tcp_stats_address() {
+    let (work, dir) = work_dir();
+    write_sh(
+        &work.path().join("v.sh"),
+        "printf '\\021' >&$UWSGI_EMPEROR_FD\nexec sleep 600",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_emperor"));
+    cmd.arg(&dir)
+        .args([
+            "--emperor-stats",
+            &addr,
+            "--stats-http",
+            "--emperor-wrapper",
+        ])
+        .arg(work.path().join("v.sh"))
+        .env("EMPEROR_LOG", "info")
+        .current_dir(work.path());
+    let mut emp = Proc::spawn(cmd);
+    emp.wait_for_line("Starting the Emperor", T);
+    let mut ctl = ctl_command(&["--stats", &addr, "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(BufReader::new(ctl.stdout.take().unwrap()));
+    let cfg = dir.join("tcp.ini");
+    std::fs::write(&cfg, "[uwsgi]\n").unwrap();
+    let deadline = Instant::now() + T;
+    // The subscription may start after the first notes: each touch makes a new one.
+    while rx.recv_timeout(Duration::from_millis(500)).is_err() {
+        assert!(Instant::now() < deadline, "no line; {}", emp.output());
+        touch(&cfg);
+    }
+    std::fs::remove_file(&cfg).unwrap();
+    expect(&rx, &mut emp, "tcp.ini", "stop");
+    let _ = ctl.kill();
+    let _ = ctl.wait();
+}

@@ -19,7 +19,7 @@ pub struct Note {
     /// The vassal's instance name.
     pub vassal: String,
     /// What happened: `detected`, `spawned`, `ready`, `accepting`, `loyal`, `reload`, `stop`,
-    /// `exit`, `backoff`, `exile`, `curse`, `kill`, `spawn_failed`, `config_error`, `removed`.
+    /// `exit`, `backoff`, `exile`, `curse`, `kill`, `spawn_failed`, `config_error`.
     pub event: &'static str,
     /// Event-specific details (`pid`, `status`, `delay_ms`, `why`, `reason`).
     pub details: Vec<(&'static str, Value)>,
