@@ -4,9 +4,10 @@
 //! emperor ctl --stats /run/emperor.stats status          # aligned table
 //! emperor ctl --stats /run/emperor.stats status --json   # the raw stats document
 //! emperor ctl --stats S --command-socket C reload app.ini   # also stop, spawn, reset
+//! emperor ctl --stats S events                      # one JSON line per lifecycle event
 //! ```
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::time::Duration;
 
@@ -73,6 +74,9 @@ pub enum Sub {
         /// Vassal name or config path.
         name: String,
     },
+    /// Print the emperor's lifecycle events, one JSON line each, until interrupted (needs
+    /// --stats of an emperor run with --stats-http).
+    Events,
     /// Write a line into the emperor's log.
     Log {
         /// The message.
@@ -114,6 +118,11 @@ pub enum CtlError {
         addr: String,
         /// The error.
         source: std::io::Error,
+    },
+    /// The stats socket does not serve `GET /events`.
+    NoEvents {
+        /// The stats address.
+        addr: String,
     },
     /// The stats socket answered something that is not a stats document.
     NotStats {
@@ -160,6 +169,11 @@ impl std::fmt::Display for CtlError {
                 "cannot read the stats socket {addr}: {source}; check that the emperor is \
                  running with --emperor-stats {addr} (and that you may open it)"
             ),
+            CtlError::NoEvents { addr } => write!(
+                f,
+                "{addr} did not answer GET /events with an event stream; start the emperor \
+                 with --emperor-stats {addr} --stats-http"
+            ),
             CtlError::NotStats { addr, source } => write!(
                 f,
                 "{addr} did not answer with a stats document ({source}); is it the emperor's \
@@ -204,7 +218,7 @@ impl Sub {
     /// stats socket instead.
     fn datagram(&self) -> Option<(&'static str, Option<&str>, Option<&str>)> {
         match self {
-            Sub::Status => None,
+            Sub::Status | Sub::Events => None,
             Sub::Reload { name } => Some(("respawn", Some(name), None)),
             Sub::Stop { name } => Some(("stop", Some(name), None)),
             Sub::Spawn { name } => Some(("spawn", Some(name), None)),
@@ -217,6 +231,7 @@ impl Sub {
 /// Does what `ctl` says, printing to `out`.
 pub fn run(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
     match ctl.cmd.datagram() {
+        None if ctl.cmd == Sub::Events => events(ctl, out),
         None => status(ctl, out),
         Some((cmd, name, msg)) => command(ctl, cmd, name, msg, out),
     }
@@ -293,6 +308,50 @@ pub fn fetch_stats(addr: &str) -> Result<String, CtlError> {
         }
     }
     Ok(text)
+}
+
+/// `events`: `GET /events` on the stats socket, printing each note's JSON as one line.
+fn events(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
+    let addr = ctl.stats.as_deref().ok_or(CtlError::NeedsStats)?;
+    let hint = |source| CtlError::StatsRead {
+        addr: addr.to_string(),
+        source,
+    };
+    let request = b"GET /events HTTP/1.1\r\nHost: emperor\r\nAccept: text/event-stream\r\n\r\n";
+    let stream: Box<dyn Read> = if is_inet(addr) {
+        let mut s = std::net::TcpStream::connect(inet_addr(addr)?).map_err(hint)?;
+        let _ = s.write_all(request);
+        Box::new(s)
+    } else {
+        let mut s = UnixStream::connect(addr).map_err(hint)?;
+        let _ = s.write_all(request);
+        Box::new(s)
+    };
+    let mut lines = std::io::BufReader::new(stream).lines();
+    // A plain (non-HTTP) stats socket writes its document and closes, which can fail the
+    // request's write or reset the read: either is no event stream, reported as such.
+    let status = lines.next().and_then(Result::ok).unwrap_or_default();
+    let mut event_stream = false;
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if line.trim_end().is_empty() {
+            break;
+        }
+        event_stream |= line.to_ascii_lowercase().contains("text/event-stream");
+    }
+    if !status.starts_with("HTTP/") || !status.contains(" 200") || !event_stream {
+        return Err(CtlError::NoEvents {
+            addr: addr.to_string(),
+        });
+    }
+    for line in lines {
+        let line = line.map_err(hint)?;
+        if let Some(json) = line.strip_prefix("data: ") {
+            writeln!(out, "{json}").map_err(CtlError::Output)?;
+            out.flush().map_err(CtlError::Output)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads a whole stats answer. A plain stats socket talks first; one that waits (an

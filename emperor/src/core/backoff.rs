@@ -2,6 +2,7 @@
 //! doubles up to `--emperor-max-throttle`, with ±10 % jitter.
 
 use super::*;
+use serde_json::json;
 
 /// Per-vassal retry state (uWSGI's blacklist entry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,6 +68,11 @@ impl Core {
                 State::Waiting(state::Waiting { at, suspend }),
             );
         }
+        let details = vec![
+            ("delay_ms", json!(delay.as_millis() as u64)),
+            ("attempt", json!(attempt)),
+        ];
+        self.notes.push(now, &name, "backoff", details);
         if self.cfg.no_blacklist {
             info!(vassal = %name, "vassal {name} will be respawned in {} ms", delay.as_millis());
         } else if spawn_failed {

@@ -2,6 +2,7 @@
 //! the record's [`Line`]; the rest look the record up.
 
 use super::*;
+use serde_json::json;
 
 impl Core {
     pub(super) fn on_message(&mut self, now: Instant, inc: Inc, byte: u8) {
@@ -39,6 +40,7 @@ impl Core {
                 l.last_ready = t;
                 let id = l.id;
                 info!(vassal = %self.name_of(id), "vassal {} has been spawned", self.name_of(id));
+                self.note_of(now, id, "ready", Vec::new());
                 return;
             }
             VassalMsg::Accepting => {
@@ -46,6 +48,7 @@ impl Core {
                 l.last_accepting = t;
                 let id = l.id;
                 info!(vassal = %self.name_of(id), "vassal {} is ready to accept requests", self.name_of(id));
+                self.note_of(now, id, "accepting", Vec::new());
                 return;
             }
             VassalMsg::Loyal => {
@@ -65,6 +68,9 @@ impl Core {
                     }
                 }
                 info!(vassal = %self.name_of(id), "vassal {} is now loyal", self.name_of(id));
+                if first {
+                    self.note_of(now, id, "loyal", Vec::new());
+                }
                 return;
             }
             _ => {}
@@ -103,6 +109,13 @@ impl Core {
             if process.inc == inc {
                 let pid = process.pid;
                 info!(vassal = %v.name, pid, "vassal {} closed its channel: cursing it", v.name);
+                let why = json!("channel closed");
+                self.notes.push(
+                    now,
+                    &v.name,
+                    "curse",
+                    vec![("pid", json!(pid)), ("why", why)],
+                );
                 self.enter_stopping(now, id, process, false, false);
             }
         }

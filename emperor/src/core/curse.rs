@@ -2,6 +2,7 @@
 //! after `--emperor-curse-tolerance`, and again every tolerance after that.
 
 use super::*;
+use serde_json::json;
 
 impl Core {
     /// A running vassal was asked to stop (`requested`; for good when `gone`) or cursed:
@@ -54,6 +55,13 @@ impl Core {
                     now.duration_since(since).as_secs()
                 );
                 *kill_at = now + tolerance;
+                let why = json!("did not stop in time");
+                self.notes.push(
+                    now,
+                    &v.name,
+                    "kill",
+                    vec![("pid", json!(pid)), ("why", why)],
+                );
                 self.actions.push_back(Action::Kill { pid });
                 self.timer(now + tolerance, Timer::Curse(id));
             }

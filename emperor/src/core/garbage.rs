@@ -6,6 +6,7 @@
 //! vassal that failed to start. Warnings are rate-limited ([`LogLimit`]): one line per
 //! [`WARN_INTERVAL`] per vassal, saying how many were not logged.
 
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
@@ -131,6 +132,13 @@ impl Core {
             GARBAGE_WINDOW.as_secs()
         );
         let running = matches!(v.state, State::Running(_));
+        let why = json!("garbage on its channel");
+        self.notes.push(
+            now,
+            &v.name,
+            "kill",
+            vec![("pid", json!(pid)), ("why", why)],
+        );
         self.actions.push_back(Action::Kill { pid });
         if running {
             self.enter_stopping(now, id, process, false, false);

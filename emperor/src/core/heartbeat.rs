@@ -2,6 +2,7 @@
 //! heartbeat, it SIGKILLs a running vassal that then goes silent for longer than required.
 
 use super::*;
+use serde_json::json;
 
 impl Core {
     pub(super) fn timer_heartbeat(&mut self, now: Instant, id: VassalId) {
@@ -27,6 +28,13 @@ impl Core {
                 required.as_secs()
             );
             h.heartbeat_deadline = NO_TIME;
+            let why = json!("no heartbeat");
+            self.notes.push(
+                now,
+                &v.name,
+                "kill",
+                vec![("pid", json!(pid)), ("why", why)],
+            );
             self.actions.push_back(Action::Kill { pid });
         } else {
             h.heartbeat_timer = true;

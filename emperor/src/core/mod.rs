@@ -365,6 +365,7 @@ pub struct Core {
     tyrant: tyrant::TyrantState,
     /// Rate limit of the warnings about failed commands.
     command_warn: garbage::LogLimit,
+    notes: note::Notes,
 }
 
 impl Core {
@@ -391,6 +392,7 @@ impl Core {
             ext: activation::Ext::default(),
             tyrant: tyrant::TyrantState::default(),
             command_warn: garbage::LogLimit::default(),
+            notes: note::Notes::default(),
         }
     }
 
@@ -407,6 +409,11 @@ impl Core {
     /// The next action to perform.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The next lifecycle note (see [`Note`]).
+    pub fn poll_note(&mut self) -> Option<Note> {
+        self.notes.pop()
     }
 
     /// When [`Core::handle_timeout`] must be called next (may be early, never late).
@@ -455,7 +462,7 @@ impl Core {
                 Timer::Start(id) => self.timer_start(now, id),
                 Timer::Curse(id) => self.timer_curse(now, id),
                 Timer::Heartbeat(id) => self.timer_heartbeat(now, id),
-                Timer::Mercy => self.timer_mercy(),
+                Timer::Mercy => self.timer_mercy(now),
             }
         }
         self.check_done();
@@ -475,6 +482,7 @@ mod curse;
 mod events;
 pub mod garbage;
 mod heartbeat;
+mod note;
 mod reap;
 mod record;
 mod scan;
@@ -485,6 +493,7 @@ mod tyrant;
 pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent};
 pub use backoff::Backoff;
 pub use command::{CommandError, VassalCommand};
+pub use note::{Note, MAX_NOTES};
 use record::{dec_time, enc_time, set_state, spawn_request, Line, NO_TIME};
 pub use record::{state, ChannelState, State, Vassal};
 pub use spawn::SpawnFailure;

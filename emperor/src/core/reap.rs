@@ -2,6 +2,7 @@
 //! removal), and the stop and reload requests that lead there.
 
 use super::*;
+use serde_json::json;
 
 impl Core {
     pub(super) fn on_reaped(&mut self, now: Instant, pid: i32, exit: ExitKind) {
@@ -28,6 +29,12 @@ impl Core {
             return;
         };
         let name = v.name.clone();
+        self.notes.push(
+            now,
+            &name,
+            "exit",
+            vec![("pid", json!(pid)), ("status", json!(exit.to_string()))],
+        );
         match state {
             State::Stopping(state::Stopping {
                 requested: true,
@@ -50,6 +57,7 @@ impl Core {
             State::Running(_) | State::Stopping(_) if exit == ExitKind::Code(EXILE_CODE) => {
                 warn!(vassal = %name, pid, "vassal {name} (pid: {pid}) exited with status 26 (exile): it stays down until its config changes");
                 set_state(&mut self.lines, v, State::Exiled);
+                self.notes.push(now, &name, "exile", Vec::new());
             }
             State::Running(p) | State::Stopping(state::Stopping { process: p, .. })
                 if p.adopted && p.reload_sent =>
@@ -114,6 +122,8 @@ impl Core {
             State::Running(process) => {
                 let pid = process.pid;
                 info!(vassal = %v.name, pid, "stopping vassal {} (pid: {pid})", v.name);
+                self.notes
+                    .push(now, &v.name, "stop", vec![("pid", json!(pid))]);
                 self.actions.push_back(Action::Send {
                     inc: process.inc,
                     msg,
@@ -139,6 +149,8 @@ impl Core {
         if let State::Running(ref mut process) = v.state {
             let pid = process.pid;
             info!(vassal = %v.name, pid, "reloading vassal {} ({why})", v.name);
+            let details = vec![("pid", json!(pid)), ("why", json!(why))];
+            self.notes.push(now, &v.name, "reload", details);
             self.actions.push_back(Action::Send {
                 inc: process.inc,
                 msg: EmperorMsg::Reload,

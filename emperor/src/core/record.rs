@@ -2,6 +2,7 @@
 //! channel table that the per-byte path reads and writes.
 
 use super::*;
+use serde_json::json;
 
 /// The data each [`State`] carries.
 pub mod state {
@@ -473,11 +474,16 @@ impl Core {
             }
             None => {
                 error!(vassal = %e.name, "cannot govern vassal {}: the emperor already governs {} vassals, its limit", e.name, self.max_vassals);
+                let reason = json!(format!("vassal limit {} reached", self.max_vassals));
+                self.notes
+                    .push(now, &e.name, "config_error", vec![("reason", reason)]);
                 return None;
             }
         };
         self.next_id += 1;
         info!(vassal = %e.name, "new vassal {} detected", e.name);
+        self.notes
+            .push(now, &e.name, "detected", vec![("key", json!(e.key))]);
         self.epoch.get_or_insert(now);
         let v = Vassal {
             id,

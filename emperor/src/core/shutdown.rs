@@ -3,6 +3,7 @@
 //! rescans.
 
 use super::*;
+use serde_json::json;
 
 impl Core {
     pub(super) fn on_control(&mut self, now: Instant, c: Control) {
@@ -70,7 +71,7 @@ impl Core {
         }
     }
 
-    pub(super) fn timer_mercy(&mut self) {
+    pub(super) fn timer_mercy(&mut self, now: Instant) {
         let pids: Vec<(i32, String)> = self
             .vassals
             .values()
@@ -78,6 +79,9 @@ impl Core {
             .collect();
         for (pid, name) in pids {
             warn!(vassal = %name, pid, "reload-mercy expired: killing vassal {name} (pid: {pid})");
+            let why = json!("reload-mercy expired");
+            self.notes
+                .push(now, &name, "kill", vec![("pid", json!(pid)), ("why", why)]);
             self.actions.push_back(Action::Kill { pid });
         }
     }

@@ -1,6 +1,7 @@
 //! Starting a vassal: the spawn request, and the runtime's answer.
 
 use super::*;
+use serde_json::json;
 
 /// Why a start did not happen ([`Event::SpawnFailed`]): decided by the core after a start
 /// hook, or the executor's error. Displayed as the reason in the "cannot start vassal" line.
@@ -121,6 +122,13 @@ impl Core {
         set_state(&mut self.lines, v, State::Running(process));
         self.by_pid.insert(pid, id);
         info!(vassal = %v.name, pid, "started vassal {} (pid: {pid})", v.name);
+        let adopted = json!(s.adopted);
+        self.notes.push(
+            now,
+            &v.name,
+            "spawned",
+            vec![("pid", json!(pid)), ("adopted", adopted)],
+        );
         if let Some(content) = v.content.clone() {
             self.actions.push_back(Action::PushConfig { inc, content });
         }
@@ -148,6 +156,8 @@ impl Core {
         self.actions.push_back(Action::Release { inc });
         if let Some(v) = self.vassals.get(&id) {
             warn!(vassal = %v.name, "cannot start vassal {}: {reason}", v.name);
+            let details = vec![("reason", json!(reason.to_string()))];
+            self.notes.push(now, &v.name, "spawn_failed", details);
         }
         self.failed(now, id, true);
     }

@@ -57,7 +57,7 @@ enum Listener {
 }
 
 #[derive(Debug)]
-enum Stream {
+pub(super) enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
@@ -113,6 +113,8 @@ pub struct StatsServer {
     pending: bool,
     fd_limit: u64,
     refused: LogLimit,
+    /// `GET /events` subscribers.
+    subs: events::Subscribers,
 }
 
 impl StatsServer {
@@ -145,6 +147,7 @@ impl StatsServer {
                 .map(|(soft, _)| soft)
                 .unwrap_or(1024),
             refused: LogLimit::default(),
+            subs: events::Subscribers::default(),
         })
     }
 
@@ -268,14 +271,34 @@ impl StatsServer {
         Some(key)
     }
 
-    /// Serves client `key`: reads its request (HTTP), then writes the document.
+    /// Event subscribers (`GET /events`).
+    pub fn subscribers(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Sends one lifecycle note (its JSON) to every event subscriber.
+    pub fn publish(&mut self, json: &str, cx: &mut Cx<'_>) {
+        self.subs.publish(json, cx);
+    }
+
+    /// Serves client `key`: reads its request (HTTP), then writes the document, or makes it
+    /// an event subscriber (`GET /events`).
     pub fn on_client(&mut self, key: u64, cx: &mut Cx<'_>, render: &dyn Fn() -> String) {
+        if self.subs.has(key) {
+            self.subs.ready(key, cx);
+            return;
+        }
         let Some(mut c) = self.clients.remove(&key) else {
             return;
         };
         let mut done = false;
         if c.reading {
             done = read_request(&mut c);
+            if !c.reading && !done && is_events(&c.request) {
+                self.order.retain(|k| *k != key);
+                self.subs.add(key, c.stream, c.token, cx);
+                return;
+            }
             if !c.reading && !done {
                 c.out = crate::stats::http_response(&render()).into_bytes();
                 let _ = cx.reregister(c.stream.source(), c.token, Interest::WRITABLE);
@@ -344,6 +367,14 @@ fn read_request(c: &mut Client) -> bool {
     }
 }
 
+/// True for a `GET /events` request (`/events?...` included).
+fn is_events(request: &[u8]) -> bool {
+    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut words = line.split(|b| *b == b' ');
+    let (method, target) = (words.next(), words.next().unwrap_or_default());
+    method == Some(b"GET") && (target == b"/events" || target.starts_with(b"/events?"))
+}
+
 /// Writes what is left of the answer; `true` once it is all written or the client failed.
 fn write_out(c: &mut Client) -> bool {
     while c.sent < c.out.len() {
@@ -373,5 +404,6 @@ fn bind(addr: &str, cwd: &Path) -> Result<Listener, BindError> {
     }
 }
 
+mod events;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,7 @@ impl Runtime {
                 return Some(code);
             }
         }
+        self.publish_notes();
         let now = Instant::now();
         let timeout = self.wake(now).saturating_duration_since(now);
         // Read after this turn's events: every other ready source goes first.
@@ -126,6 +127,21 @@ impl Runtime {
                 }
             }
             Owner::Stats => {}
+        }
+    }
+
+    /// Drains the core's lifecycle notes to the event subscribers (rendered only when some
+    /// subscribe).
+    fn publish_notes(&mut self) {
+        let mut cx = cx!(self);
+        let stats = self.src.stats.as_mut().filter(|s| s.subscribers() > 0);
+        let Some(s) = stats else {
+            while self.core.poll_note().is_some() {}
+            return;
+        };
+        let wall = std::time::SystemTime::now();
+        while let Some(n) = self.core.poll_note() {
+            s.publish(&n.to_json(cx.now, wall), &mut cx);
         }
     }
 

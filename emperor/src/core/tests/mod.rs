@@ -6,6 +6,7 @@ mod activation;
 mod adoption;
 mod events;
 mod lifecycle;
+mod notes;
 mod tyrant;
 
 /// A config stamp that differs for every `n`.

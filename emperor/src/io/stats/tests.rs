@@ -86,3 +86,36 @@ fn bad_addresses_say_which() {
         "{e}"
     );
 }
+
+#[test]
+fn only_get_events_subscribes() {
+    assert!(is_events(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(is_events(b"GET /events?since=0 HTTP/1.1\r\n\r\n"));
+    assert!(!is_events(b"GET / HTTP/1.0\r\n\r\n"));
+    assert!(!is_events(b"GET /eventsx HTTP/1.0\r\n\r\n"));
+    assert!(!is_events(b"POST /events HTTP/1.0\r\n\r\n"));
+}
+
+#[test]
+fn a_subscriber_streams_notes_and_outlives_the_client_timeout() {
+    let (mut l, mut s, d) = server(true);
+    let mut c = StdStream::connect(d.path().join("stats.sock")).unwrap();
+    c.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
+    s.on_accept(&mut l.cx(), &doc);
+    assert_eq!((s.clients(), s.subscribers()), (0, 1));
+    s.expire(Instant::now() + CLIENT_TIMEOUT * 2, &mut l.cx());
+    s.publish("{\"event\":\"a\"}", &mut l.cx());
+    s.publish("{\"event\":\"b\"}", &mut l.cx());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"{\"event\":\"b\"}\n\n") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(got).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+    assert!(text.ends_with("\r\n\r\ndata: {\"event\":\"a\"}\n\ndata: {\"event\":\"b\"}\n\n"));
+    assert_eq!(s.subscribers(), 1);
+}
