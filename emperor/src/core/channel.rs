@@ -36,19 +36,27 @@ impl Core {
                 return;
             }
             VassalMsg::Ready => {
+                // A repeated byte is no transition: only the first of an incarnation (or
+                // after a reload, which clears it) is an event.
+                let first = !l.ready;
                 l.ready = true;
                 l.last_ready = t;
                 let id = l.id;
                 info!(vassal = %self.name_of(id), "vassal {} has been spawned", self.name_of(id));
-                self.note_of(now, id, "ready", Vec::new());
+                if first {
+                    self.note_of(now, id, "ready", Vec::new());
+                }
                 return;
             }
             VassalMsg::Accepting => {
+                let first = !l.accepting;
                 l.accepting = true;
                 l.last_accepting = t;
                 let id = l.id;
                 info!(vassal = %self.name_of(id), "vassal {} is ready to accept requests", self.name_of(id));
-                self.note_of(now, id, "accepting", Vec::new());
+                if first {
+                    self.note_of(now, id, "accepting", Vec::new());
+                }
                 return;
             }
             VassalMsg::Loyal => {
