@@ -365,6 +365,7 @@ pub struct Core {
     tyrant: tyrant::TyrantState,
     /// Rate limit of the warnings about failed commands.
     command_warn: garbage::LogLimit,
+    counters: record::Counters,
 }
 
 impl Core {
@@ -391,6 +392,7 @@ impl Core {
             ext: activation::Ext::default(),
             tyrant: tyrant::TyrantState::default(),
             command_warn: garbage::LogLimit::default(),
+            counters: record::Counters::default(),
         }
     }
 
@@ -486,7 +488,7 @@ pub use activation::{ActivationConfig, OnDemandAction, OnDemandEvent};
 pub use backoff::Backoff;
 pub use command::{CommandError, VassalCommand};
 use record::{dec_time, enc_time, set_state, spawn_request, Line, NO_TIME};
-pub use record::{state, ChannelState, State, Vassal};
+pub use record::{state, ChannelState, Counters, State, Vassal};
 pub use spawn::SpawnFailure;
 pub use tyrant::{is_root_owned, refusal};
 
