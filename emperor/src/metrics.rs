@@ -330,10 +330,7 @@ pub fn scrape(core: &Core, info: &ProcessInfo) -> String {
 }
 
 fn sysconf(var: nix::unistd::SysconfVar, default: libc::c_long) -> f64 {
-    nix::unistd::sysconf(var)
-        .ok()
-        .flatten()
-        .unwrap_or(default) as f64
+    nix::unistd::sysconf(var).ok().flatten().unwrap_or(default) as f64
 }
 
 /// `/proc/PID/statm` RSS and `/proc/PID/stat` utime + stime.
