@@ -1,6 +1,6 @@
 //! The stats server (`--emperor-stats`): a unix or TCP listener whose clients get the stats
-//! JSON (raw, or as an HTTP response with `--emperor-stats-http`), each within
-//! [`CLIENT_TIMEOUT`].
+//! JSON (raw, or as an HTTP response with `--emperor-stats-http`, where the request's path
+//! picks the document: see [`super::http`]), each within [`CLIENT_TIMEOUT`].
 //!
 //! Bounded: at most [`ACCEPT_BATCH`] connections are accepted per turn (the rest at the next
 //! turn: the listener is edge-triggered), at most [`MAX_STATS_CLIENTS`] are served at once (a
