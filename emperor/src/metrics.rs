@@ -405,7 +405,7 @@ fn cgroup_usage(cg: &str) -> Usage {
     }
 }
 
-/// Appends the HTTP answer carrying `body` as the exposition.
+/// The HTTP answer carrying `body` as the exposition.
 pub fn http_response(body: &str) -> String {
     let mut out = String::with_capacity(body.len() + 128);
     let _ = write!(
