@@ -24,6 +24,7 @@ pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod io;
+pub mod metrics;
 pub mod monitor;
 pub mod process;
 pub mod sanitize;

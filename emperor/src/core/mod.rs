@@ -366,6 +366,7 @@ pub struct Core {
     /// Rate limit of the warnings about failed commands.
     command_warn: garbage::LogLimit,
     notes: note::Notes,
+    counters: record::Counters,
 }
 
 impl Core {
@@ -393,6 +394,7 @@ impl Core {
             tyrant: tyrant::TyrantState::default(),
             command_warn: garbage::LogLimit::default(),
             notes: note::Notes::default(),
+            counters: record::Counters::default(),
         }
     }
 
@@ -495,7 +497,7 @@ pub use backoff::Backoff;
 pub use command::{CommandError, VassalCommand};
 pub use note::{Note, MAX_NOTES};
 use record::{dec_time, enc_time, set_state, spawn_request, Line, NO_TIME};
-pub use record::{state, ChannelState, State, Vassal};
+pub use record::{state, ChannelState, Counters, State, Vassal};
 pub use spawn::SpawnFailure;
 pub use tyrant::{is_root_owned, refusal};
 

@@ -90,6 +90,7 @@ impl Core {
     fn end_process(&mut self, id: VassalId, exit: ExitKind) -> Option<(State, bool)> {
         let v = self.vassals.get_mut(&id)?;
         v.last_exit = Some(exit);
+        v.count_exit(exit);
         let state = v.state;
         let l = &mut self.lines[v.slot as usize];
         l.heartbeat_deadline = NO_TIME;
@@ -157,6 +158,7 @@ impl Core {
             });
             process.reload_sent = true;
             v.respawns += 1;
+            self.counters.reloads += 1;
             v.last_run = Some(now);
             let l = &mut self.lines[v.slot as usize];
             l.ready = false;

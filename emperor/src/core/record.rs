@@ -337,6 +337,8 @@ pub struct Vassal {
     pub restarts: u64,
     /// How the previous process ended.
     pub last_exit: Option<ExitKind>,
+    /// Process ends by how they ended (exit code or signal), in first-seen order.
+    pub exits: Vec<(ExitKind, u64)>,
     /// Retry state.
     pub backoff: Backoff,
     /// Byte-30 (SOS) requests received.
@@ -385,7 +387,33 @@ impl Vassal {
     }
 }
 
+/// Emperor-wide event counts since the emperor started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Starts requested (an [`Action::Spawn`] each).
+    pub spawns: u64,
+    /// Starts that failed ([`Event::SpawnFailed`]).
+    pub spawn_failures: u64,
+    /// Reloads requested (byte 1 sent).
+    pub reloads: u64,
+}
+
+impl Vassal {
+    /// Counts one more process end of this kind.
+    pub(super) fn count_exit(&mut self, exit: ExitKind) {
+        match self.exits.iter_mut().find(|(k, _)| *k == exit) {
+            Some((_, n)) => *n += 1,
+            None => self.exits.push((exit, 1)),
+        }
+    }
+}
+
 impl Core {
+    /// The emperor-wide counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
     /// Every vassal record (unordered).
     pub fn vassals(&self) -> impl Iterator<Item = &Vassal> {
         self.vassals.values()
@@ -502,6 +530,7 @@ impl Core {
             respawns: 0,
             restarts: 0,
             last_exit: None,
+            exits: Vec::new(),
             backoff: Backoff::default(),
             sos: 0,
             unknown_bytes: 0,

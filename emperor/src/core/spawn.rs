@@ -85,6 +85,7 @@ impl Core {
         if v.first_run.is_some() {
             v.restarts += 1;
         }
+        self.counters.spawns += 1;
         v.first_run.get_or_insert(now);
         v.last_run = Some(now);
         let run_start_hook = self.cfg.start_hook;
@@ -153,6 +154,7 @@ impl Core {
             return;
         };
         let id = self.lines[slot].id;
+        self.counters.spawn_failures += 1;
         self.actions.push_back(Action::Release { inc });
         if let Some(v) = self.vassals.get(&id) {
             warn!(vassal = %v.name, "cannot start vassal {}: {reason}", v.name);

@@ -15,6 +15,7 @@ pub mod error;
 pub mod executor;
 pub mod forkserver;
 pub mod hooks;
+pub mod http;
 pub mod monitors;
 pub mod notify;
 pub mod ondemand;

@@ -1,6 +1,6 @@
 //! The stats server (`--emperor-stats`): a unix or TCP listener whose clients get the stats
-//! JSON (raw, or as an HTTP response with `--emperor-stats-http`), each within
-//! [`CLIENT_TIMEOUT`].
+//! JSON (raw, or as an HTTP response with `--emperor-stats-http`, where the request's path
+//! picks the document: see [`super::http`]), each within [`CLIENT_TIMEOUT`].
 //!
 //! Bounded: at most [`ACCEPT_BATCH`] connections are accepted per turn (the rest at the next
 //! turn: the listener is edge-triggered), at most [`MAX_STATS_CLIENTS`] are served at once (a
@@ -18,6 +18,7 @@ use mio::{Interest, Token};
 use tracing::{debug, warn};
 
 use super::addr::{AddrError, BindAddr};
+use super::http::Route;
 use super::registry::Owner;
 use super::source::Cx;
 use crate::core::garbage::{LogLimit, WARN_INTERVAL};
@@ -171,8 +172,8 @@ impl StatsServer {
         self.clients.len()
     }
 
-    /// Accepts up to [`ACCEPT_BATCH`] connections; `render` gives the stats document.
-    pub fn on_accept(&mut self, cx: &mut Cx<'_>, render: &dyn Fn() -> String) {
+    /// Accepts up to [`ACCEPT_BATCH`] connections; `render` gives the document a route asks for.
+    pub fn on_accept(&mut self, cx: &mut Cx<'_>, render: &dyn Fn(Route) -> String) {
         for _ in 0..ACCEPT_BATCH {
             let stream = match &self.listener {
                 Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
@@ -202,7 +203,7 @@ impl StatsServer {
         &mut self,
         stream: Stream,
         cx: &mut Cx<'_>,
-        render: &dyn Fn() -> String,
+        render: &dyn Fn(Route) -> String,
     ) -> Option<u64> {
         // Descriptors are allocated lowest first, so every one below this is in use.
         let short = u64::try_from(stream.fd()).unwrap_or(u64::MAX) + FD_RESERVE >= self.fd_limit;
@@ -253,7 +254,7 @@ impl StatsServer {
         let out = if reading {
             Vec::new()
         } else {
-            render().into_bytes()
+            render(Route::Json).into_bytes()
         };
         self.clients.insert(
             key,
@@ -283,7 +284,7 @@ impl StatsServer {
 
     /// Serves client `key`: reads its request (HTTP), then writes the document, or makes it
     /// an event subscriber (`GET /events`).
-    pub fn on_client(&mut self, key: u64, cx: &mut Cx<'_>, render: &dyn Fn() -> String) {
+    pub fn on_client(&mut self, key: u64, cx: &mut Cx<'_>, render: &dyn Fn(Route) -> String) {
         if self.subs.has(key) {
             self.subs.ready(key, cx);
             return;
@@ -300,7 +301,8 @@ impl StatsServer {
                 return;
             }
             if !c.reading && !done {
-                c.out = crate::stats::http_response(&render()).into_bytes();
+                let route = super::http::route(&c.request);
+                c.out = super::http::response(route, &render(route)).into_bytes();
                 let _ = cx.reregister(c.stream.source(), c.token, Interest::WRITABLE);
             }
         }

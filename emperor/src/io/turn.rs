@@ -1,5 +1,6 @@
 //! One turn of the loop: actions, the poll, dispatch by token owner, then the timers.
 
+use super::http::Route;
 use std::io;
 use std::time::Instant;
 
@@ -102,7 +103,7 @@ impl Runtime {
             Owner::StatsClient(key) => {
                 if let Some(s) = src.stats.as_mut() {
                     let (core, info) = (&self.core, &src.info);
-                    s.on_client(key, &mut cx, &|| render(core, info));
+                    s.on_client(key, &mut cx, &|r| render(core, info, r));
                 }
             }
             Owner::Channel(inc) => src.channels.on_readable(inc, &mut cx),
@@ -151,7 +152,7 @@ impl Runtime {
         let src = &mut self.src;
         if let Some(s) = src.stats.as_mut() {
             let (core, info) = (&self.core, &src.info);
-            s.on_accept(&mut cx, &|| render(core, info));
+            s.on_accept(&mut cx, &|r| render(core, info, r));
         }
     }
 
@@ -191,7 +192,10 @@ impl Runtime {
     }
 }
 
-fn render(core: &crate::core::Core, info: &crate::stats::ProcessInfo) -> String {
+fn render(core: &crate::core::Core, info: &crate::stats::ProcessInfo, route: Route) -> String {
+    if route == Route::Metrics {
+        return crate::metrics::scrape(core, info);
+    }
     crate::stats::render(
         core,
         info,

@@ -44,6 +44,22 @@ fn modified_file_reloads_with_byte_1_and_keeps_the_pid() {
 }
 
 #[test]
+fn counters_count_spawns_reloads_and_exits_by_reason() {
+    let mut h = Harness::new(cfg());
+    let (inc, pid) = h.start_one("app.ini");
+    h.ev(Event::Message { inc, byte: 5 });
+    h.scan(vec![entry("app.ini", 2)]);
+    h.ev(Event::Reaped {
+        pid,
+        exit: ExitKind::Signal(9),
+    });
+    let c = h.core.counters();
+    assert_eq!((c.spawns, c.spawn_failures, c.reloads), (1, 0, 1));
+    let v = h.core.vassal("/v/app.ini").unwrap();
+    assert_eq!(v.exits, vec![(ExitKind::Signal(9), 1)]);
+}
+
+#[test]
 fn removed_file_is_stopped_then_dropped_when_reaped() {
     let mut h = Harness::new(cfg());
     let (inc, pid) = h.start_one("app.ini");

@@ -19,7 +19,7 @@ fn server(http: bool) -> (TestLoop, StatsServer, tempfile::TempDir) {
 fn a_raw_client_gets_the_document_and_is_closed() {
     let (mut l, mut s, d) = server(false);
     let mut c = StdStream::connect(d.path().join("stats.sock")).unwrap();
-    s.on_accept(&mut l.cx(), &doc);
+    s.on_accept(&mut l.cx(), &|_| doc());
     let mut got = String::new();
     c.read_to_string(&mut got).unwrap();
     assert_eq!(got, doc());
@@ -34,14 +34,14 @@ fn a_raw_client_gets_the_document_and_is_closed() {
 fn an_http_client_is_answered_after_its_request() {
     let (mut l, mut s, d) = server(true);
     let mut c = StdStream::connect(d.path().join("stats.sock")).unwrap();
-    s.on_accept(&mut l.cx(), &doc);
+    s.on_accept(&mut l.cx(), &|_| doc());
     assert_eq!(s.clients(), 1);
     c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let key = match l.tokens.owner(mio::Token(1)) {
         Some(Owner::StatsClient(k)) => k,
         o => panic!("{o:?}"),
     };
-    s.on_client(key, &mut l.cx(), &doc);
+    s.on_client(key, &mut l.cx(), &|_| doc());
     let mut got = String::new();
     c.read_to_string(&mut got).unwrap();
     assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
@@ -56,7 +56,7 @@ fn the_oldest_client_is_evicted_and_slow_ones_expire() {
     for _ in 0..MAX_STATS_CLIENTS + 1 {
         conns.push(StdStream::connect(d.path().join("stats.sock")).unwrap());
     }
-    s.on_accept(&mut l.cx(), &doc);
+    s.on_accept(&mut l.cx(), &|_| doc());
     assert_eq!(s.clients(), MAX_STATS_CLIENTS);
     // The first connection was dropped: it reads EOF.
     let mut buf = [0u8; 8];
@@ -101,7 +101,7 @@ fn a_subscriber_streams_notes_and_outlives_the_client_timeout() {
     let (mut l, mut s, d) = server(true);
     let mut c = StdStream::connect(d.path().join("stats.sock")).unwrap();
     c.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
-    s.on_accept(&mut l.cx(), &doc);
+    s.on_accept(&mut l.cx(), &|_| doc());
     assert_eq!((s.clients(), s.subscribers()), (0, 1));
     s.expire(Instant::now() + CLIENT_TIMEOUT * 2, &mut l.cx());
     s.publish("{\"event\":\"a\"}", &mut l.cx());
