@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use emperor::core::{Action, Core, CoreConfig, Entry, Event, FileStamp};
 use emperor::metrics::{Readings, Usage};
-use emperor::stats::{Clock, ProcessInfo};
+use emperor::stats::Clock;
 
 const SIZES: [usize; 2] = [10, 10_000];
 
@@ -79,17 +79,8 @@ fn metrics(c: &mut Criterion) {
                 black_box(emperor::metrics::render(&core, clock, &readings))
             })
         });
-        let info = ProcessInfo {
-            pid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            cwd: "/".into(),
-            monitors: vec!["/vassals".into()],
-            process_tree: "pgroup".into(),
-            cgroups: Default::default(),
-        };
         g.bench_with_input(BenchmarkId::new("scrape", n), &n, |b, _| {
-            b.iter(|| black_box(emperor::metrics::scrape(&core, &info)))
+            b.iter(|| black_box(emperor::metrics::scrape(&core, &|_| None)))
         });
     }
     g.finish();

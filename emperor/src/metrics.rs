@@ -5,10 +5,12 @@
 //! HELP/TYPE lines, names counters (`_total`) and formats numbers the way the scrapers parse
 //! them, so this file only says which families exist and what their values are.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::core::{Core, ExitKind, Inc, State};
-use crate::stats::{Clock, ProcessInfo};
+use crate::stats::Clock;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -278,31 +280,27 @@ fn text_format(open: &str) -> String {
 }
 
 /// Reads the resources of every running vassal and of the emperor (small /proc and cgroupfs
-/// files, which never block).
-pub fn read(core: &Core, info: &ProcessInfo) -> Readings {
+/// files, which never block). `cgroup_dir` gives an incarnation's cgroup directory (the
+/// process tree's own record of it, [`crate::spawn::cgroup::Tree::dir_of`]); without one the
+/// main process's /proc figures are used.
+pub fn read(core: &Core, cgroup_dir: &dyn Fn(Inc) -> Option<PathBuf>) -> Readings {
+    let units = Units::get();
     let mut vassals = HashMap::new();
     for v in core.vassals() {
         let Some(p) = v.state.process() else { continue };
-        let pid = p.pid.to_string();
         // A cgroup without the memory or cpu controller (a hybrid hierarchy) has no such
-        // file: the main process's figures stand in.
-        let tree = info.cgroups.get(&p.inc).map(|cg| cgroup_usage(cg));
-        let usage = match tree {
-            Some(Usage {
-                memory_bytes: Some(m),
-                cpu_seconds: Some(c),
-            }) => Usage {
-                memory_bytes: Some(m),
-                cpu_seconds: Some(c),
-            },
-            Some(t) => {
-                let main = proc_usage(&pid);
-                Usage {
-                    memory_bytes: t.memory_bytes.or(main.memory_bytes),
-                    cpu_seconds: t.cpu_seconds.or(main.cpu_seconds),
-                }
+        // file: the main process's figures stand in for the missing one.
+        let tree = cgroup_dir(p.inc)
+            .map(|d| cgroup_usage(&d))
+            .unwrap_or_default();
+        let usage = if tree.memory_bytes.is_some() && tree.cpu_seconds.is_some() {
+            tree
+        } else {
+            let main = proc_usage(&p.pid.to_string(), units);
+            Usage {
+                memory_bytes: tree.memory_bytes.or(main.memory_bytes),
+                cpu_seconds: tree.cpu_seconds.or(main.cpu_seconds),
             }
-            None => proc_usage(&pid),
         };
         vassals.insert(p.inc, usage);
     }
@@ -312,16 +310,16 @@ pub fn read(core: &Core, info: &ProcessInfo) -> Readings {
     Readings {
         vassals,
         process: SelfUsage {
-            usage: proc_usage("self"),
+            usage: proc_usage("self", units),
             open_fds,
-            start_time: start_time(),
+            start_time: start_time(units),
         },
     }
 }
 
 /// Reads and renders, for the HTTP stats server.
-pub fn scrape(core: &Core, info: &ProcessInfo) -> String {
-    let readings = read(core, info);
+pub fn scrape(core: &Core, cgroup_dir: &dyn Fn(Inc) -> Option<PathBuf>) -> String {
+    let readings = read(core, cgroup_dir);
     let clock = Clock {
         now: std::time::Instant::now(),
         wall: std::time::SystemTime::now(),
@@ -329,22 +327,60 @@ pub fn scrape(core: &Core, info: &ProcessInfo) -> String {
     render(core, clock, &readings)
 }
 
-fn sysconf(var: nix::unistd::SysconfVar, default: libc::c_long) -> f64 {
-    nix::unistd::sysconf(var).ok().flatten().unwrap_or(default) as f64
+/// Scrapes closer together than this get the previous exposition: however many clients ask,
+/// the loop renders (and reads every vassal's /proc or cgroup files) at most once per interval.
+pub const MIN_SCRAPE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last exposition and when it was rendered (see [`MIN_SCRAPE_INTERVAL`]). Interior
+/// mutability because the stats server calls its render callback through a shared reference,
+/// once per client, within one turn of the loop.
+#[derive(Debug, Default)]
+pub struct Cache(RefCell<Option<(Instant, String)>>);
+
+impl Cache {
+    /// The exposition: the cached one if it is recent, else `render()`'s (then cached).
+    pub fn get(&self, now: Instant, render: impl FnOnce() -> String) -> String {
+        let mut last = self.0.borrow_mut();
+        if let Some((at, text)) = last.as_ref() {
+            if now.saturating_duration_since(*at) < MIN_SCRAPE_INTERVAL {
+                return text.clone();
+            }
+        }
+        let text = render();
+        *last = Some((now, text.clone()));
+        text
+    }
+}
+
+/// Page size and clock ticks, asked once per scrape.
+#[derive(Clone, Copy)]
+struct Units {
+    page: u64,
+    tck: f64,
+}
+
+impl Units {
+    fn get() -> Units {
+        let conf = |var, default| nix::unistd::sysconf(var).ok().flatten().unwrap_or(default);
+        Units {
+            page: u64::try_from(conf(nix::unistd::SysconfVar::PAGE_SIZE, 4096)).unwrap_or(4096),
+            tck: conf(nix::unistd::SysconfVar::CLK_TCK, 100) as f64,
+        }
+    }
 }
 
 /// `/proc/PID/statm` RSS and `/proc/PID/stat` utime + stime.
-fn proc_usage(pid: &str) -> Usage {
-    let page = sysconf(nix::unistd::SysconfVar::PAGE_SIZE, 4096);
+fn proc_usage(pid: &str, u: Units) -> Usage {
     let memory_bytes = std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * page as u64);
-    let cpu_seconds = stat_fields(pid).and_then(|f| {
-        let tck = sysconf(nix::unistd::SysconfVar::CLK_TCK, 100);
-        let utime: f64 = f.get(11)?.parse().ok()?;
-        let stime: f64 = f.get(12)?.parse().ok()?;
-        Some((utime + stime) / tck)
+        .map(|pages| pages * u.page);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let cpu_seconds = stat.as_deref().and_then(|s| {
+        let mut f = stat_fields(s)?.skip(11);
+        let utime: f64 = f.next()?.parse().ok()?;
+        let stime: f64 = f.next()?.parse().ok()?;
+        Some((utime + stime) / u.tck)
     });
     Usage {
         memory_bytes,
@@ -352,17 +388,16 @@ fn proc_usage(pid: &str) -> Usage {
     }
 }
 
-/// The fields of `/proc/PID/stat` after the command name (field 3 onwards).
-fn stat_fields(pid: &str) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The fields of a `/proc/PID/stat` line after the command name (field 3 onwards), borrowed.
+fn stat_fields(s: &str) -> Option<impl Iterator<Item = &str>> {
     // The command name is in parentheses and may contain spaces and parentheses.
-    let rest = &s[s.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
+    Some(s[s.rfind(')')? + 1..].split_whitespace())
 }
 
 /// The emperor's start time: boot time plus its `starttime` ticks.
-fn start_time() -> Option<f64> {
-    let ticks: f64 = stat_fields("self")?.get(19)?.parse().ok()?;
+fn start_time(u: Units) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks: f64 = stat_fields(&stat)?.nth(19)?.parse().ok()?;
     let btime: f64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
@@ -370,26 +405,15 @@ fn start_time() -> Option<f64> {
         .trim()
         .parse()
         .ok()?;
-    Some(btime + ticks / sysconf(nix::unistd::SysconfVar::CLK_TCK, 100))
+    Some(btime + ticks / u.tck)
 }
 
-/// Where the cgroup2 hierarchy is mounted: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
-/// hybrid (v1 + v2) system.
-const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
-
-/// `memory.current` and `cpu.stat` `usage_usec` of a cgroup (a path in the cgroup2
-/// hierarchy, or the cgroup's directory).
-fn cgroup_usage(cg: &str) -> Usage {
-    let rel = cg.trim_start_matches('/');
-    let dir = CGROUP2_MOUNTS
-        .iter()
-        .map(|m| format!("{m}/{rel}"))
-        .find(|d| Path::new(&format!("{d}/cgroup.procs")).exists())
-        .unwrap_or_else(|| cg.to_string());
-    let memory_bytes = std::fs::read_to_string(format!("{dir}/memory.current"))
+/// `memory.current` and `cpu.stat` `usage_usec` of the cgroup directory `dir`.
+fn cgroup_usage(dir: &Path) -> Usage {
+    let memory_bytes = std::fs::read_to_string(dir.join("memory.current"))
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let cpu_seconds = std::fs::read_to_string(format!("{dir}/cpu.stat"))
+    let cpu_seconds = std::fs::read_to_string(dir.join("cpu.stat"))
         .ok()
         .and_then(|s| {
             s.lines()

@@ -30,6 +30,8 @@ pub struct Sources {
     pub cwd: PathBuf,
     /// What the stats document says about the emperor process.
     pub info: ProcessInfo,
+    /// The last `/metrics` exposition (rendered at most once a second).
+    pub metrics: crate::metrics::Cache,
     /// Signals.
     pub signals: Signals,
     /// The config monitors.
@@ -131,6 +133,7 @@ impl Sources {
         Ok(Sources {
             cwd,
             info,
+            metrics: crate::metrics::Cache::default(),
             signals,
             monitors: monitors_src,
             channels: Channels::new(),

@@ -102,8 +102,13 @@ impl Runtime {
             Owner::Inotify => src.monitors.on_inotify(&mut cx),
             Owner::StatsClient(key) => {
                 if let Some(s) = src.stats.as_mut() {
-                    let (core, info) = (&self.core, &src.info);
-                    s.on_client(key, &mut cx, &|r| render(core, info, r));
+                    let doc = Documents {
+                        core: &self.core,
+                        info: &src.info,
+                        tree: &src.exec.tree,
+                        metrics: &src.metrics,
+                    };
+                    s.on_client(key, &mut cx, &|r| doc.render(r));
                 }
             }
             Owner::Channel(inc) => src.channels.on_readable(inc, &mut cx),
@@ -151,8 +156,13 @@ impl Runtime {
         let mut cx = cx!(self);
         let src = &mut self.src;
         if let Some(s) = src.stats.as_mut() {
-            let (core, info) = (&self.core, &src.info);
-            s.on_accept(&mut cx, &|r| render(core, info, r));
+            let doc = Documents {
+                core: &self.core,
+                info: &src.info,
+                tree: &src.exec.tree,
+                metrics: &src.metrics,
+            };
+            s.on_accept(&mut cx, &|r| doc.render(r));
         }
     }
 
@@ -192,16 +202,30 @@ impl Runtime {
     }
 }
 
-fn render(core: &crate::core::Core, info: &crate::stats::ProcessInfo, route: Route) -> String {
-    if route == Route::Metrics {
-        return crate::metrics::scrape(core, info);
+/// What the stats server's documents are rendered from.
+struct Documents<'a> {
+    core: &'a crate::core::Core,
+    info: &'a crate::stats::ProcessInfo,
+    tree: &'a crate::spawn::cgroup::Tree,
+    metrics: &'a crate::metrics::Cache,
+}
+
+impl Documents<'_> {
+    fn render(&self, route: Route) -> String {
+        let now = Instant::now();
+        if route == Route::Metrics {
+            return self.metrics.get(now, || {
+                let dir = |inc| self.tree.dir_of(inc).map(std::path::Path::to_path_buf);
+                crate::metrics::scrape(self.core, &dir)
+            });
+        }
+        crate::stats::render(
+            self.core,
+            self.info,
+            crate::stats::Clock {
+                now,
+                wall: std::time::SystemTime::now(),
+            },
+        )
     }
-    crate::stats::render(
-        core,
-        info,
-        crate::stats::Clock {
-            now: Instant::now(),
-            wall: std::time::SystemTime::now(),
-        },
-    )
 }

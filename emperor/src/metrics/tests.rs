@@ -203,20 +203,11 @@ fn odd_vassal_names_are_escaped() {
 #[test]
 fn the_emperor_reads_its_own_resources() {
     let core = Core::new(CoreConfig::default());
-    let info = ProcessInfo {
-        pid: std::process::id(),
-        uid: 0,
-        gid: 0,
-        cwd: "/".into(),
-        monitors: Vec::new(),
-        process_tree: "pgroup".into(),
-        cgroups: Default::default(),
-    };
-    let r = read(&core, &info);
+    let r = read(&core, &|_| None);
     assert!(r.process.usage.memory_bytes.unwrap() > 0);
     assert!(r.process.open_fds.unwrap() > 0);
     assert!(r.process.start_time.unwrap() > 1e9);
-    let text = scrape(&core, &info);
+    let text = scrape(&core, &|_| None);
     assert!(
         line(&text, "process_resident_memory_bytes ").is_some(),
         "{text}"
@@ -225,4 +216,20 @@ fn the_emperor_reads_its_own_resources() {
         line(&text, "process_cpu_seconds_total ").is_some(),
         "{text}"
     );
+}
+
+#[test]
+fn scrapes_within_the_interval_get_the_previous_exposition() {
+    let cache = Cache::default();
+    let t0 = std::time::Instant::now();
+    let renders = std::cell::Cell::new(0);
+    let render = || {
+        renders.set(renders.get() + 1);
+        format!("render {}", renders.get())
+    };
+    assert_eq!(cache.get(t0, render), "render 1");
+    let soon = t0 + MIN_SCRAPE_INTERVAL / 2;
+    assert_eq!(cache.get(soon, render), "render 1");
+    assert_eq!(renders.get(), 1, "a scrape within the interval renders nothing");
+    assert_eq!(cache.get(t0 + MIN_SCRAPE_INTERVAL, render), "render 2");
 }

@@ -28,7 +28,7 @@ mod paths;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -273,6 +273,11 @@ impl Tree {
             None => (None, None),
         };
         self.owned.insert(inc, Owned { pgid, dir, path });
+    }
+
+    /// The cgroup directory of incarnation `inc` (cgroup mode).
+    pub fn dir_of(&self, inc: Inc) -> Option<&Path> {
+        self.owned.get(&inc).and_then(|o| o.dir.as_deref())
     }
 
     /// The cgroup (path in the hierarchy) of incarnation `inc`.
