@@ -230,6 +230,10 @@ fn scrapes_within_the_interval_get_the_previous_exposition() {
     assert_eq!(cache.get(t0, render), "render 1");
     let soon = t0 + MIN_SCRAPE_INTERVAL / 2;
     assert_eq!(cache.get(soon, render), "render 1");
-    assert_eq!(renders.get(), 1, "a scrape within the interval renders nothing");
+    assert_eq!(
+        renders.get(),
+        1,
+        "a scrape within the interval renders nothing"
+    );
     assert_eq!(cache.get(t0 + MIN_SCRAPE_INTERVAL, render), "render 2");
 }
