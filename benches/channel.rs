@@ -33,7 +33,9 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use emperor::core::{Action, Core, CoreConfig, Entry, Event, FileStamp, Inc};
+use emperor::core::{Core, CoreConfig, Entry, Event, FileStamp, Inc};
+
+mod common;
 
 const SIZES: [usize; 2] = [10, 10_000];
 
@@ -44,45 +46,11 @@ struct FloorLine([u64; 8]);
 const BURST: usize = 64;
 
 fn setup(n: usize) -> (Core, Vec<Inc>, Instant) {
-    let mut core = Core::new(CoreConfig {
+    let cfg = CoreConfig {
         required_heartbeat: Duration::from_secs(3600),
         ..CoreConfig::default()
-    });
-    let now = Instant::now();
-    let entries: Vec<Entry> = (0..n)
-        .map(|i| Entry {
-            key: format!("/vassals/app{i}.ini"),
-            name: format!("app{i}.ini"),
-            stamp: FileStamp::default(),
-            content: None,
-            uid: 0,
-            gid: 0,
-        })
-        .collect();
-    core.handle(
-        now,
-        Event::Scanned {
-            monitor: 0,
-            entries,
-        },
-    );
-    let spawns: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
-    let mut incs = Vec::with_capacity(n);
-    for (i, a) in spawns.into_iter().enumerate() {
-        if let Action::Spawn(r) = a {
-            core.handle(
-                now,
-                Event::Spawned {
-                    inc: r.inc,
-                    pid: 1000 + i as i32,
-                },
-            );
-            incs.push(r.inc);
-        }
-    }
-    while core.poll_action().is_some() {}
-    assert_eq!(incs.len(), n);
-    (core, incs, now)
+    };
+    common::running_core(n, cfg, 1000)
 }
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;

@@ -16,53 +16,24 @@ use std::hint::black_box;
 use std::time::{Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use emperor::core::{Action, Core, CoreConfig, Entry, Event, FileStamp};
+use emperor::core::{Core, CoreConfig};
 use emperor::metrics::{Readings, Usage};
 use emperor::stats::Clock;
+
+mod common;
 
 const SIZES: [usize; 2] = [10, 10_000];
 
 fn setup(n: usize) -> (Core, Readings) {
-    let mut core = Core::new(CoreConfig::default());
-    let now = Instant::now();
-    let entries: Vec<Entry> = (0..n)
-        .map(|i| Entry {
-            key: format!("/vassals/app{i}.ini"),
-            name: format!("app{i}.ini"),
-            stamp: FileStamp::default(),
-            content: None,
-            uid: 0,
-            gid: 0,
-        })
-        .collect();
-    core.handle(
-        now,
-        Event::Scanned {
-            monitor: 0,
-            entries,
-        },
-    );
-    let spawns: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    let (core, incs, _) = common::running_core(n, CoreConfig::default(), 1_000_000);
     let mut readings = Readings::default();
-    for (i, a) in spawns.into_iter().enumerate() {
-        if let Action::Spawn(r) = a {
-            core.handle(
-                now,
-                Event::Spawned {
-                    inc: r.inc,
-                    pid: 1_000_000 + i as i32,
-                },
-            );
-            readings.vassals.insert(
-                r.inc,
-                Usage {
-                    memory_bytes: Some(50 << 20),
-                    cpu_seconds: Some(12.5),
-                },
-            );
-        }
+    for inc in incs {
+        let usage = Usage {
+            memory_bytes: Some(50 << 20),
+            cpu_seconds: Some(12.5),
+        };
+        readings.vassals.insert(inc, usage);
     }
-    while core.poll_action().is_some() {}
     (core, readings)
 }
 
