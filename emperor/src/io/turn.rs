@@ -193,8 +193,10 @@ impl Runtime {
 }
 
 fn render(core: &crate::core::Core, info: &crate::stats::ProcessInfo, route: Route) -> String {
-    if route == Route::Metrics {
-        return crate::metrics::scrape(core, info);
+    match route {
+        Route::Metrics => return crate::metrics::scrape(core, info),
+        Route::Status => return super::http::STATUS_PAGE.to_owned(),
+        Route::Json => {}
     }
     crate::stats::render(
         core,
