@@ -1,5 +1,6 @@
 //! Request-path routing of the HTTP stats server (`--stats-http`): `/metrics` gets the
-//! Prometheus exposition, `/` and every other path the stats JSON.
+//! Prometheus exposition, `/status` the HTML status page, `/` and every other path the stats
+//! JSON.
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -8,7 +9,12 @@ pub enum Route {
     Json,
     /// The Prometheus exposition.
     Metrics,
+    /// The HTML status page (static; its script polls `/` for the stats JSON).
+    Status,
 }
+
+/// The status page: a vassal table that its inline script refreshes from `/` every second.
+pub const STATUS_PAGE: &str = include_str!("../status.html");
 
 /// The route of an HTTP request (its request line's path, without the query).
 pub fn route(request: &[u8]) -> Route {
@@ -19,6 +25,7 @@ pub fn route(request: &[u8]) -> Route {
     let path = target.split(|b| *b == b'?').next().unwrap_or_default();
     match path {
         b"/metrics" => Route::Metrics,
+        b"/status" => Route::Status,
         _ => Route::Json,
     }
 }
@@ -28,6 +35,10 @@ pub fn response(route: Route, body: &str) -> String {
     match route {
         Route::Json => crate::stats::http_response(body),
         Route::Metrics => crate::metrics::http_response(body),
+        Route::Status => format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     }
 }
 
@@ -41,6 +52,7 @@ mod tests {
         assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
         assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::Json);
         assert_eq!(route(b"GET /other HTTP/1.1\r\n\r\n"), Route::Json);
+        assert_eq!(route(b"GET /status HTTP/1.1\r\n\r\n"), Route::Status);
         assert_eq!(route(b""), Route::Json);
         assert_eq!(route(b"garbage"), Route::Json);
     }

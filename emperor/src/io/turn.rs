@@ -213,11 +213,15 @@ struct Documents<'a> {
 impl Documents<'_> {
     fn render(&self, route: Route) -> String {
         let now = Instant::now();
-        if route == Route::Metrics {
-            return self.metrics.get(now, || {
-                let dir = |inc| self.tree.dir_of(inc).map(std::path::Path::to_path_buf);
-                crate::metrics::scrape(self.core, &dir)
-            });
+        match route {
+            Route::Metrics => {
+                return self.metrics.get(now, || {
+                    let dir = |inc| self.tree.dir_of(inc).map(std::path::Path::to_path_buf);
+                    crate::metrics::scrape(self.core, &dir)
+                });
+            }
+            Route::Status => return super::http::STATUS_PAGE.to_owned(),
+            Route::Json => {}
         }
         crate::stats::render(
             self.core,
