@@ -163,9 +163,41 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
 
 /// Waits until none of `pids` is alive.
 pub fn wait_all_gone(pids: &[i32], timeout: Duration) {
-    wait_until(&format!("processes {pids:?} to be gone"), timeout, || {
-        pids.iter().all(|p| !alive(*p)).then_some(())
-    });
+    wait_all_gone_or(pids, timeout, String::new);
+}
+
+/// Waits until none of `pids` is alive; on a timeout the panic names each survivor (state,
+/// parent, group, command line) and adds `context()` (e.g. the log of the process under test).
+pub fn wait_all_gone_or(pids: &[i32], timeout: Duration, context: impl FnOnce() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let who: Vec<String> = left.iter().map(|p| describe(*p)).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for processes {pids:?} to be gone; still alive:\n{}\n{}",
+                who.join("\n"),
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One line about `pid` for a failure message: state, parent, process group, command line.
+pub fn describe(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().take(3).collect())
+        .unwrap_or_default();
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default();
+    format!("  pid {pid} [state, ppid, pgid] {fields:?}: {cmd}")
 }
 
 /// Parses `testapp pid=N ...` out of a log line.
